@@ -1,0 +1,193 @@
+//! duet's conformance suite: every behaviour is written once, generic over
+//! [`Driver`], and instantiated for `duet-sync` and `duet-async` by
+//! [`conformance_tests!`]. [`server`] starts the throwaway PostgreSQL the
+//! tests, examples and benches share.
+
+pub mod server;
+
+use std::future::Future;
+use std::time::Duration;
+
+use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus};
+
+/// What a test needs from a driver. Blocking on purpose: the async
+/// implementation drives its client on a current-thread runtime, so one test
+/// body exercises both.
+pub trait Driver: Sized {
+    const NAME: &'static str;
+    fn connect(url: &str) -> Result<Self, Error>;
+    fn run<O: Operation + Send>(&mut self, op: O) -> Result<O::Output, Error>
+    where
+        O::Output: Send;
+    fn run_with_timeout<O: Operation + Send>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error>
+    where
+        O::Output: Send;
+    /// Polls the operation's future (async) or pumps its I/O loop (sync) at
+    /// most `steps` times, then drops/abandons it. `Some` if it finished.
+    fn run_steps<O: Operation + Send>(&mut self, op: O, steps: usize) -> Option<Result<O::Output, Error>>
+    where
+        O::Output: Send;
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error>;
+    fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Row, Error>;
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, Error>;
+    fn batch_execute(&mut self, sql: &str) -> Result<(), Error>;
+    fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error>;
+    fn poll_event(&mut self) -> Option<Event>;
+    /// Something that cancels the running statement from another thread.
+    fn canceller(&self) -> Box<dyn Fn() -> Result<(), Error> + Send>;
+    fn transaction_status(&self) -> TransactionStatus;
+    fn is_closed(&self) -> bool;
+    fn cached_statements(&self) -> usize;
+    fn close(self) -> Result<(), Error>;
+}
+
+/// The blocking driver.
+pub struct Sync(pub duet_sync::Client);
+
+impl Driver for Sync {
+    const NAME: &'static str = "sync";
+    fn connect(url: &str) -> Result<Self, Error> {
+        duet_sync::Client::connect(url).map(Sync)
+    }
+    fn run<O: Operation + Send>(&mut self, op: O) -> Result<O::Output, Error> {
+        self.0.run(op)
+    }
+    fn run_with_timeout<O: Operation + Send>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
+        self.0.run_with_timeout(op, timeout)
+    }
+    fn run_steps<O: Operation + Send>(&mut self, op: O, steps: usize) -> Option<Result<O::Output, Error>> {
+        self.0.run_steps(op, steps)
+    }
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
+        self.0.query(sql, params)
+    }
+    fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Row, Error> {
+        self.0.query_one(sql, params)
+    }
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, Error> {
+        self.0.execute(sql, params)
+    }
+    fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.0.batch_execute(sql)
+    }
+    fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
+        self.0.wait_event(timeout)
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        self.0.poll_event()
+    }
+    fn canceller(&self) -> Box<dyn Fn() -> Result<(), Error> + Send> {
+        let token = self.0.cancel_token().expect("server sent BackendKeyData");
+        Box::new(move || token.cancel())
+    }
+    fn transaction_status(&self) -> TransactionStatus {
+        self.0.transaction_status()
+    }
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+    fn cached_statements(&self) -> usize {
+        self.0.connection().cached_statements()
+    }
+    fn close(self) -> Result<(), Error> {
+        self.0.close()
+    }
+}
+
+/// The tokio driver, on a current-thread runtime of its own.
+pub struct Tokio {
+    pub client: duet_async::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+impl Driver for Tokio {
+    const NAME: &'static str = "tokio";
+    fn connect(url: &str) -> Result<Self, Error> {
+        let rt = runtime();
+        let client = rt.block_on(duet_async::Client::connect(url))?;
+        Ok(Tokio { client, rt })
+    }
+    fn run<O: Operation + Send>(&mut self, op: O) -> Result<O::Output, Error> {
+        self.rt.block_on(self.client.run(op))
+    }
+    fn run_with_timeout<O: Operation + Send>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
+        self.rt.block_on(self.client.run_with_timeout(op, timeout))
+    }
+    fn run_steps<O: Operation + Send>(&mut self, op: O, steps: usize) -> Option<Result<O::Output, Error>> {
+        let client = &mut self.client;
+        self.rt.block_on(async move {
+            let mut fut = std::pin::pin!(client.run(op));
+            for _ in 0..steps {
+                let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+                if let std::task::Poll::Ready(r) = polled {
+                    return Some(r);
+                }
+                // Let the socket make progress between polls.
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            None // the future is dropped here, mid-flight
+        })
+    }
+    fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
+        self.rt.block_on(self.client.query(sql, params))
+    }
+    fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Row, Error> {
+        self.rt.block_on(self.client.query_one(sql, params))
+    }
+    fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, Error> {
+        self.rt.block_on(self.client.execute(sql, params))
+    }
+    fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.rt.block_on(self.client.batch_execute(sql))
+    }
+    fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
+        self.rt.block_on(self.client.wait_event(timeout))
+    }
+    fn poll_event(&mut self) -> Option<Event> {
+        self.client.poll_event()
+    }
+    fn canceller(&self) -> Box<dyn Fn() -> Result<(), Error> + Send> {
+        let token = self.client.cancel_token().expect("server sent BackendKeyData");
+        Box::new(move || runtime().block_on(token.cancel()))
+    }
+    fn transaction_status(&self) -> TransactionStatus {
+        self.client.transaction_status()
+    }
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+    fn cached_statements(&self) -> usize {
+        self.client.connection().cached_statements()
+    }
+    fn close(self) -> Result<(), Error> {
+        let Tokio { client, rt } = self;
+        rt.block_on(client.close())
+    }
+}
+
+/// Instantiates each named generic test for both drivers, as
+/// `name::sync` and `name::tokio`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sync() {
+                    super::$name::<$crate::Sync>();
+                }
+                #[test]
+                fn tokio() {
+                    super::$name::<$crate::Tokio>();
+                }
+            }
+        )*
+    };
+}

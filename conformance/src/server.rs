@@ -1,0 +1,1053 @@
+//! A throwaway PostgreSQL server for duet's tests, examples and benchmarks.
+//!
+//! Std-only on purpose: it must build before (and independently of) the
+//! driver it is used to test, and it must not drag dependencies into every
+//! test binary.
+//!
+//! Two modes:
+//!
+//! * `DATABASE_URL` set: that server is used as is. No process is started; the
+//!   harness only tries to create its auth roles there with `psql`.
+//! * otherwise: `initdb` a cluster in a fresh temp dir, start it with
+//!   `pg_ctl` on a free port (TCP on 127.0.0.1 plus a private Unix socket
+//!   directory), with one role per authentication method and a `pg_hba.conf`
+//!   that makes each of those roles use its method.
+//!
+//! Cleanup: [`TestServer`]'s `Drop` stops the cluster and removes its
+//! directory. Because [`TestServer::shared`] keeps its server in a static
+//! (whose `Drop` never runs), every harness-started cluster also gets a
+//! detached watchdog shell. It blocks reading a pipe whose only write end
+//! lives in the test process; when that process ends for any reason (normal
+//! exit, panic, `SIGKILL`) the kernel closes the pipe and the watchdog stops
+//! the cluster and deletes the directory. Its stdio never points at the test
+//! process's stdout, so `cargo test` does not wait for it.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead as _};
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Roles the harness creates, one per authentication method, so the
+/// drivers' authentication code can be tested against a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthRole {
+    /// `duet_trust`: no password at all (`trust`), the baseline.
+    Trust,
+    /// `duet_clear` / `clearpass`: the server asks for the cleartext
+    /// password (`password`).
+    Cleartext,
+    /// `duet_md5` / `md5pass`: the password is stored as MD5 so the server
+    /// really sends an MD5 challenge (`md5`).
+    Md5,
+    /// `duet_scram` / `scrampass`: SCRAM-SHA-256 (`scram-sha-256`).
+    Scram,
+}
+
+impl AuthRole {
+    /// Every role, for tests that loop over all authentication methods.
+    pub const ALL: [AuthRole; 4] = [
+        AuthRole::Trust,
+        AuthRole::Cleartext,
+        AuthRole::Md5,
+        AuthRole::Scram,
+    ];
+
+    /// The role's name on the server, for tests that check `current_user`.
+    pub fn user(self) -> &'static str {
+        match self {
+            AuthRole::Trust => "duet_trust",
+            AuthRole::Cleartext => "duet_clear",
+            AuthRole::Md5 => "duet_md5",
+            AuthRole::Scram => "duet_scram",
+        }
+    }
+
+    /// The role's correct password (`None` for `Trust`), so tests can build
+    /// their own connection parameters.
+    pub fn password(self) -> Option<&'static str> {
+        match self {
+            AuthRole::Trust => None,
+            AuthRole::Cleartext => Some("clearpass"),
+            AuthRole::Md5 => Some("md5pass"),
+            AuthRole::Scram => Some("scrampass"),
+        }
+    }
+
+    /// The `pg_hba.conf` method the harness assigns to the role.
+    fn hba_method(self) -> &'static str {
+        match self {
+            AuthRole::Trust => "trust",
+            AuthRole::Cleartext => "password",
+            AuthRole::Md5 => "md5",
+            AuthRole::Scram => "scram-sha-256",
+        }
+    }
+}
+
+/// A PostgreSQL server to run tests against: either one the harness started
+/// (and will stop), or the one named by `DATABASE_URL`.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Superuser URL.
+    url: String,
+    /// Host as written in the URL (IPv6 keeps its brackets); used to build
+    /// the per-role URLs.
+    host_raw: String,
+    port: u16,
+    /// Database the per-role URLs point at.
+    dbname: String,
+    /// `?…` part of `DATABASE_URL` (e.g. `sslmode`), kept on per-role URLs.
+    query: String,
+    auth_roles: bool,
+    /// Present when the harness started the server itself.
+    owned: Option<Owned>,
+}
+
+/// A cluster started by the harness: where it lives and how to stop it.
+#[derive(Debug)]
+struct Owned {
+    /// Temp dir: holds `data/`, the server log and the Unix socket.
+    dir: PathBuf,
+    bins: Bins,
+    /// Whether postgres programs must be run through `runuser -u postgres`.
+    as_postgres: bool,
+    /// Whether the server may be running (so `Drop` must stop it).
+    started: bool,
+    /// The watchdog; dropping its stdin (the pipe) tells it to clean up.
+    watchdog: Option<Child>,
+}
+
+/// Where the PostgreSQL programs are.
+#[derive(Debug, Clone)]
+struct Bins {
+    /// Server bin dir (`initdb`, `pg_ctl`); `None` = rely on `PATH`.
+    dir: Option<PathBuf>,
+}
+
+impl Bins {
+    /// Looked up once per process (it runs `pg_config`).
+    fn get() -> &'static Bins {
+        static BINS: OnceLock<Bins> = OnceLock::new();
+        BINS.get_or_init(Bins::find)
+    }
+
+    fn find() -> Bins {
+        let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+        if let Ok(out) = Command::new("pg_config")
+            .arg("--bindir")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        {
+            if out.status.success() {
+                let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                if has_initdb(&dir) {
+                    return Bins { dir: Some(dir) };
+                }
+            }
+        }
+        // Debian layout: /usr/lib/postgresql/<major>/bin; take the newest.
+        let mut best: Option<(u32, PathBuf)> = None;
+        if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
+            for e in entries.flatten() {
+                let Some(major) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let bin = e.path().join("bin");
+                if has_initdb(&bin) && best.as_ref().is_none_or(|(m, _)| major > *m) {
+                    best = Some((major, bin));
+                }
+            }
+        }
+        Bins {
+            dir: best.map(|(_, d)| d),
+        }
+    }
+
+    /// Path of a program: in the bin dir if it is there, else bare (`PATH`).
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.dir {
+            Some(d) if d.join(name).is_file() => d.join(name),
+            _ => PathBuf::from(name),
+        }
+    }
+}
+
+/// The harness's roles, their passwords and grants. Idempotent (it also
+/// runs against a `DATABASE_URL` server that may already have the roles).
+/// `password_encryption` is switched per role so `duet_md5` really has an
+/// MD5 hash (otherwise the server answers an `md5` hba line with SCRAM).
+const ROLES_SQL: &str = "\
+DO $$BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'duet_trust') THEN CREATE ROLE duet_trust; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'duet_clear') THEN CREATE ROLE duet_clear; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'duet_md5') THEN CREATE ROLE duet_md5; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'duet_scram') THEN CREATE ROLE duet_scram; END IF;
+END$$;
+ALTER ROLE duet_trust LOGIN PASSWORD NULL;
+SET password_encryption = 'scram-sha-256';
+ALTER ROLE duet_clear LOGIN PASSWORD 'clearpass';
+ALTER ROLE duet_scram LOGIN PASSWORD 'scrampass';
+SET password_encryption = 'md5';
+ALTER ROLE duet_md5 LOGIN PASSWORD 'md5pass';
+GRANT CONNECT, TEMPORARY ON DATABASE postgres TO duet_trust, duet_clear, duet_md5, duet_scram;
+GRANT USAGE, CREATE ON SCHEMA public TO duet_trust, duet_clear, duet_md5, duet_scram;
+";
+
+static SHARED: OnceLock<Result<TestServer, String>> = OnceLock::new();
+static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestServer {
+    /// Starts a new server (or attaches to `DATABASE_URL`). Use this when a
+    /// test needs its own server, e.g. to restart or reconfigure it; most
+    /// tests should share one via [`TestServer::shared`].
+    ///
+    /// With `DATABASE_URL` set no process is started: the auth roles are
+    /// created there with `psql` if possible and
+    /// [`auth_roles_available`](Self::auth_roles_available) reports whether
+    /// that worked. Otherwise a fresh cluster is `initdb`'d in a temp dir and
+    /// started on a free port, with the roles and `pg_hba.conf` in place.
+    pub fn start() -> io::Result<TestServer> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Self::external(url.trim().to_string()),
+            _ => Self::launch(),
+        }
+    }
+
+    /// The server shared by everything in this process, started on first
+    /// use, so a test binary pays for `initdb` once. Stopped by the watchdog
+    /// when the process exits.
+    ///
+    /// # Panics
+    /// If the server cannot be started (the message says why); every later
+    /// call panics with the same message instead of retrying.
+    pub fn shared() -> &'static TestServer {
+        match SHARED.get_or_init(|| TestServer::start().map_err(|e| e.to_string())) {
+            Ok(server) => server,
+            Err(e) => panic!("duet test harness: cannot start the shared PostgreSQL server: {e}"),
+        }
+    }
+
+    /// Superuser URL over TCP (`postgres://postgres@127.0.0.1:PORT/postgres`,
+    /// or `DATABASE_URL` verbatim), for tests that need full privileges.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// URL for the role of `role`'s auth method with its correct password
+    /// (none for `Trust`), e.g. `postgres://duet_md5:md5pass@127.0.0.1:PORT/postgres`.
+    pub fn url_for(&self, role: AuthRole) -> String {
+        self.url_for_with_password(role, role.password())
+    }
+
+    /// Like [`url_for`](Self::url_for) but with the given password, or none
+    /// at all, to test wrong and missing passwords.
+    pub fn url_for_with_password(&self, role: AuthRole, password: Option<&str>) -> String {
+        let mut url = format!("postgres://{}", role.user());
+        if let Some(pw) = password {
+            url.push(':');
+            url.push_str(&percent_encode(pw));
+        }
+        let _ = write!(
+            url,
+            "@{}:{}/{}{}",
+            self.host_raw,
+            self.port,
+            percent_encode(&self.dbname),
+            self.query
+        );
+        url
+    }
+
+    /// TCP host of the server, for drivers configured by parts rather than
+    /// by URL.
+    pub fn host(&self) -> String {
+        let h = self.host_raw.trim_start_matches('[').trim_end_matches(']');
+        if h.is_empty() {
+            "localhost".to_string()
+        } else {
+            percent_decode(h)
+        }
+    }
+
+    /// TCP port of the server.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Directory of the server's Unix socket (`.s.PGSQL.<port>`) when the
+    /// harness started the server, to test Unix-socket connections; `None`
+    /// with `DATABASE_URL`.
+    pub fn socket_dir(&self) -> Option<PathBuf> {
+        self.owned.as_ref().map(|o| o.dir.clone())
+    }
+
+    /// Whether the per-auth-method roles exist and log in with their
+    /// passwords. Always true for a harness-started server; with
+    /// `DATABASE_URL` it depends on that server, so auth tests should skip
+    /// when this is false.
+    pub fn auth_roles_available(&self) -> bool {
+        self.auth_roles
+    }
+
+    /// Runs `sql` as superuser with `psql -v ON_ERROR_STOP=1 -X -q` and
+    /// returns its stdout. For test setup (the code under test should not
+    /// be used to set up its own tests); errors carry psql's stderr.
+    pub fn psql(&self, sql: &str) -> io::Result<String> {
+        let out = self
+            .psql_command(&self.url)
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run psql: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(io::Error::other(format!(
+                "psql failed ({}) running {sql:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// `psql` set up to run against `url`, with no stdin (never prompts).
+    fn psql_command(&self, url: &str) -> Command {
+        let mut cmd = Command::new(Bins::get().program("psql"));
+        cmd.args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", url])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Attaches to the server named by `DATABASE_URL`.
+    fn external(url: String) -> io::Result<TestServer> {
+        let parsed = parse_url(&url)?;
+        let mut server = TestServer {
+            url,
+            host_raw: parsed.host_raw,
+            port: parsed.port,
+            dbname: parsed.dbname,
+            query: parsed.query,
+            auth_roles: false,
+            owned: None,
+        };
+        // Concurrent test processes may race on CREATE/ALTER ROLE
+        // ("tuple concurrently updated"); retry a little.
+        let created = (0..3).any(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            server.psql(ROLES_SQL).is_ok()
+        });
+        server.auth_roles = created && server.roles_work();
+        Ok(server)
+    }
+
+    /// Checks that each role logs in with its password and, for the
+    /// password roles, that a wrong one is refused (i.e. the server's
+    /// pg_hba.conf really asks for it).
+    fn roles_work(&self) -> bool {
+        AuthRole::ALL.iter().all(|&role| {
+            let ok = self.try_login(role, role.password());
+            match role.password() {
+                None => ok,
+                Some(_) => ok && !self.try_login(role, Some("duet-wrong-password")),
+            }
+        })
+    }
+
+    /// Whether `role` can run `SELECT 1` over TCP with `password` (given
+    /// through `PGPASSWORD`; `None` = no password at all).
+    fn try_login(&self, role: AuthRole, password: Option<&str>) -> bool {
+        let url = self.url_for_with_password(role, None);
+        let mut cmd = self.psql_command(&url);
+        cmd.args(["-w", "-c", "SELECT 1"])
+            .env("PGPASSFILE", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match password {
+            Some(pw) => cmd.env("PGPASSWORD", pw),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        cmd.status().is_ok_and(|s| s.success())
+    }
+
+    /// Creates, configures and starts a private cluster.
+    fn launch() -> io::Result<TestServer> {
+        let bins = Bins::get().clone();
+        let (dir, as_postgres) = make_temp_dir()?;
+        // From here on `owned` is dropped (stop + rm) on every error path,
+        // and the watchdog covers the process dying mid-way.
+        let mut owned = Owned {
+            dir,
+            bins,
+            as_postgres,
+            started: false,
+            watchdog: None,
+        };
+        owned.watchdog = Some(owned.spawn_watchdog()?);
+        let data = owned.data_dir();
+
+        let out = owned
+            .pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .output()
+            .map_err(|e| owned.spawn_error("initdb", e))?;
+        check(&out, "initdb")?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .map_err(|e| annotate(e, &format!("chmod 0700 {}", data.display())))?;
+        // Before the first start, so no reload race: role lines first (first
+        // match wins), then trust for everything else.
+        let hba = data.join("pg_hba.conf");
+        fs::write(&hba, hba_conf())
+            .map_err(|e| annotate(e, &format!("writing {}", hba.display())))?;
+
+        // The free port can be taken between probing and binding; only that
+        // failure is worth another try with a new port.
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            match owned.pg_start(port) {
+                Ok(()) => {
+                    let mut server = TestServer {
+                        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                        host_raw: "127.0.0.1".to_string(),
+                        port,
+                        dbname: "postgres".to_string(),
+                        query: String::new(),
+                        auth_roles: false,
+                        owned: Some(owned),
+                    };
+                    server
+                        .psql(ROLES_SQL)
+                        .map_err(|e| annotate(e, "creating the auth roles"))?;
+                    server.auth_roles = true;
+                    return Ok(server);
+                }
+                Err(StartError::PortInUse(e)) => last_err = Some(e),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("PostgreSQL did not start")))
+    }
+}
+
+impl Drop for TestServer {
+    /// Stops the cluster (`pg_ctl -m immediate stop`) and removes its temp
+    /// dir if the harness started it; a `DATABASE_URL` server is left alone.
+    fn drop(&mut self) {
+        // The work is in `Owned::drop`.
+        self.owned.take();
+    }
+}
+
+impl Owned {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// A postgres program run as the `postgres` user when we are root
+    /// (`initdb`/`postgres` refuse to run as root), from the temp dir (the
+    /// caller's cwd may be unreadable for `postgres`).
+    fn pg_command(&self, program: &str) -> Command {
+        let prog = self.bins.program(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        cmd.current_dir(&self.dir).stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn_error(&self, what: &str, e: io::Error) -> io::Error {
+        let how = if self.as_postgres {
+            " via `runuser -u postgres`"
+        } else {
+            ""
+        };
+        let bin = match &self.bins.dir {
+            Some(d) => format!("bin dir {}", d.display()),
+            None => "no PostgreSQL bin dir found (pg_config --bindir, /usr/lib/postgresql/*/bin), using PATH".to_string(),
+        };
+        io::Error::new(e.kind(), format!("cannot run {what}{how} ({bin}): {e}"))
+    }
+
+    /// `pg_ctl start` on `port`; on failure the error carries pg_ctl's
+    /// output and the tail of the server log, and the server is stopped.
+    fn pg_start(&mut self, port: u16) -> Result<(), StartError> {
+        let log = self.log_file();
+        let _ = fs::remove_file(&log);
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=200",
+            sh_quote(&self.dir.to_string_lossy())
+        );
+        self.started = true;
+        let out = self
+            .pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .output()
+            .map_err(|e| StartError::Other(self.spawn_error("pg_ctl", e)))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        self.stop();
+        let tail = log_tail(&log, 30);
+        let msg = format!(
+            "pg_ctl start on port {port} failed ({}):\n{}\n{}\n--- tail of {} ---\n{tail}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log.display(),
+        );
+        let err = io::Error::other(msg);
+        if tail.contains("already in use") || tail.contains("could not create any TCP/IP sockets") {
+            Err(StartError::PortInUse(err))
+        } else {
+            Err(StartError::Other(err))
+        }
+    }
+
+    /// Immediate shutdown; errors are ignored (it may not be running).
+    fn stop(&mut self) {
+        if !self.started {
+            return;
+        }
+        self.started = false;
+        let _ = self
+            .pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Starts the detached cleanup shell (see the module docs).
+    fn spawn_watchdog(&self) -> io::Result<Child> {
+        let pg_ctl = sh_quote(&self.bins.program("pg_ctl").to_string_lossy());
+        let runuser = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let script = format!(
+            "trap '' HUP INT; cat >/dev/null; \
+             {runuser}{pg_ctl} -D {data} -m immediate -w stop; rm -rf {dir}",
+            data = sh_quote(&self.data_dir().to_string_lossy()),
+            dir = sh_quote(&self.dir.to_string_lossy()),
+        );
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Own process group: a Ctrl-C aimed at `cargo test` must not
+            // kill the watchdog before it has cleaned up.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot spawn the cleanup watchdog (/bin/sh): {e}"),
+                )
+            })
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+        if let Some(mut w) = self.watchdog.take() {
+            // Closing the pipe releases the watchdog, which finds nothing
+            // left to do; wait so it is not left as a zombie.
+            drop(w.stdin.take());
+            let _ = w.wait();
+        }
+    }
+}
+
+/// Why `pg_ctl start` failed: a port clash is retried, anything else is not.
+enum StartError {
+    PortInUse(io::Error),
+    Other(io::Error),
+}
+
+/// `pg_hba.conf`: each auth role gets its method over TCP and the Unix
+/// socket, before the final catch-all `trust` lines (first match wins).
+fn hba_conf() -> String {
+    let mut s = String::from(
+        "# Written by duet's test harness.\n# TYPE  DATABASE  USER  ADDRESS  METHOD\n",
+    );
+    for role in [
+        AuthRole::Trust,
+        AuthRole::Cleartext,
+        AuthRole::Md5,
+        AuthRole::Scram,
+    ] {
+        let (u, m) = (role.user(), role.hba_method());
+        let _ = writeln!(s, "local all {u} {m}");
+        let _ = writeln!(s, "host all {u} 127.0.0.1/32 {m}");
+        let _ = writeln!(s, "host all {u} ::1/128 {m}");
+    }
+    s.push_str(
+        "local all all trust\n\
+         host all all 127.0.0.1/32 trust\n\
+         host all all ::1/128 trust\n\
+         local replication all trust\n\
+         host replication all 127.0.0.1/32 trust\n\
+         host replication all ::1/128 trust\n",
+    );
+    s
+}
+
+/// Creates a fresh, unique temp dir (pid + counter + time) and, when we
+/// are root, hands it to the `postgres` user. Returns whether postgres
+/// programs must run via `runuser`.
+fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    let mut attempt = 0;
+    let dir = loop {
+        let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("duet-pg-{pid}-{n}-{nanos:x}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => break dir,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 10 => attempt += 1,
+            Err(e) => return Err(annotate(e, &format!("creating temp dir {}", dir.display()))),
+        }
+    };
+    // The Unix socket path (dir + "/.s.PGSQL.NNNNN") must fit in sun_path.
+    if dir.as_os_str().len() + 16 > 107 {
+        let _ = fs::remove_dir(&dir);
+        return Err(io::Error::other(format!(
+            "temp dir {} is too long for a Unix socket path; set TMPDIR to a shorter directory",
+            dir.display()
+        )));
+    }
+    // The dir's owner is our effective uid: root must hand it to postgres.
+    let as_postgres = fs::metadata(&dir)?.uid() == 0;
+    if as_postgres {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(io::Error::other(format!(
+                "running as root, but `chown -R postgres:postgres {}` failed ({status:?}); \
+                 initdb/postgres refuse to run as root and need a `postgres` user",
+                dir.display()
+            )));
+        }
+    }
+    Ok((dir, as_postgres))
+}
+
+/// A port that was free a moment ago (bind to port 0, then release it).
+/// Racy by nature; `launch` retries with another port if the start fails.
+fn free_port() -> io::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| annotate(e, "finding a free port on 127.0.0.1"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn check(out: &Output, what: &str) -> io::Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    )))
+}
+
+fn annotate(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// The last `n` lines of a log file (or why it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    match fs::File::open(path) {
+        Ok(f) => {
+            let lines: Vec<String> = io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read the log: {e})"),
+    }
+}
+
+/// Single-quotes `s` for `/bin/sh` (`pg_ctl -o` goes through a shell too).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The parts of a `postgres://` URL the per-role URLs need.
+#[derive(Debug, PartialEq)]
+struct ParsedUrl {
+    host_raw: String,
+    port: u16,
+    dbname: String,
+    query: String,
+}
+
+/// Minimal `postgres[ql]://[user[:pass]@][host][:port][/db][?params]`
+/// parser (single host), enough to derive the per-role URLs.
+fn parse_url(url: &str) -> io::Result<ParsedUrl> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("DATABASE_URL {url:?}: {why}"),
+        )
+    };
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| bad("expected a postgres:// or postgresql:// URL"))?;
+    let (rest, query) = match rest.find('?') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, String::new()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hostport.contains(',') {
+        return Err(bad("multiple hosts are not supported by the test harness"));
+    }
+    let (host_raw, port) = if let Some(end) = hostport.strip_prefix('[').and_then(|h| h.find(']')) {
+        let end = end + 1; // index of ']' in hostport
+        let after = &hostport[end + 1..];
+        (
+            hostport[..=end].to_string(),
+            after.strip_prefix(':').unwrap_or(""),
+        )
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (hostport.to_string(), ""),
+        }
+    };
+    let port = if port.is_empty() {
+        5432
+    } else {
+        port.parse().map_err(|_| bad("invalid port"))?
+    };
+    let dbname = if path.is_empty() {
+        "postgres".to_string()
+    } else {
+        percent_decode(path)
+    };
+    Ok(ParsedUrl {
+        host_raw,
+        port,
+        dbname,
+        query,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `SELECT current_user` with `psql` against `url` (never
+    /// prompting; no ~/.pgpass), the password via `PGPASSWORD` if given.
+    fn login(server: &TestServer, url: &str, password: Option<&str>) -> Result<String, String> {
+        let mut cmd = server.psql_command(url);
+        cmd.args(["-w", "-A", "-t", "-c", "SELECT current_user"])
+            .env("PGPASSFILE", "/dev/null");
+        match password {
+            Some(pw) => cmd.env("PGPASSWORD", pw),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    fn own_server() -> bool {
+        !matches!(std::env::var("DATABASE_URL"), Ok(u) if !u.trim().is_empty())
+    }
+
+    #[test]
+    fn start_select_and_drop() {
+        let t = std::time::Instant::now();
+        let server = TestServer::start().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("TestServer::start took {:?}", t.elapsed());
+        let out = server
+            .psql("SELECT 1 AS one")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains('1'), "unexpected psql output: {out:?}");
+        assert!(server.url().contains(&server.port().to_string()));
+        if own_server() {
+            let dir = server.socket_dir().expect("socket dir");
+            assert!(dir.join(format!(".s.PGSQL.{}", server.port())).exists());
+            let mode = fs::metadata(dir.join("data")).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+            let pid = postmaster_pid(&dir);
+            assert!(alive(pid));
+            drop(server);
+            assert!(!dir.exists(), "temp dir left behind");
+            assert!(!alive(pid), "postmaster {pid} still running after drop");
+        }
+    }
+
+    #[test]
+    fn auth_roles_log_in_with_their_passwords_only() {
+        let server = TestServer::shared();
+        assert!(server.auth_roles_available() || !own_server());
+        if !server.auth_roles_available() {
+            eprintln!("auth roles not available on DATABASE_URL; skipping");
+            return;
+        }
+        for role in AuthRole::ALL {
+            let url = server.url_for_with_password(role, None);
+            assert_eq!(
+                login(server, &url, role.password()),
+                Ok(role.user().to_string()),
+                "{role:?}"
+            );
+            // The password inside the URL works too.
+            assert_eq!(
+                login(server, &server.url_for(role), None),
+                Ok(role.user().to_string())
+            );
+            if role.password().is_some() {
+                let err = login(server, &url, Some("wrong")).expect_err("wrong password accepted");
+                assert!(
+                    err.contains("password authentication failed"),
+                    "{role:?}: {err}"
+                );
+                let bad = server.url_for_with_password(role, Some("wr:ng@/pw"));
+                assert!(login(server, &bad, None).is_err(), "{role:?}");
+                let err = login(server, &url, None).expect_err("missing password accepted");
+                assert!(err.contains("no password supplied"), "{role:?}: {err}");
+            } else {
+                // trust: any password is ignored.
+                assert!(login(server, &url, Some("whatever")).is_ok());
+            }
+        }
+        // MD5 must really be stored as MD5, or the server would use SCRAM.
+        let out = server
+            .psql("SELECT rolname || '=' || left(rolpassword, 4) FROM pg_authid WHERE rolname LIKE 'duet_%' ORDER BY 1")
+            .unwrap();
+        assert!(out.contains("duet_md5=md5"), "{out}");
+        assert!(out.contains("duet_scram=SCRA"), "{out}");
+    }
+
+    #[test]
+    fn auth_roles_over_unix_socket() {
+        let server = TestServer::shared();
+        let Some(dir) = server.socket_dir() else {
+            return;
+        };
+        for role in AuthRole::ALL {
+            let url = format!(
+                "postgres://{}@/postgres?host={}&port={}",
+                role.user(),
+                percent_encode(&dir.to_string_lossy()),
+                server.port()
+            );
+            assert_eq!(
+                login(server, &url, role.password()),
+                Ok(role.user().to_string())
+            );
+            if role.password().is_some() {
+                assert!(login(server, &url, Some("wrong")).is_err(), "{role:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn roles_can_create_tables() {
+        let server = TestServer::shared();
+        if !server.auth_roles_available() {
+            return;
+        }
+        let url = server.url_for(AuthRole::Scram);
+        let mut cmd = server.psql_command(&url);
+        cmd.args(["-c", "CREATE TEMP TABLE t (x int); CREATE TABLE duet_harness_check (x int); DROP TABLE duet_harness_check;"]);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn parses_urls() {
+        let p = parse_url("postgres://u:p%40ss@db.example:6543/mydb?sslmode=disable").unwrap();
+        assert_eq!(
+            p,
+            ParsedUrl {
+                host_raw: "db.example".into(),
+                port: 6543,
+                dbname: "mydb".into(),
+                query: "?sslmode=disable".into()
+            }
+        );
+        let p = parse_url("postgresql://[::1]/").unwrap();
+        assert_eq!(
+            (p.host_raw.as_str(), p.port, p.dbname.as_str()),
+            ("[::1]", 5432, "postgres")
+        );
+        let p = parse_url("postgres://me@[::1]:7000").unwrap();
+        assert_eq!((p.host_raw.as_str(), p.port), ("[::1]", 7000));
+        assert!(parse_url("mysql://x").is_err());
+        assert_eq!(percent_encode("a:b@c/d"), "a%3Ab%40c%2Fd");
+        assert_eq!(percent_decode("a%3Ab%40c"), "a:b@c");
+    }
+
+    fn postmaster_pid(dir: &Path) -> u32 {
+        let pidfile = fs::read_to_string(dir.join("data/postmaster.pid")).unwrap();
+        pidfile.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    fn alive(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+            && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    }
+
+    /// Env var that turns `watchdog_child` on (it is `#[ignore]`d otherwise).
+    const CHILD_ENV: &str = "DUET_HARNESS_WATCHDOG_CHILD";
+
+    /// Helper for `watchdog_cleans_up_after_sigkill`: starts the shared
+    /// server, prints where it lives, then SIGKILLs its own process.
+    #[test]
+    #[ignore = "helper process for watchdog_cleans_up_after_sigkill"]
+    fn watchdog_child() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        let server = TestServer::shared();
+        let dir = server.socket_dir().unwrap();
+        println!(
+            "DUET_CHILD dir={} pid={}",
+            dir.display(),
+            postmaster_pid(&dir)
+        );
+        let _ = Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    #[test]
+    fn watchdog_cleans_up_after_sigkill() {
+        if !own_server() {
+            return;
+        }
+        // Test path without the crate name, e.g. `server::tests::watchdog_child`.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("{module}::watchdog_child"),
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdin(Stdio::null())
+            .output() // returns only once every holder of the pipe is gone
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("DUET_CHILD "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "child printed no server info: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let (dir, pid) = line.split_once(" pid=").unwrap();
+        let dir = PathBuf::from(dir.strip_prefix("dir=").unwrap());
+        let pid: u32 = pid.parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while (dir.exists() || alive(pid)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(pid), "postmaster {pid} survived its test process");
+        assert!(!dir.exists(), "{} survived its test process", dir.display());
+    }
+}

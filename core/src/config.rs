@@ -1,0 +1,346 @@
+//! Connection settings and the two connection-string forms libpq users know:
+//! `postgres://user:pass@host:port/db?opt=v` and `host=… port=… dbname=…`.
+//! Parsing is pure, so it lives here and both drivers share it.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// Where to reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// Host name or IP address, reached over TCP.
+    Tcp(String),
+    /// Directory holding the server's Unix socket (`.s.PGSQL.<port>`).
+    Unix(String),
+}
+
+/// Everything needed to open a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub host: Host,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: Option<String>,
+    pub application_name: Option<String>,
+    /// Command-line options for the backend, e.g. `-c search_path=app`.
+    pub options: Option<String>,
+    /// Limit on establishing the session (socket connect plus startup).
+    pub connect_timeout: Option<Duration>,
+    /// Named prepared statements kept per connection (LRU). 0 means unnamed
+    /// statements only, which is what PgBouncer's transaction mode needs.
+    pub statement_cache_capacity: usize,
+    /// Largest message accepted from the server, checked before any buffer
+    /// grows. The server can send up to 1 GiB in one message; the default,
+    /// 256 MiB, guards memory while covering every ordinary row.
+    pub max_message_size: usize,
+    /// How long after asking to cancel a timed-out request the connection
+    /// waits for the server before it gives up and closes.
+    pub cancel_grace: Duration,
+    /// Notices, notifications and parameter changes kept until the
+    /// application takes them; the oldest are dropped past this.
+    pub event_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: Host::Tcp("localhost".into()),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            dbname: None,
+            application_name: None,
+            options: None,
+            connect_timeout: None,
+            statement_cache_capacity: 256,
+            max_message_size: 256 << 20,
+            cancel_grace: Duration::from_secs(5),
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Config, Error> {
+        Config::parse(s)
+    }
+}
+
+impl Config {
+    /// Parses a URL (`postgres://` or `postgresql://`) or a libpq
+    /// `key=value` string.
+    ///
+    /// ```
+    /// use duet_core::{Config, Host};
+    /// let c = Config::parse("postgres://app:s3cret@db.local:6432/shop?application_name=web").unwrap();
+    /// assert_eq!(c.host, Host::Tcp("db.local".into()));
+    /// assert_eq!((c.port, c.user.as_str(), c.password.as_deref()), (6432, "app", Some("s3cret")));
+    /// let k = Config::parse("host=/var/run/postgresql user=app dbname='my db'").unwrap();
+    /// assert_eq!(k.host, Host::Unix("/var/run/postgresql".into()));
+    /// assert_eq!(k.dbname.as_deref(), Some("my db"));
+    /// ```
+    pub fn parse(s: &str) -> Result<Config, Error> {
+        let s = s.trim();
+        if let Some(rest) = s
+            .strip_prefix("postgres://")
+            .or_else(|| s.strip_prefix("postgresql://"))
+        {
+            parse_url(rest)
+        } else if s.contains("://") {
+            Err(Error::config(format!(
+                "unsupported URL scheme in {:?}: use postgres:// or postgresql://",
+                redact(s)
+            )))
+        } else {
+            parse_key_values(s)
+        }
+    }
+
+    /// Applies one libpq-style option by name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        match key {
+            "host" => {
+                self.host = if value.starts_with('/') {
+                    Host::Unix(value.into())
+                } else {
+                    Host::Tcp(value.into())
+                }
+            }
+            "port" => {
+                self.port = value
+                    .parse()
+                    .map_err(|_| Error::config(format!("port {value:?} is not a number from 1 to 65535")))?
+            }
+            "user" => self.user = value.into(),
+            "password" => self.password = Some(value.into()),
+            "dbname" => self.dbname = Some(value.into()),
+            "application_name" => self.application_name = Some(value.into()),
+            "options" => self.options = Some(value.into()),
+            "connect_timeout" => {
+                let secs: u64 = value.parse().map_err(|_| {
+                    Error::config(format!("connect_timeout {value:?} is not a whole number of seconds"))
+                })?;
+                // libpq treats 0 as "wait forever".
+                self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "statement_cache_capacity" => {
+                self.statement_cache_capacity = value.parse().map_err(|_| {
+                    Error::config(format!("statement_cache_capacity {value:?} is not a whole number"))
+                })?
+            }
+            "max_message_size" => {
+                self.max_message_size = value.parse().map_err(|_| {
+                    Error::config(format!("max_message_size {value:?} is not a whole number of bytes"))
+                })?
+            }
+            // Accepted for compatibility with libpq strings; duet speaks
+            // plaintext only, so anything demanding TLS is refused.
+            "sslmode" => {
+                if !matches!(value, "disable" | "allow" | "prefer") {
+                    return Err(Error::config(format!(
+                        "sslmode={value} needs TLS, which duet does not support yet"
+                    )));
+                }
+            }
+            other => {
+                return Err(Error::config(format!("unknown connection option {other:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn redact(s: &str) -> String {
+    // Never echo a password back in an error message.
+    match (s.find("://"), s.find('@')) {
+        (Some(a), Some(b)) if a < b => format!("{}://***{}", &s[..a], &s[b..]),
+        _ => s.to_string(),
+    }
+}
+
+fn parse_url(rest: &str) -> Result<Config, Error> {
+    let mut c = Config::default();
+    let (before_query, query) = match rest.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (before_query, None),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if let Some(u) = userinfo {
+        let (user, pass) = match u.split_once(':') {
+            Some((a, b)) => (a, Some(b)),
+            None => (u, None),
+        };
+        if !user.is_empty() {
+            c.user = percent_decode(user)?;
+        }
+        if let Some(p) = pass {
+            c.password = Some(percent_decode(p)?);
+        }
+    }
+    if !hostport.is_empty() {
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| Error::config("unterminated [ in IPv6 host"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (percent_decode(h)?, Some(p)),
+                None => (percent_decode(hostport)?, None),
+            }
+        };
+        if !host.is_empty() {
+            c.set("host", &host)?;
+        }
+        if let Some(p) = port {
+            c.set("port", p)?;
+        }
+    }
+    if let Some(p) = path {
+        if !p.is_empty() {
+            c.dbname = Some(percent_decode(p)?);
+        }
+    }
+    if let Some(q) = query {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::config(format!("URL option {pair:?} has no '='")))?;
+            c.set(&percent_decode(k)?, &percent_decode(v)?)?;
+        }
+    }
+    Ok(c)
+}
+
+fn percent_decode(s: &str) -> Result<String, Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::config(format!("bad percent-escape in {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::config(format!("{s:?} is not UTF-8 after decoding")))
+}
+
+fn parse_key_values(s: &str) -> Result<Config, Error> {
+    let mut c = Config::default();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(&ch) = chars.peek() {
+            if ch == '=' || ch.is_whitespace() {
+                break;
+            }
+            key.push(ch);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(Error::config(format!("option {key:?} has no '=' and value")));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some(e) => value.push(e),
+                        None => return Err(Error::config("dangling backslash in quoted value")),
+                    },
+                    Some('\'') => break,
+                    Some(ch) => value.push(ch),
+                    None => {
+                        return Err(Error::config(format!("unterminated quote in value of {key:?}")))
+                    }
+                }
+            }
+        } else {
+            while let Some(&ch) = chars.peek() {
+                if ch.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                if ch == '\\' {
+                    if let Some(e) = chars.next() {
+                        value.push(e);
+                    }
+                } else {
+                    value.push(ch);
+                }
+            }
+        }
+        c.set(&key, &value)?;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let c = Config::parse("postgresql://u%40x:p%3Aw@[::1]:7/d%20b?options=-c%20a%3Db&statement_cache_capacity=0").unwrap();
+        assert_eq!(c.user, "u@x");
+        assert_eq!(c.password.as_deref(), Some("p:w"));
+        assert_eq!(c.host, Host::Tcp("::1".into()));
+        assert_eq!(c.port, 7);
+        assert_eq!(c.dbname.as_deref(), Some("d b"));
+        assert_eq!(c.options.as_deref(), Some("-c a=b"));
+        assert_eq!(c.statement_cache_capacity, 0);
+        let h = Config::parse("postgres://%2Ftmp%2Fsock/db").unwrap();
+        assert_eq!(h.host, Host::Unix("/tmp/sock".into()));
+    }
+
+    #[test]
+    fn key_value_forms() {
+        let c = Config::parse("host=h port = 99 password='it\\'s' connect_timeout=3").unwrap();
+        assert_eq!(c.host, Host::Tcp("h".into()));
+        assert_eq!(c.port, 99);
+        assert_eq!(c.password.as_deref(), Some("it's"));
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_hide_passwords() {
+        let e = Config::parse("port=abc").unwrap_err().to_string();
+        assert!(e.contains("port \"abc\""), "{e}");
+        let e = Config::parse("mysql://u:secret@h/d").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(Config::parse("bogus=1").unwrap_err().to_string().contains("bogus"));
+        assert!(Config::parse("host='x").is_err());
+        assert!(Config::parse("sslmode=require").is_err());
+    }
+}

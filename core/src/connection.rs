@@ -1,0 +1,1222 @@
+//! Layer 1: the protocol state machine. It owns every buffer and the FIFO of
+//! requests in flight; a driver owns only the socket and moves bytes.
+//!
+//! Responses are matched to requests purely by order: every message the
+//! server sends for a request lands on the entry at the front of `queue`.
+//! A *sync group* is the run of requests up to a `Sync`; its tickets are
+//! finished together when that group's `ReadyForQuery` arrives, so that an
+//! error raised at `Sync` time (a deferred constraint at implicit commit)
+//! can still fail them, and so that the transaction status a caller sees is
+//! current when its result is handed over.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use postgres_types::Type;
+
+use crate::cache::{CacheLookup, StatementCache};
+use crate::params::{self, Encoded, Param};
+use crate::row::{type_from_oid, Column, Row, SimpleMessage, SimpleRow};
+use crate::{Config, DbError, Error};
+
+/// Names a request in flight; the key to its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// The transaction state the last `ReadyForQuery` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    Idle,
+    InTransaction,
+    /// In a transaction block that has failed: only ROLLBACK will work.
+    Failed,
+}
+
+/// Something the server said outside any request's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Notice(Box<DbError>),
+    Notification { process_id: i32, channel: String, payload: String },
+    ParameterStatus { name: String, value: String },
+}
+
+/// What the driver must send on a *new* connection to the server to cancel
+/// the statement running on this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+impl CancelRequest {
+    /// The 16 bytes of the CancelRequest message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        frontend::cancel_request(self.process_id, self.secret_key, &mut b);
+        b.to_vec()
+    }
+}
+
+/// A statement prepared on one connection. Dropping the last handle closes
+/// it on the server (with the next request sent).
+#[derive(Clone)]
+pub struct Statement(Arc<StatementInner>);
+
+struct StatementInner {
+    name: String,
+    params: Vec<Type>,
+    columns: Arc<[Column]>,
+    closer: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl Drop for StatementInner {
+    fn drop(&mut self) {
+        if let Some(c) = &self.closer {
+            if let Ok(mut v) = c.lock() {
+                v.push(std::mem::take(&mut self.name));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Statement")
+            .field("name", &self.0.name)
+            .field("params", &self.0.params)
+            .field("columns", &self.0.columns)
+            .finish()
+    }
+}
+
+impl Statement {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn params(&self) -> &[Type] {
+        &self.0.params
+    }
+    pub fn columns(&self) -> &[Column] {
+        &self.0.columns
+    }
+}
+
+/// The rows and command tag of one extended-protocol statement.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub columns: Arc<[Column]>,
+    pub rows: Vec<Row>,
+    /// The command tag, e.g. `SELECT 3` or `UPDATE 1` (`None` for an empty query).
+    pub tag: Option<String>,
+}
+
+impl QueryResult {
+    /// Rows inserted, updated, deleted, selected… as the command tag says.
+    pub fn rows_affected(&self) -> u64 {
+        self.tag
+            .as_deref()
+            .and_then(|t| t.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A finished request's result.
+#[derive(Debug, Clone)]
+pub enum Response {
+    Rows(QueryResult),
+    Prepared(Statement),
+    Simple(Vec<SimpleMessage>),
+}
+
+/// One unit of work to send.
+pub struct Request<'a> {
+    kind: RequestKind<'a>,
+    deadline: Option<Instant>,
+}
+
+enum RequestKind<'a> {
+    Simple(&'a str),
+    Query(&'a str, &'a [Param<'a>]),
+    Execute(&'a Statement, &'a [Param<'a>]),
+    Prepare(&'a str, &'a [Type]),
+}
+
+impl<'a> Request<'a> {
+    /// Simple-protocol query: may hold several `;`-separated statements,
+    /// takes no parameters, returns text rows.
+    pub fn simple(sql: &'a str) -> Self {
+        Request { kind: RequestKind::Simple(sql), deadline: None }
+    }
+    /// Extended-protocol statement with bound parameters; binary rows; one
+    /// round trip even the first time (see [`crate::params`]).
+    pub fn query(sql: &'a str, params: &'a [Param<'a>]) -> Self {
+        Request { kind: RequestKind::Query(sql, params), deadline: None }
+    }
+    /// Executes a prepared statement.
+    pub fn execute(stmt: &'a Statement, params: &'a [Param<'a>]) -> Self {
+        Request { kind: RequestKind::Execute(stmt, params), deadline: None }
+    }
+    /// Prepares a named statement; `types` may fix leading parameter types.
+    pub fn prepare(sql: &'a str, types: &'a [Type]) -> Self {
+        Request { kind: RequestKind::Prepare(sql, types), deadline: None }
+    }
+    /// When to give up: the core then asks for a `CancelRequest` and the
+    /// request fails with [`Error::Timeout`].
+    pub fn deadline(mut self, at: Option<Instant>) -> Self {
+        self.deadline = at;
+        self
+    }
+}
+
+enum Phase {
+    /// Waiting for an authentication request or its outcome.
+    Auth,
+    Scram(Box<ScramSha256>),
+    /// Authenticated; waiting for the first ReadyForQuery.
+    Starting,
+    Ready,
+    Closed(Error),
+}
+
+/// What an entry of the response queue still expects.
+enum Entry {
+    /// `Parse, Bind, [Describe portal], Execute` for one statement.
+    Stmt(Box<StmtState>),
+    /// `Parse, Describe statement`.
+    Prepare(Box<PrepareState>),
+    /// A whole simple query; acts as its own sync point.
+    Simple(Box<SimpleState>),
+    /// `Close statement` of an evicted or dropped statement.
+    Close,
+    /// The end of a sync group.
+    Sync,
+}
+
+struct StmtState {
+    ticket: Ticket,
+    /// Name of the cache entry this request's `Parse` creates.
+    parses: Option<Arc<str>>,
+    parsed: bool,
+    bound: bool,
+    columns: Option<Arc<[Column]>>,
+    rows: Vec<Row>,
+    copy_out: bool,
+}
+
+struct PrepareState {
+    ticket: Ticket,
+    name: String,
+    parsed: bool,
+    params: Option<Vec<Type>>,
+}
+
+struct SimpleState {
+    ticket: Ticket,
+    messages: Vec<SimpleMessage>,
+    columns: Option<Arc<[String]>>,
+    error: Option<Error>,
+}
+
+/// The protocol state machine of one PostgreSQL session. No I/O, no clock.
+pub struct Connection {
+    config: Config,
+    phase: Phase,
+    out: BytesMut,
+    /// Requests submitted before the session is ready, sent once it is.
+    held: BytesMut,
+    input: BytesMut,
+    queue: VecDeque<Entry>,
+    /// Results of the current sync group, finished at its ReadyForQuery.
+    group: Vec<(Ticket, Result<Response, Error>)>,
+    done: HashMap<Ticket, Result<Response, Error>>,
+    abandoned: Vec<Ticket>,
+    deadlines: Vec<(Ticket, Instant)>,
+    timed_out: Vec<Ticket>,
+    cancel_grace_until: Option<Instant>,
+    startup_deadline: Option<Instant>,
+    next_ticket: u64,
+    next_statement: u64,
+    events: VecDeque<Event>,
+    events_dropped: u64,
+    parameters: HashMap<String, String>,
+    backend_key: Option<CancelRequest>,
+    cancel_wanted: bool,
+    tx_status: TransactionStatus,
+    cache: StatementCache,
+    to_close: Arc<Mutex<Vec<String>>>,
+    batch_depth: u32,
+    unsynced: bool,
+    atomic_depth: u32,
+    default_deadline: Option<Instant>,
+}
+
+impl Connection {
+    /// Starts a session: queues the StartupMessage.
+    pub fn new(config: &Config, now: Instant) -> Connection {
+        let mut out = BytesMut::new();
+        let mut params: Vec<(&str, &str)> = vec![("user", &config.user), ("client_encoding", "UTF8")];
+        if let Some(db) = &config.dbname {
+            params.push(("database", db));
+        }
+        if let Some(a) = &config.application_name {
+            params.push(("application_name", a));
+        }
+        if let Some(o) = &config.options {
+            params.push(("options", o));
+        }
+        // Only fails for interior NUL bytes; the server would reject those too.
+        let phase = match frontend::startup_message(params.iter().copied(), &mut out) {
+            Ok(()) => Phase::Auth,
+            Err(e) => Phase::Closed(Error::config(format!("startup parameters: {e}"))),
+        };
+        Connection {
+            cache: StatementCache::new(config.statement_cache_capacity),
+            startup_deadline: config.connect_timeout.map(|t| now + t),
+            config: config.clone(),
+            phase,
+            out,
+            held: BytesMut::new(),
+            input: BytesMut::new(),
+            queue: VecDeque::new(),
+            group: Vec::new(),
+            done: HashMap::new(),
+            abandoned: Vec::new(),
+            deadlines: Vec::new(),
+            timed_out: Vec::new(),
+            cancel_grace_until: None,
+            next_ticket: 0,
+            next_statement: 0,
+            events: VecDeque::new(),
+            events_dropped: 0,
+            parameters: HashMap::new(),
+            backend_key: None,
+            cancel_wanted: false,
+            tx_status: TransactionStatus::Idle,
+            to_close: Arc::new(Mutex::new(Vec::new())),
+            batch_depth: 0,
+            unsynced: false,
+            atomic_depth: 0,
+            default_deadline: None,
+        }
+    }
+
+    // ---- state the caller may look at ----
+
+    /// True once the session is authenticated and ready for queries.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready)
+    }
+
+    /// The error that closed the connection, if it is closed.
+    pub fn closed_reason(&self) -> Option<&Error> {
+        match &self.phase {
+            Phase::Closed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when nothing is in flight and the last ReadyForQuery said idle:
+    /// the only state in which a pool may hand the connection to someone else.
+    pub fn is_idle(&self) -> bool {
+        self.is_ready() && self.queue.is_empty() && self.tx_status == TransactionStatus::Idle
+    }
+
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.tx_status
+    }
+
+    /// A server parameter as last reported (`server_version`, `TimeZone`, …).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(|s| s.as_str())
+    }
+
+    /// What a driver needs to cancel from another socket (`None` before the
+    /// server sent BackendKeyData).
+    pub fn cancel_token(&self) -> Option<CancelRequest> {
+        self.backend_key
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Requests whose responses are still expected.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// How many events were dropped because nobody took them in time.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
+    /// Named statements currently cached.
+    pub fn cached_statements(&self) -> usize {
+        self.cache.len()
+    }
+
+    // ---- outputs ----
+
+    /// Bytes to send; empty when there is nothing to send.
+    pub fn poll_transmit(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Marks `n` bytes of [`Connection::poll_transmit`] as sent.
+    pub fn advance_transmit(&mut self, n: usize) {
+        let n = n.min(self.out.len());
+        self.out.advance(n);
+    }
+
+    /// The earliest instant at which [`Connection::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.cancel_grace_until;
+        if !self.is_ready() {
+            t = min_opt(t, self.startup_deadline);
+        }
+        for (ticket, at) in &self.deadlines {
+            if !self.timed_out.contains(ticket) {
+                t = min_opt(t, Some(*at));
+            }
+        }
+        t
+    }
+
+    /// A cancel to send on a new socket, at most once per timeout.
+    pub fn poll_cancel(&mut self) -> Option<CancelRequest> {
+        if self.cancel_wanted {
+            self.cancel_wanted = false;
+            self.backend_key
+        } else {
+            None
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether the driver should read: something is expected from the server.
+    pub fn wants_input(&self) -> bool {
+        match self.phase {
+            Phase::Closed(_) => false,
+            Phase::Ready => !self.queue.is_empty(),
+            _ => true,
+        }
+    }
+
+    /// Takes the result of a finished request; `None` while it is pending.
+    pub fn take_result(&mut self, t: Ticket) -> Option<Result<Response, Error>> {
+        if let Some(r) = self.done.remove(&t) {
+            return Some(r);
+        }
+        if let Phase::Closed(e) = &self.phase {
+            if self.queue.is_empty() && !self.group.iter().any(|(g, _)| *g == t) {
+                return Some(Err(e.clone()));
+            }
+        }
+        None
+    }
+
+    // ---- inputs ----
+
+    /// Feeds bytes read from the server, in any split.
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        self.input.extend_from_slice(bytes);
+        loop {
+            // Check the frame length before postgres-protocol reserves room
+            // for it: a hostile length must not allocate.
+            if self.input.len() >= 5 {
+                let len = i32::from_be_bytes([self.input[1], self.input[2], self.input[3], self.input[4]]);
+                if len < 4 {
+                    return Err(self.fail(Error::protocol(format!("message length {len} is below 4"))));
+                }
+                if len as usize + 1 > self.config.max_message_size {
+                    return Err(self.fail(Error::protocol(format!(
+                        "server message of {} bytes exceeds max_message_size ({})",
+                        len as usize + 1,
+                        self.config.max_message_size
+                    ))));
+                }
+            }
+            let msg = match Message::parse(&mut self.input) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return Err(self.fail(Error::protocol(format!("unparsable message: {e}")))),
+            };
+            if let Err(e) = self.handle_message(msg, now) {
+                return Err(self.fail(e));
+            }
+            if let Phase::Closed(e) = &self.phase {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The server closed the socket.
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if !matches!(self.phase, Phase::Closed(_)) {
+            self.fail(Error::closed("the server closed the connection"));
+        }
+    }
+
+    /// Time has passed; spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Closed(_)) {
+            return;
+        }
+        if !self.is_ready() && self.startup_deadline.is_some_and(|d| now >= d) {
+            self.fail(Error::closed("connect_timeout passed before the session was ready"));
+            return;
+        }
+        if self.cancel_grace_until.is_some_and(|d| now >= d) {
+            self.fail(Error::closed(
+                "the server did not answer a cancelled request within the grace period",
+            ));
+            return;
+        }
+        let mut fire = false;
+        for (t, at) in &self.deadlines {
+            if now >= *at && !self.timed_out.contains(t) {
+                self.timed_out.push(*t);
+                fire = true;
+            }
+        }
+        if fire {
+            self.cancel_wanted = self.backend_key.is_some();
+            self.cancel_grace_until = Some(now + self.config.cancel_grace);
+        }
+    }
+
+    /// The caller no longer wants this request's result: its responses are
+    /// discarded on arrival. (An operation that opened a transaction rolls it
+    /// back in its own `abandon`.)
+    pub fn abandon(&mut self, t: Ticket) {
+        if self.done.remove(&t).is_none() && !self.abandoned.contains(&t) {
+            self.abandoned.push(t);
+        }
+        self.deadlines.retain(|(d, _)| *d != t);
+    }
+
+    /// Queues Terminate; the driver sends it and closes the socket.
+    pub fn close(&mut self) {
+        if !matches!(self.phase, Phase::Closed(_)) {
+            frontend::terminate(&mut self.out);
+            self.fail(Error::closed("the client closed the connection"));
+        }
+    }
+
+    /// Queues a simple query whose result nobody waits for (the rollback of
+    /// an abandoned transaction). Errors are dropped with the result.
+    pub fn submit_detached(&mut self, sql: &str) {
+        let ticket = Ticket(self.next_ticket);
+        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
+        let ok = self.encode_request(&Request::simple(sql), ticket, &mut buf).is_ok();
+        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
+        if ok {
+            self.next_ticket += 1;
+            self.abandoned.push(ticket);
+        }
+    }
+
+    /// Submits a statement whose parameters are already encoded (the path
+    /// [`crate::ops::Query`] takes after inferring the parameter types).
+    pub(crate) fn submit_encoded(
+        &mut self,
+        sql: &str,
+        enc: Encoded,
+        deadline: Option<Instant>,
+        _now: Instant,
+    ) -> Result<Ticket, Error> {
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        let ticket = Ticket(self.next_ticket);
+        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
+        let mark = (buf.len(), self.queue.len(), self.unsynced);
+        self.close_dropped_statements(&mut buf);
+        let r = self.encode_query(sql, &enc, ticket, &mut buf);
+        if r.is_ok() {
+            self.end_request(&mut buf);
+        } else {
+            buf.truncate(mark.0);
+            self.queue.truncate(mark.1);
+            self.unsynced = mark.2;
+        }
+        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
+        r?;
+        self.next_ticket += 1;
+        if let Some(d) = deadline.or(self.default_deadline) {
+            self.deadlines.push((ticket, d));
+        }
+        Ok(ticket)
+    }
+
+    fn end_request(&mut self, buf: &mut BytesMut) {
+        if self.batch_depth == 0 {
+            frontend::sync(buf);
+            self.queue.push_back(Entry::Sync);
+            self.unsynced = false;
+        } else {
+            self.unsynced = true;
+        }
+    }
+
+    // ---- batching (used by operations) ----
+
+    /// Opens a batch: requests submitted until the matching
+    /// [`Connection::end_batch`] share one `Sync`, so they travel and fail
+    /// together. Batches nest.
+    pub fn begin_batch(&mut self) {
+        self.batch_depth += 1;
+    }
+
+    pub fn end_batch(&mut self) {
+        self.batch_depth = self.batch_depth.saturating_sub(1);
+        if self.batch_depth == 0 && self.unsynced {
+            self.push_sync();
+        }
+    }
+
+    /// A deadline given to every request submitted without one, until
+    /// cleared: how a driver puts one time limit on a whole operation.
+    pub fn set_default_deadline(&mut self, at: Option<Instant>) {
+        self.default_deadline = at;
+    }
+
+    /// Transaction nesting as submitted so far (for `atomic`'s savepoints).
+    pub fn atomic_depth(&self) -> u32 {
+        self.atomic_depth
+    }
+
+    pub fn set_atomic_depth(&mut self, d: u32) {
+        self.atomic_depth = d;
+    }
+
+    // ---- submitting ----
+
+    /// Encodes a request into the send buffer. No I/O; atomic: on error
+    /// nothing was queued.
+    pub fn submit(&mut self, req: Request<'_>, _now: Instant) -> Result<Ticket, Error> {
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        let ticket = Ticket(self.next_ticket);
+        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
+        let mark = (buf.len(), self.queue.len(), self.unsynced);
+        let r = self.encode_request(&req, ticket, &mut buf);
+        if r.is_err() {
+            buf.truncate(mark.0);
+            self.queue.truncate(mark.1);
+            self.unsynced = mark.2;
+        }
+        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
+        r?;
+        self.next_ticket += 1;
+        if let Some(d) = req.deadline.or(self.default_deadline) {
+            self.deadlines.push((ticket, d));
+        }
+        Ok(ticket)
+    }
+
+    fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
+        self.close_dropped_statements(buf);
+        match req.kind {
+            RequestKind::Simple(sql) => {
+                if self.unsynced {
+                    // An error earlier in the open group would make the
+                    // server discard this Query until a Sync: end the group.
+                    frontend::sync(buf);
+                    self.queue.push_back(Entry::Sync);
+                    self.unsynced = false;
+                }
+                frontend::query(sql, buf).map_err(|e| Error::encode(format!("query text: {e}")))?;
+                self.queue.push_back(Entry::Simple(Box::new(SimpleState {
+                    ticket,
+                    messages: Vec::new(),
+                    columns: None,
+                    error: None,
+                })));
+                return Ok(());
+            }
+            RequestKind::Query(sql, params) => {
+                let enc = match params::encode_inferred(params)? {
+                    Some(e) => e,
+                    None => {
+                        return Err(Error::misuse(
+                            "a parameter's type cannot be inferred; prepare the statement first",
+                        ))
+                    }
+                };
+                self.encode_query(sql, &enc, ticket, buf)?;
+            }
+            RequestKind::Execute(stmt, params) => {
+                let enc = params::encode_typed(params, stmt.params())?;
+                params::write_bind("", stmt.name(), &enc, buf)?;
+                frontend::execute("", 0, buf).map_err(io_to_encode)?;
+                self.queue.push_back(Entry::Stmt(Box::new(StmtState {
+                    ticket,
+                    parses: None,
+                    parsed: false,
+                    bound: false,
+                    columns: Some(stmt.0.columns.clone()),
+                    rows: Vec::new(),
+                    copy_out: false,
+                })));
+            }
+            RequestKind::Prepare(sql, types) => {
+                self.next_statement += 1;
+                let name = format!("duet_p{}", self.next_statement);
+                frontend::parse(&name, sql, types.iter().map(|t| t.oid()), buf).map_err(io_to_encode)?;
+                frontend::describe(b'S', &name, buf).map_err(io_to_encode)?;
+                self.queue.push_back(Entry::Prepare(Box::new(PrepareState {
+                    ticket,
+                    name,
+                    parsed: false,
+                    params: None,
+                })));
+            }
+        }
+        self.end_request(buf);
+        Ok(())
+    }
+
+    fn encode_query(&mut self, sql: &str, enc: &Encoded, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
+        let oids: Vec<u32> = enc.oids().collect();
+        let (name, parses, columns) = match self.cache.lookup(sql, &oids) {
+            CacheLookup::Hit { name, columns } => (name, None, columns),
+            CacheLookup::Miss { evicted } => {
+                for old in evicted {
+                    frontend::close(b'S', &old, buf).map_err(io_to_encode)?;
+                    self.queue.push_back(Entry::Close);
+                }
+                self.next_statement += 1;
+                let name: Arc<str> = format!("duet_s{}", self.next_statement).into();
+                (name.clone(), Some(name), None)
+            }
+            CacheLookup::Disabled => (Arc::from(""), Some(Arc::from("")), None),
+        };
+        if parses.is_some() {
+            frontend::parse(&name, sql, oids.iter().copied(), buf).map_err(io_to_encode)?;
+        }
+        params::write_bind("", &name, enc, buf)?;
+        if columns.is_none() {
+            frontend::describe(b'P', "", buf).map_err(io_to_encode)?;
+        }
+        frontend::execute("", 0, buf).map_err(io_to_encode)?;
+        // Cached only once everything was encoded: a failed submit leaves
+        // no entry behind.
+        let parses = parses.filter(|n| !n.is_empty());
+        if let Some(name) = &parses {
+            self.cache.insert(sql, oids, name.clone());
+        }
+        self.queue.push_back(Entry::Stmt(Box::new(StmtState {
+            ticket,
+            parses,
+            parsed: false,
+            bound: false,
+            columns,
+            rows: Vec::new(),
+            copy_out: false,
+        })));
+        Ok(())
+    }
+
+    fn close_dropped_statements(&mut self, buf: &mut BytesMut) {
+        let names = match self.to_close.lock() {
+            Ok(mut v) if !v.is_empty() => std::mem::take(&mut *v),
+            _ => return,
+        };
+        for n in names {
+            if frontend::close(b'S', &n, buf).is_ok() {
+                self.queue.push_back(Entry::Close);
+            }
+        }
+    }
+
+    fn push_sync(&mut self) {
+        let buf = if self.is_ready() { &mut self.out } else { &mut self.held };
+        frontend::sync(buf);
+        self.queue.push_back(Entry::Sync);
+        self.unsynced = false;
+    }
+
+    // ---- responses ----
+
+    /// Closes the connection with `e`: every request in flight fails.
+    fn fail(&mut self, e: Error) -> Error {
+        for entry in std::mem::take(&mut self.queue) {
+            if let Some(t) = entry_ticket(&entry) {
+                self.group.push((t, Err(e.clone())));
+            }
+        }
+        for (t, r) in std::mem::take(&mut self.group) {
+            let r = match r {
+                Ok(_) => Err(e.clone()),
+                Err(x) => Err(x),
+            };
+            self.finish(t, r);
+        }
+        self.deadlines.clear();
+        self.cancel_grace_until = None;
+        self.phase = Phase::Closed(e.clone());
+        e
+    }
+
+    fn finish(&mut self, t: Ticket, r: Result<Response, Error>) {
+        self.deadlines.retain(|(d, _)| *d != t);
+        if let Some(i) = self.abandoned.iter().position(|a| *a == t) {
+            self.abandoned.swap_remove(i);
+            return;
+        }
+        let r = match r {
+            Err(Error::Db(e)) if e.code == crate::error::sqlstate::QUERY_CANCELED && self.timed_out.contains(&t) => {
+                Err(Error::Timeout)
+            }
+            other => other,
+        };
+        self.timed_out.retain(|x| *x != t);
+        self.done.insert(t, r);
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= self.config.event_capacity.max(1) {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn handle_message(&mut self, msg: Message, now: Instant) -> Result<(), Error> {
+        let _ = now;
+        match msg {
+            // Asynchronous messages may arrive at any time.
+            Message::NoticeResponse(body) => {
+                let e = DbError::parse_notice(&body)?;
+                self.push_event(Event::Notice(Box::new(e)));
+                return Ok(());
+            }
+            Message::NotificationResponse(body) => {
+                let ev = Event::Notification {
+                    process_id: body.process_id(),
+                    channel: body.channel().map_err(proto)?.to_string(),
+                    payload: body.message().map_err(proto)?.to_string(),
+                };
+                self.push_event(ev);
+                return Ok(());
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(proto)?.to_string();
+                let value = body.value().map_err(proto)?.to_string();
+                self.parameters.insert(name.clone(), value.clone());
+                if self.is_ready() {
+                    self.push_event(Event::ParameterStatus { name, value });
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        match self.phase {
+            Phase::Ready => self.handle_response(msg),
+            Phase::Closed(_) => Ok(()),
+            _ => self.handle_startup(msg),
+        }
+    }
+
+    fn handle_startup(&mut self, msg: Message) -> Result<(), Error> {
+        let password = || {
+            self.config.password.clone().ok_or_else(|| {
+                Error::auth(format!(
+                    "the server asked for a password for user {:?}, but none was given",
+                    self.config.user
+                ))
+            })
+        };
+        match msg {
+            Message::AuthenticationOk => {
+                if let Phase::Scram(_) = self.phase {
+                    return Err(Error::auth("server ended SCRAM without its final message"));
+                }
+                self.phase = Phase::Starting;
+            }
+            Message::AuthenticationCleartextPassword => {
+                let pw = password()?;
+                frontend::password_message(pw.as_bytes(), &mut self.out).map_err(io_to_encode)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let pw = password()?;
+                let hash = postgres_protocol::authentication::md5_hash(self.config.user.as_bytes(), pw.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), &mut self.out).map_err(io_to_encode)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram = false;
+                let mut offered = Vec::new();
+                while let Some(m) = mechanisms.next().map_err(proto)? {
+                    scram |= m == SCRAM_SHA_256;
+                    offered.push(m.to_string());
+                }
+                if !scram {
+                    return Err(Error::auth(format!(
+                        "the server offers SASL mechanisms {offered:?}; duet supports SCRAM-SHA-256 only (no channel binding without TLS)"
+                    )));
+                }
+                let pw = password()?;
+                let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.out).map_err(io_to_encode)?;
+                self.phase = Phase::Scram(Box::new(s));
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let Phase::Scram(s) = &mut self.phase else {
+                    return Err(Error::protocol("SASLContinue outside a SASL exchange"));
+                };
+                s.update(body.data()).map_err(|e| Error::auth(format!("SCRAM: {e}")))?;
+                let m = s.message().to_vec();
+                frontend::sasl_response(&m, &mut self.out).map_err(io_to_encode)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let Phase::Scram(s) = &mut self.phase else {
+                    return Err(Error::protocol("SASLFinal outside a SASL exchange"));
+                };
+                s.finish(body.data())
+                    .map_err(|e| Error::auth(format!("SCRAM: the server's signature does not verify: {e}")))?;
+                self.phase = Phase::Auth;
+            }
+            Message::AuthenticationKerberosV5 => return Err(unsupported_auth("Kerberos V5")),
+            Message::AuthenticationScmCredential => return Err(unsupported_auth("SCM credentials")),
+            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
+                return Err(unsupported_auth("GSSAPI"))
+            }
+            Message::AuthenticationSspi => return Err(unsupported_auth("SSPI")),
+            Message::BackendKeyData(body) => {
+                self.backend_key = Some(CancelRequest {
+                    process_id: body.process_id(),
+                    secret_key: body.secret_key(),
+                });
+            }
+            Message::ReadyForQuery(body) => {
+                if !matches!(self.phase, Phase::Starting) {
+                    return Err(Error::protocol("ReadyForQuery before authentication completed"));
+                }
+                self.tx_status = tx_status(body.status())?;
+                self.phase = Phase::Ready;
+                let held = std::mem::take(&mut self.held);
+                self.out.extend_from_slice(&held);
+            }
+            Message::ErrorResponse(body) => {
+                return Err(Error::Db(Box::new(DbError::parse(&body)?)));
+            }
+            _ => return Err(Error::protocol("unexpected message during startup")),
+        }
+        Ok(())
+    }
+
+    fn handle_response(&mut self, msg: Message) -> Result<(), Error> {
+        match msg {
+            Message::ErrorResponse(body) => {
+                let db = DbError::parse(&body)?;
+                let fatal = db.severity == "FATAL" || db.severity == "PANIC";
+                self.handle_error(Error::Db(Box::new(db.clone())));
+                if fatal {
+                    return Err(Error::Db(Box::new(db)));
+                }
+                return Ok(());
+            }
+            Message::ReadyForQuery(body) => {
+                self.tx_status = tx_status(body.status())?;
+                match self.queue.pop_front() {
+                    Some(Entry::Sync) => {}
+                    Some(Entry::Simple(s)) => {
+                        let r = match s.error {
+                            Some(e) => Err(e),
+                            None => Ok(Response::Simple(s.messages)),
+                        };
+                        self.group.push((s.ticket, r));
+                    }
+                    _ => return Err(Error::protocol("ReadyForQuery with no sync point pending")),
+                }
+                for (t, r) in std::mem::take(&mut self.group) {
+                    self.finish(t, r);
+                }
+                if !self.queue.iter().any(|e| entry_ticket(e).is_some_and(|t| self.timed_out.contains(&t))) {
+                    self.cancel_grace_until = None;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let front = self
+            .queue
+            .front_mut()
+            .ok_or_else(|| Error::protocol(format!("unexpected message {} with nothing in flight", describe(&msg))))?;
+        match (front, msg) {
+            (Entry::Stmt(s), Message::ParseComplete) if s.parses.is_some() && !s.parsed => s.parsed = true,
+            (Entry::Stmt(s), Message::BindComplete) if !s.bound => s.bound = true,
+            (Entry::Stmt(s), Message::RowDescription(body)) => {
+                let columns = columns_of(&body)?;
+                if let Some(name) = &s.parses {
+                    self.cache.set_columns(name, columns.clone());
+                }
+                s.columns = Some(columns);
+            }
+            (Entry::Stmt(s), Message::NoData) => {
+                let columns: Arc<[Column]> = Arc::from(Vec::new());
+                if let Some(name) = &s.parses {
+                    self.cache.set_columns(name, columns.clone());
+                }
+                s.columns = Some(columns);
+            }
+            (Entry::Stmt(s), Message::DataRow(body)) => {
+                let columns = s
+                    .columns
+                    .clone()
+                    .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
+                let ranges = body.ranges().collect::<Vec<_>>().map_err(proto)?;
+                s.rows.push(Row::new(columns, body.buffer_bytes().clone(), ranges)?);
+            }
+            (Entry::Stmt(_), Message::CommandComplete(body)) => {
+                let tag = body.tag().map_err(proto)?.to_string();
+                self.complete_stmt(Some(tag));
+            }
+            (Entry::Stmt(_), Message::EmptyQueryResponse) | (Entry::Stmt(_), Message::PortalSuspended) => {
+                self.complete_stmt(None);
+            }
+            (Entry::Stmt(s), Message::CopyOutResponse(_)) => s.copy_out = true,
+            (Entry::Stmt(s), Message::CopyData(_)) if s.copy_out => {}
+            (Entry::Stmt(s), Message::CopyDone) if s.copy_out => {}
+            (Entry::Stmt(_), Message::CopyInResponse(_)) | (Entry::Simple(_), Message::CopyInResponse(_)) => {
+                // COPY FROM STDIN is not supported yet: refuse it so the
+                // server answers with an error instead of waiting for data.
+                // The ErrorResponse that follows fails the request; the
+                // Sync behind it is already queued.
+                frontend::copy_fail("COPY FROM STDIN is not supported by duet yet", &mut self.out)
+                    .map_err(io_to_encode)?;
+            }
+            (Entry::Simple(s), Message::CopyOutResponse(_)) => {
+                s.error.get_or_insert_with(|| Error::misuse("COPY TO STDOUT is not supported by duet yet"));
+            }
+            (Entry::Simple(_), Message::CopyData(_)) | (Entry::Simple(_), Message::CopyDone) => {}
+            (Entry::Prepare(p), Message::ParseComplete) if !p.parsed => p.parsed = true,
+            (Entry::Prepare(p), Message::ParameterDescription(body)) => {
+                let oids = body.parameters().collect::<Vec<_>>().map_err(proto)?;
+                p.params = Some(oids.into_iter().map(type_from_oid).collect());
+            }
+            (Entry::Prepare(_), Message::RowDescription(body)) => {
+                let columns = columns_of(&body)?;
+                self.complete_prepare(columns)?;
+            }
+            (Entry::Prepare(_), Message::NoData) => self.complete_prepare(Arc::from(Vec::new()))?,
+            (Entry::Simple(s), Message::RowDescription(body)) => {
+                let mut names = Vec::new();
+                let mut fields = body.fields();
+                while let Some(f) = fields.next().map_err(proto)? {
+                    names.push(f.name().to_string());
+                }
+                s.columns = Some(names.into());
+            }
+            (Entry::Simple(s), Message::DataRow(body)) => {
+                let columns = s
+                    .columns
+                    .clone()
+                    .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
+                let buffer = body.buffer();
+                let mut values = Vec::with_capacity(columns.len());
+                let mut ranges = body.ranges();
+                while let Some(r) = ranges.next().map_err(proto)? {
+                    values.push(match r {
+                        Some(r) => Some(
+                            std::str::from_utf8(buffer.get(r).ok_or_else(|| Error::protocol("DataRow range out of bounds"))?)
+                                .map_err(|_| Error::protocol("simple query value is not UTF-8"))?
+                                .to_string(),
+                        ),
+                        None => None,
+                    });
+                }
+                if values.len() != columns.len() {
+                    return Err(Error::protocol("DataRow width differs from RowDescription"));
+                }
+                s.messages.push(SimpleMessage::Row(SimpleRow { columns, values }));
+            }
+            (Entry::Simple(s), Message::CommandComplete(body)) => {
+                s.messages.push(SimpleMessage::CommandComplete(body.tag().map_err(proto)?.to_string()));
+                s.columns = None;
+            }
+            (Entry::Simple(s), Message::EmptyQueryResponse) => s.messages.push(SimpleMessage::Empty),
+            (Entry::Close, Message::CloseComplete) => {
+                self.queue.pop_front();
+            }
+            (_, msg) => {
+                return Err(Error::protocol(format!(
+                    "unexpected message {} for the request in flight",
+                    describe(&msg)
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_stmt(&mut self, tag: Option<String>) {
+        if let Some(Entry::Stmt(s)) = self.queue.pop_front() {
+            let columns = s.columns.unwrap_or_else(|| Arc::from(Vec::new()));
+            let r = Response::Rows(QueryResult { columns, rows: s.rows, tag });
+            self.group.push((s.ticket, Ok(r)));
+        }
+    }
+
+    fn complete_prepare(&mut self, columns: Arc<[Column]>) -> Result<(), Error> {
+        if let Some(Entry::Prepare(p)) = self.queue.pop_front() {
+            let params = p.params.ok_or_else(|| Error::protocol("RowDescription before ParameterDescription"))?;
+            let stmt = Statement(Arc::new(StatementInner {
+                name: p.name,
+                params,
+                columns,
+                closer: Some(self.to_close.clone()),
+            }));
+            self.group.push((p.ticket, Ok(Response::Prepared(stmt))));
+        }
+        Ok(())
+    }
+
+    /// An ErrorResponse: fails the request it belongs to; the server then
+    /// skips everything up to the next Sync, so those requests are failed
+    /// as skipped.
+    fn handle_error(&mut self, e: Error) {
+        match self.queue.front_mut() {
+            Some(Entry::Simple(s)) => {
+                s.error.get_or_insert(e);
+            }
+            Some(Entry::Sync) | None => {
+                // Raised at Sync (e.g. implicit commit failed): the whole
+                // group's work is void.
+                for (_, r) in self.group.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
+            Some(_) => {
+                let mut first = Some(e);
+                while let Some(entry) = self.queue.front() {
+                    if matches!(entry, Entry::Sync | Entry::Simple(_)) {
+                        break;
+                    }
+                    let entry = self.queue.pop_front().expect("front exists");
+                    let err = first.take().unwrap_or(Error::Skipped);
+                    match entry {
+                        Entry::Stmt(s) => {
+                            if let Some(name) = &s.parses {
+                                if !s.parsed {
+                                    self.cache.remove(name);
+                                }
+                            }
+                            self.group.push((s.ticket, Err(err)));
+                        }
+                        Entry::Prepare(p) => self.group.push((p.ticket, Err(err))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets a cached statement that the server no longer accepts (its
+    /// result type changed, or it was deallocated), closing it on the
+    /// server. Operations call this before they retry.
+    pub fn forget_statement(&mut self, sql: &str) {
+        for name in self.cache.remove_sql(sql) {
+            let buf = if self.is_ready() { &mut self.out } else { &mut self.held };
+            if frontend::close(b'S', &name, buf).is_ok() {
+                self.queue.push_back(Entry::Close);
+                if self.batch_depth == 0 {
+                    self.push_sync();
+                } else {
+                    self.unsynced = true;
+                }
+            }
+        }
+    }
+}
+
+fn entry_ticket(e: &Entry) -> Option<Ticket> {
+    match e {
+        Entry::Stmt(s) => Some(s.ticket),
+        Entry::Prepare(p) => Some(p.ticket),
+        Entry::Simple(s) => Some(s.ticket),
+        Entry::Close | Entry::Sync => None,
+    }
+}
+
+fn columns_of(body: &postgres_protocol::message::backend::RowDescriptionBody) -> Result<Arc<[Column]>, Error> {
+    let mut out = Vec::new();
+    let mut fields = body.fields();
+    while let Some(f) = fields.next().map_err(proto)? {
+        out.push(Column {
+            name: f.name().to_string(),
+            type_: type_from_oid(f.type_oid()),
+            table_oid: f.table_oid(),
+            column_id: f.column_id(),
+        });
+    }
+    Ok(out.into())
+}
+
+fn tx_status(b: u8) -> Result<TransactionStatus, Error> {
+    match b {
+        b'I' => Ok(TransactionStatus::Idle),
+        b'T' => Ok(TransactionStatus::InTransaction),
+        b'E' => Ok(TransactionStatus::Failed),
+        other => Err(Error::protocol(format!("unknown transaction status {other:#x}"))),
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn proto(e: std::io::Error) -> Error {
+    Error::protocol(format!("malformed message: {e}"))
+}
+
+fn io_to_encode(e: std::io::Error) -> Error {
+    Error::encode(e.to_string())
+}
+
+fn unsupported_auth(method: &str) -> Error {
+    Error::auth(format!("the server asks for {method} authentication, which duet does not support"))
+}
+
+fn describe(m: &Message) -> &'static str {
+    match m {
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::NoData => "NoData",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::RowDescription(_) => "RowDescription",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        _ => "(other)",
+    }
+}

@@ -1,0 +1,227 @@
+//! The three kinds of error kept apart: the server's ([`DbError`], the
+//! connection lives on), the wire's or the peer's (fatal, the connection is
+//! closed), and the caller's misuse.
+
+use std::fmt;
+use std::sync::Arc;
+
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{ErrorFields, ErrorResponseBody, NoticeResponseBody};
+
+/// An `ErrorResponse` (or a `NoticeResponse`) from the server, every field kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbError {
+    /// `ERROR`, `FATAL`, `PANIC`, `WARNING`, `NOTICE`, … (localized `S` field if `V` is absent).
+    pub severity: String,
+    /// The five-character SQLSTATE, e.g. `23505` for a unique violation.
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the query text.
+    pub position: Option<u32>,
+    pub where_: Option<String>,
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
+    pub datatype: Option<String>,
+    pub constraint: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub routine: Option<String>,
+}
+
+impl DbError {
+    pub(crate) fn parse(body: &ErrorResponseBody) -> Result<DbError, Error> {
+        Self::from_fields(body.fields())
+    }
+
+    pub(crate) fn parse_notice(body: &NoticeResponseBody) -> Result<DbError, Error> {
+        Self::from_fields(body.fields())
+    }
+
+    fn from_fields(mut fields: ErrorFields<'_>) -> Result<DbError, Error> {
+        let mut e = DbError::default();
+        let mut localized_severity = None;
+        while let Some(f) = fields
+            .next()
+            .map_err(|err| Error::protocol(format!("malformed error fields: {err}")))?
+        {
+            let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            match f.type_() {
+                b'S' => localized_severity = Some(value),
+                b'V' => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                b'P' => e.position = value.parse().ok(),
+                b'W' => e.where_ = Some(value),
+                b's' => e.schema = Some(value),
+                b't' => e.table = Some(value),
+                b'c' => e.column = Some(value),
+                b'd' => e.datatype = Some(value),
+                b'n' => e.constraint = Some(value),
+                b'F' => e.file = Some(value),
+                b'L' => e.line = value.parse().ok(),
+                b'R' => e.routine = Some(value),
+                _ => {}
+            }
+        }
+        if e.severity.is_empty() {
+            e.severity = localized_severity.unwrap_or_default();
+        }
+        Ok(e)
+    }
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// Every error duet reports. Cheap to clone, so one fatal error can be handed
+/// to every request that was in flight when it happened.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server refused the statement. The connection is still usable.
+    Db(Box<DbError>),
+    /// An earlier statement in the same pipeline (sync group) failed, so the
+    /// server skipped this one. The connection is still usable.
+    Skipped,
+    /// The request's deadline passed; the server was asked to cancel it.
+    /// The connection is still usable unless the server did not answer.
+    Timeout,
+    /// The connection is closed; the text says why. Fatal.
+    Closed(Arc<str>),
+    /// The server sent bytes that break the protocol. Fatal.
+    Protocol(Arc<str>),
+    /// Authentication could not proceed (unsupported method, missing
+    /// password, bad server signature). Fatal.
+    Auth(Arc<str>),
+    /// A socket error reported by a driver. Fatal.
+    Io(Arc<std::io::Error>),
+    /// A parameter could not be encoded; nothing was sent.
+    Encode(Arc<str>),
+    /// A column could not be decoded into the requested Rust type.
+    Decode(Arc<str>),
+    /// A connection string or option is invalid.
+    Config(Arc<str>),
+    /// The API was used in a way that cannot work (named in the text).
+    Misuse(Arc<str>),
+    /// `query_one`/`get`: the query returned no row.
+    NoRows,
+    /// `query_one`/`get`: the query returned more than one row.
+    TooManyRows(usize),
+}
+
+impl Error {
+    pub(crate) fn protocol(msg: impl Into<String>) -> Error {
+        Error::Protocol(msg.into().into())
+    }
+    pub fn closed(msg: impl Into<String>) -> Error {
+        Error::Closed(msg.into().into())
+    }
+    pub(crate) fn misuse(msg: impl Into<String>) -> Error {
+        Error::Misuse(msg.into().into())
+    }
+    pub(crate) fn auth(msg: impl Into<String>) -> Error {
+        Error::Auth(msg.into().into())
+    }
+    /// A `Config` error, for the connection-string parser and drivers.
+    pub fn config(msg: impl Into<String>) -> Error {
+        Error::Config(msg.into().into())
+    }
+    pub(crate) fn encode(msg: impl Into<String>) -> Error {
+        Error::Encode(msg.into().into())
+    }
+    pub(crate) fn decode(msg: impl Into<String>) -> Error {
+        Error::Decode(msg.into().into())
+    }
+
+    /// The server's error, if this is one.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        match self {
+            Error::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE of a server error (`"23505"`, `"57014"`, …).
+    pub fn code(&self) -> Option<&str> {
+        self.as_db_error().map(|e| e.code.as_str())
+    }
+
+    /// True when the connection can no longer be used after this error.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Error::Closed(_) | Error::Protocol(_) | Error::Auth(_) | Error::Io(_) => true,
+            // FATAL/PANIC from the server end the session (e.g. 57P01, 28P01).
+            Error::Db(e) => e.severity == "FATAL" || e.severity == "PANIC",
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Db(e) => write!(f, "database error: {e}"),
+            Error::Skipped => {
+                f.write_str("skipped: an earlier statement in this pipeline failed")
+            }
+            Error::Timeout => f.write_str("timed out: the request's deadline passed and it was cancelled"),
+            Error::Closed(m) => write!(f, "connection closed: {m}"),
+            Error::Protocol(m) => write!(f, "protocol error: {m}"),
+            Error::Auth(m) => write!(f, "authentication failed: {m}"),
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Encode(m) => write!(f, "cannot encode parameter: {m}"),
+            Error::Decode(m) => write!(f, "cannot decode column: {m}"),
+            Error::Config(m) => write!(f, "invalid configuration: {m}"),
+            Error::Misuse(m) => write!(f, "misuse: {m}"),
+            Error::NoRows => f.write_str("query returned no rows, exactly one was expected"),
+            Error::TooManyRows(n) => {
+                write!(f, "query returned {n} rows, exactly one was expected")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Db(e) => Some(&**e),
+            Error::Io(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(Arc::new(e))
+    }
+}
+
+/// SQLSTATE codes duet itself reacts to, and a few every caller checks.
+pub mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+}

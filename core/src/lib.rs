@@ -1,0 +1,40 @@
+//! # duet-core
+//!
+//! The whole of duet that is not I/O: the PostgreSQL protocol state machine
+//! ([`Connection`]) and the operations built on it ([`ops`]). It never
+//! touches a socket or reads a clock: drivers feed it bytes and the current
+//! time, and send what it asks them to send. `duet-sync` and `duet-async`
+//! are two such drivers; they share everything here.
+//!
+//! ```
+//! use std::time::Instant;
+//! use duet_core::{Config, Connection};
+//!
+//! let now = Instant::now();
+//! let conn = Connection::new(&Config::parse("postgres://app@localhost/db").unwrap(), now);
+//! // The StartupMessage is ready for the driver to write.
+//! assert!(!conn.poll_transmit().is_empty());
+//! assert!(conn.wants_input());
+//! ```
+
+mod cache;
+mod client_api;
+mod config;
+mod connection;
+mod error;
+pub mod ops;
+pub mod params;
+mod row;
+
+pub use config::{Config, Host};
+pub use connection::{
+    CancelRequest, Connection, Event, QueryResult, Request, Response, Statement, Ticket, TransactionStatus,
+};
+pub use error::{sqlstate, DbError, Error};
+pub use ops::{Operation, Step};
+pub use params::Param;
+pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
+
+/// Re-exported so applications and drivers name the same types.
+pub use postgres_types as types;
+pub use postgres_types::{FromSql, ToSql, Type};

@@ -1,0 +1,769 @@
+//! Layer 2: operations, any unit of database work, written once and pumped
+//! by either driver. An operation submits every request it can before it
+//! waits, so composing operations ([`pipeline`], [`atomic`]) composes their
+//! round trips too.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use postgres_types::Type;
+
+use crate::connection::{QueryResult, Request, Response, Statement, Ticket, TransactionStatus};
+use crate::error::sqlstate;
+use crate::params::{self, Param};
+use crate::row::{Row, SimpleMessage};
+use crate::{Connection, Error};
+
+/// The outcome of polling an operation.
+#[derive(Debug)]
+pub enum Step<T> {
+    Ready(Result<T, Error>),
+    Pending,
+}
+
+/// A unit of database work over a [`Connection`], independent of I/O.
+///
+/// `poll` submits requests and collects results; it never blocks. A driver
+/// calls it, moves bytes, and calls it again until it is `Ready`.
+pub trait Operation {
+    type Output;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<Self::Output>;
+
+    /// True once every request this operation will ever send has been
+    /// submitted: a transaction around it may then queue its `COMMIT`
+    /// behind it without waiting for results.
+    fn submitted_all(&self) -> bool {
+        false
+    }
+
+    /// The caller dropped this operation before it finished: give up its
+    /// tickets (their responses are discarded) and undo anything it opened.
+    fn abandon(&mut self, conn: &mut Connection);
+
+    /// Transforms the output.
+    fn map<F, U>(self, f: F) -> Map<Self, F>
+    where
+        Self: Sized,
+        F: FnMut(Self::Output) -> Result<U, Error>,
+    {
+        Map { op: self, f }
+    }
+}
+
+impl<O: Operation + ?Sized> Operation for Box<O> {
+    type Output = O::Output;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
+        (**self).poll(conn, now)
+    }
+    fn submitted_all(&self) -> bool {
+        (**self).submitted_all()
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        (**self).abandon(conn)
+    }
+}
+
+/// See [`Operation::map`].
+pub struct Map<O, F> {
+    op: O,
+    f: F,
+}
+
+impl<O, F, U> Operation for Map<O, F>
+where
+    O: Operation,
+    F: FnMut(O::Output) -> Result<U, Error>,
+{
+    type Output = U;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<U> {
+        match self.op.poll(conn, now) {
+            Step::Ready(r) => Step::Ready(r.and_then(&mut self.f)),
+            Step::Pending => Step::Pending,
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        self.op.submitted_all()
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        self.op.abandon(conn)
+    }
+}
+
+/// Waits for the session to be authenticated and ready.
+pub struct Startup;
+
+impl Operation for Startup {
+    type Output = ();
+    fn poll(&mut self, conn: &mut Connection, _now: Instant) -> Step<()> {
+        if conn.is_ready() {
+            Step::Ready(Ok(()))
+        } else if let Some(e) = conn.closed_reason() {
+            Step::Ready(Err(e.clone()))
+        } else {
+            Step::Pending
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        true
+    }
+    fn abandon(&mut self, _conn: &mut Connection) {}
+}
+
+fn take(conn: &mut Connection, t: Ticket) -> Option<Result<Response, Error>> {
+    conn.take_result(t)
+}
+
+fn expect_rows(r: Result<Response, Error>) -> Result<QueryResult, Error> {
+    match r? {
+        Response::Rows(q) => Ok(q),
+        _ => Err(Error::protocol("internal: a statement produced a non-row response")),
+    }
+}
+
+/// Turns a statement's result into what the caller asked for.
+pub type Convert<T> = fn(QueryResult) -> Result<T, Error>;
+
+type Submit<'a> = Box<dyn FnOnce(&mut Connection, Instant) -> Result<Ticket, Error> + Send + 'a>;
+
+enum QueryState {
+    Start,
+    Describing(Ticket),
+    Running { ticket: Ticket, _stmt: Option<Statement> },
+    Done,
+}
+
+/// One extended-protocol statement with bound parameters.
+///
+/// Sent in one round trip (`Parse`/`Bind`/`Describe`/`Execute`/`Sync`)
+/// even the first time; later runs reuse the cached named statement. When a
+/// parameter's type cannot be inferred from its Rust value, the statement is
+/// described first (one more round trip). A cached statement the server
+/// rejects because the table changed under it (SQLSTATE 0A000) or because
+/// it was deallocated (26000) is re-prepared and retried once, outside a
+/// transaction only (inside one, the transaction is already failed).
+pub struct Query<'a> {
+    sql: Cow<'a, str>,
+    params: Cow<'a, [Param<'a>]>,
+    deadline: Option<Instant>,
+    retried: bool,
+    state: QueryState,
+}
+
+/// Builds a [`Query`].
+///
+/// ```
+/// use duet_core::ops::query;
+/// let id = 7i32;
+/// let params: [duet_core::Param; 1] = [&id];
+/// let op = query("SELECT name FROM users WHERE id = $1", &params).one();
+/// # let _ = op;
+/// ```
+pub fn query<'a>(sql: impl Into<Cow<'a, str>>, params: &'a [Param<'a>]) -> Query<'a> {
+    Query {
+        sql: sql.into(),
+        params: Cow::Borrowed(params),
+        deadline: None,
+        retried: false,
+        state: QueryState::Start,
+    }
+}
+
+impl<'a> Query<'a> {
+    /// Same, owning its parameter list.
+    pub fn owned(sql: impl Into<Cow<'a, str>>, params: Vec<Param<'a>>) -> Query<'a> {
+        Query {
+            sql: sql.into(),
+            params: Cow::Owned(params),
+            deadline: None,
+            retried: false,
+            state: QueryState::Start,
+        }
+    }
+
+    /// Gives up at `deadline`: the server is asked to cancel and the query
+    /// fails with [`Error::Timeout`].
+    pub fn deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// All rows.
+    pub fn rows(self) -> Map<Self, Convert<Vec<Row>>> {
+        self.map(|r| Ok(r.rows))
+    }
+
+    /// Exactly one row, else [`Error::NoRows`] / [`Error::TooManyRows`].
+    pub fn one(self) -> Map<Self, Convert<Row>> {
+        self.map(|r| {
+            let n = r.rows.len();
+            match n {
+                0 => Err(Error::NoRows),
+                1 => Ok(r.rows.into_iter().next().expect("one row")),
+                _ => Err(Error::TooManyRows(n)),
+            }
+        })
+    }
+
+    /// At most one row.
+    pub fn opt(self) -> Map<Self, Convert<Option<Row>>> {
+        self.map(|r| {
+            let n = r.rows.len();
+            match n {
+                0 | 1 => Ok(r.rows.into_iter().next()),
+                _ => Err(Error::TooManyRows(n)),
+            }
+        })
+    }
+
+    /// The number of rows the statement affected.
+    pub fn affected(self) -> Map<Self, Convert<u64>> {
+        self.map(|r| Ok(r.rows_affected()))
+    }
+
+    fn start(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
+        match params::encode_inferred(&self.params)? {
+            Some(enc) => {
+                let t = conn.submit_encoded(&self.sql, enc, self.deadline, now)?;
+                self.state = QueryState::Running { ticket: t, _stmt: None };
+            }
+            None => {
+                let t = conn.submit(Request::prepare(&self.sql, &[]).deadline(self.deadline), now)?;
+                self.state = QueryState::Describing(t);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Operation for Query<'_> {
+    type Output = QueryResult;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<QueryResult> {
+        loop {
+            match &self.state {
+                QueryState::Start => {
+                    if let Err(e) = self.start(conn, now) {
+                        self.state = QueryState::Done;
+                        return Step::Ready(Err(e));
+                    }
+                    return Step::Pending;
+                }
+                QueryState::Describing(t) => {
+                    let Some(r) = take(conn, *t) else { return Step::Pending };
+                    let stmt = match r {
+                        Ok(Response::Prepared(s)) => s,
+                        Ok(_) => return self.finish(Err(Error::protocol("internal: prepare gave no statement"))),
+                        Err(e) => return self.finish(Err(e)),
+                    };
+                    let req = Request::execute(&stmt, &self.params).deadline(self.deadline);
+                    match conn.submit(req, now) {
+                        Ok(t) => self.state = QueryState::Running { ticket: t, _stmt: Some(stmt) },
+                        Err(e) => return self.finish(Err(e)),
+                    }
+                    return Step::Pending;
+                }
+                QueryState::Running { ticket, .. } => {
+                    let Some(r) = take(conn, *ticket) else { return Step::Pending };
+                    let r = expect_rows(r);
+                    if let Err(e) = &r {
+                        let stale = matches!(
+                            e.code(),
+                            Some(sqlstate::FEATURE_NOT_SUPPORTED) | Some(sqlstate::INVALID_SQL_STATEMENT_NAME)
+                        );
+                        if stale && !self.retried && conn.transaction_status() == TransactionStatus::Idle {
+                            self.retried = true;
+                            conn.forget_statement(&self.sql);
+                            self.state = QueryState::Start;
+                            continue;
+                        }
+                    }
+                    return self.finish(r);
+                }
+                QueryState::Done => {
+                    return Step::Ready(Err(Error::misuse("operation polled after it completed")))
+                }
+            }
+        }
+    }
+
+    fn submitted_all(&self) -> bool {
+        matches!(self.state, QueryState::Running { .. } | QueryState::Done)
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        match std::mem::replace(&mut self.state, QueryState::Done) {
+            QueryState::Describing(t) | QueryState::Running { ticket: t, .. } => conn.abandon(t),
+            _ => {}
+        }
+    }
+}
+
+impl Query<'_> {
+    fn finish(&mut self, r: Result<QueryResult, Error>) -> Step<QueryResult> {
+        self.state = QueryState::Done;
+        Step::Ready(r)
+    }
+}
+
+/// A request whose result is taken as is: simple queries, prepares and
+/// executions of prepared statements.
+pub struct Single<'a, T> {
+    request: Option<Submit<'a>>,
+    ticket: Option<Ticket>,
+    convert: fn(Response) -> Result<T, Error>,
+}
+
+impl<T> Operation for Single<'_, T> {
+    type Output = T;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<T> {
+        if let Some(submit) = self.request.take() {
+            match submit(conn, now) {
+                Ok(t) => self.ticket = Some(t),
+                Err(e) => return Step::Ready(Err(e)),
+            }
+            return Step::Pending;
+        }
+        let Some(t) = self.ticket else {
+            return Step::Ready(Err(Error::misuse("operation polled after it completed")));
+        };
+        match take(conn, t) {
+            Some(r) => {
+                self.ticket = None;
+                Step::Ready(r.and_then(self.convert))
+            }
+            None => Step::Pending,
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        self.request.is_none()
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        self.request = None;
+        if let Some(t) = self.ticket.take() {
+            conn.abandon(t);
+        }
+    }
+}
+
+/// Runs a string of `;`-separated statements with the simple protocol (no
+/// parameters; rows come back as text).
+pub fn simple_query<'a>(sql: &'a str, deadline: Option<Instant>) -> Single<'a, Vec<SimpleMessage>> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| c.submit(Request::simple(sql).deadline(deadline), now))),
+        ticket: None,
+        convert: |r| match r {
+            Response::Simple(m) => Ok(m),
+            _ => Err(Error::protocol("internal: simple query gave another response")),
+        },
+    }
+}
+
+/// Prepares a named statement; its parameter types come from the server
+/// (or from `types`, where given).
+pub fn prepare<'a>(sql: &'a str, types: &'a [Type]) -> Single<'a, Statement> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| c.submit(Request::prepare(sql, types), now))),
+        ticket: None,
+        convert: |r| match r {
+            Response::Prepared(s) => Ok(s),
+            _ => Err(Error::protocol("internal: prepare gave another response")),
+        },
+    }
+}
+
+/// Executes a prepared statement.
+pub fn execute<'a>(stmt: &'a Statement, params: &'a [Param<'a>], deadline: Option<Instant>) -> Single<'a, QueryResult> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::execute(stmt, params).deadline(deadline), now)
+        })),
+        ticket: None,
+        convert: |r| expect_rows(Ok(r)),
+    }
+}
+
+// ---- pipelines ----
+
+/// Runs independent operations together: every request they can submit goes
+/// out in one batch with one `Sync`, so the whole pipeline costs one round
+/// trip. The output is the tuple (or `Vec`) of their outputs, in order.
+///
+/// A batch is one sync group, which the server runs as one implicit
+/// transaction: if one statement fails, it fails, the later ones are
+/// skipped ([`Error::Skipped`]), the earlier ones of the group are rolled
+/// back, and the pipeline returns the first error. The connection stays
+/// usable.
+///
+/// ```
+/// use duet_core::ops::{pipeline, query};
+/// let (a, b): ([duet_core::Param; 1], [duet_core::Param; 1]) = ([&1i32], [&2i32]);
+/// let both = pipeline((query("SELECT $1", &a).one(), query("SELECT $1", &b).one()));
+/// # let _ = both;
+/// ```
+pub fn pipeline<P: PipelineOps>(ops: P) -> Pipeline<P> {
+    Pipeline { state: P::start(ops) }
+}
+
+/// See [`pipeline`].
+pub struct Pipeline<P: PipelineOps> {
+    state: P::State,
+}
+
+/// Implemented for tuples of operations (up to 10) and for `Vec`s of one
+/// operation type.
+pub trait PipelineOps {
+    type State;
+    type Output;
+    fn start(self) -> Self::State;
+    /// Polls every unfinished child once; true when all are finished.
+    fn poll_all(state: &mut Self::State, conn: &mut Connection, now: Instant) -> bool;
+    fn submitted_all(state: &Self::State) -> bool;
+    fn finish(state: &mut Self::State) -> Result<Self::Output, Error>;
+    fn abandon(state: &mut Self::State, conn: &mut Connection);
+}
+
+/// One child of a pipeline: the operation and, once finished, its result.
+pub struct Slot<O: Operation> {
+    op: O,
+    result: Option<Result<O::Output, Error>>,
+}
+
+impl<O: Operation> Slot<O> {
+    fn new(op: O) -> Self {
+        Slot { op, result: None }
+    }
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> bool {
+        if self.result.is_none() {
+            if let Step::Ready(r) = self.op.poll(conn, now) {
+                self.result = Some(r);
+            }
+        }
+        self.result.is_some()
+    }
+    fn submitted_all(&self) -> bool {
+        self.result.is_some() || self.op.submitted_all()
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        if self.result.is_none() {
+            self.op.abandon(conn);
+        }
+    }
+    fn take(&mut self) -> Result<O::Output, Error> {
+        self.result
+            .take()
+            .unwrap_or_else(|| Err(Error::misuse("pipeline result taken twice")))
+    }
+    fn first_error(&self) -> Option<&Error> {
+        match &self.result {
+            Some(Err(e)) if !matches!(e, Error::Skipped) => Some(e),
+            _ => None,
+        }
+    }
+    fn skipped(&self) -> bool {
+        matches!(&self.result, Some(Err(Error::Skipped)))
+    }
+}
+
+impl<P: PipelineOps> Operation for Pipeline<P> {
+    type Output = P::Output;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<P::Output> {
+        conn.begin_batch();
+        let all = P::poll_all(&mut self.state, conn, now);
+        conn.end_batch();
+        if all {
+            Step::Ready(P::finish(&mut self.state))
+        } else {
+            Step::Pending
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        P::submitted_all(&self.state)
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        P::abandon(&mut self.state, conn)
+    }
+}
+
+macro_rules! tuple_pipeline {
+    ($($name:ident $idx:tt),+) => {
+        impl<$($name: Operation),+> PipelineOps for ($($name,)+) {
+            type State = ($(Slot<$name>,)+);
+            type Output = ($($name::Output,)+);
+            fn start(self) -> Self::State {
+                ($(Slot::new(self.$idx),)+)
+            }
+            fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> bool {
+                let mut all = true;
+                $( all &= s.$idx.poll(conn, now); )+
+                all
+            }
+            fn submitted_all(s: &Self::State) -> bool {
+                true $( && s.$idx.submitted_all() )+
+            }
+            fn finish(s: &mut Self::State) -> Result<Self::Output, Error> {
+                // Report the statement that failed, not the ones it skipped.
+                $( if let Some(e) = s.$idx.first_error() { return Err(e.clone()); } )+
+                $( if s.$idx.skipped() { return Err(Error::Skipped); } )+
+                Ok(($(s.$idx.take()?,)+))
+            }
+            fn abandon(s: &mut Self::State, conn: &mut Connection) {
+                $( s.$idx.abandon(conn); )+
+            }
+        }
+    };
+}
+
+tuple_pipeline!(A 0);
+tuple_pipeline!(A 0, B 1);
+tuple_pipeline!(A 0, B 1, C 2);
+tuple_pipeline!(A 0, B 1, C 2, D 3);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_pipeline!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+
+impl<O: Operation> PipelineOps for Vec<O> {
+    type State = Vec<Slot<O>>;
+    type Output = Vec<O::Output>;
+    fn start(self) -> Self::State {
+        self.into_iter().map(Slot::new).collect()
+    }
+    fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> bool {
+        let mut all = true;
+        for slot in s.iter_mut() {
+            all &= slot.poll(conn, now);
+        }
+        all
+    }
+    fn submitted_all(s: &Self::State) -> bool {
+        s.iter().all(|x| x.submitted_all())
+    }
+    fn finish(s: &mut Self::State) -> Result<Self::Output, Error> {
+        if let Some(e) = s.iter().find_map(|x| x.first_error()) {
+            return Err(e.clone());
+        }
+        if s.iter().any(|x| x.skipped()) {
+            return Err(Error::Skipped);
+        }
+        s.iter_mut().map(|x| x.take()).collect()
+    }
+    fn abandon(s: &mut Self::State, conn: &mut Connection) {
+        for x in s.iter_mut() {
+            x.abandon(conn);
+        }
+    }
+}
+
+// ---- transactions ----
+
+/// Runs `op` in a transaction: `BEGIN`, the work and `COMMIT` go out
+/// together (one round trip when the work submits everything up front).
+/// On error the transaction is rolled back and the error returned. Nested
+/// inside another `atomic`, it uses a savepoint instead, queued with the
+/// work, so nesting adds no round trip.
+///
+/// ```
+/// use duet_core::ops::{atomic, pipeline, query};
+/// let (from, to, amount) = (1i32, 2i32, 10i64);
+/// let (debit, credit): ([duet_core::Param; 2], [duet_core::Param; 2]) = ([&from, &amount], [&to, &amount]);
+/// let transfer = atomic(pipeline((
+///     query("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &debit).affected(),
+///     query("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &credit).affected(),
+/// )));
+/// # let _ = transfer;
+/// ```
+pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
+    Atomic {
+        op,
+        depth: 0,
+        begin: None,
+        begin_result: None,
+        output: None,
+        commit: None,
+        commit_result: None,
+        rollback: None,
+        started: false,
+        finished: false,
+    }
+}
+
+/// See [`atomic`].
+pub struct Atomic<O: Operation> {
+    op: O,
+    depth: u32,
+    begin: Option<Ticket>,
+    begin_result: Option<Result<(), Error>>,
+    output: Option<Result<O::Output, Error>>,
+    commit: Option<Ticket>,
+    commit_result: Option<Result<(), Error>>,
+    rollback: Option<(Ticket, Error)>,
+    started: bool,
+    finished: bool,
+}
+
+impl<O: Operation> Atomic<O> {
+    fn savepoint(&self) -> String {
+        format!("duet_sp_{}", self.depth)
+    }
+
+    fn submit_sql(&self, conn: &mut Connection, sql: &str, now: Instant) -> Result<Ticket, Error> {
+        let enc = params::encode_inferred(&[])?.unwrap_or_default();
+        conn.submit_encoded(sql, enc, None, now)
+    }
+
+    fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
+        let sql = if self.depth == 0 {
+            "COMMIT".to_string()
+        } else {
+            format!("RELEASE SAVEPOINT {}", self.savepoint())
+        };
+        self.commit = Some(self.submit_sql(conn, &sql, now)?);
+        conn.set_atomic_depth(self.depth);
+        Ok(())
+    }
+
+    fn rollback_sql(&self) -> String {
+        if self.depth == 0 {
+            "ROLLBACK".to_string()
+        } else {
+            let sp = self.savepoint();
+            format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
+        }
+    }
+
+    fn done(&mut self, r: Result<O::Output, Error>) -> Step<O::Output> {
+        self.finished = true;
+        Step::Ready(r)
+    }
+}
+
+impl<O: Operation> Operation for Atomic<O> {
+    type Output = O::Output;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
+        if self.finished {
+            return Step::Ready(Err(Error::misuse("operation polled after it completed")));
+        }
+        if let Some((t, err)) = &self.rollback {
+            return match take(conn, *t) {
+                None => Step::Pending,
+                Some(Ok(_)) => {
+                    let e = err.clone();
+                    self.done(Err(e))
+                }
+                // A failed rollback leaves the session in doubt: report both.
+                Some(Err(re)) => {
+                    let e = Error::closed(format!("{err}; then the rollback failed too: {re}"));
+                    self.done(Err(e))
+                }
+            };
+        }
+        conn.begin_batch();
+        if !self.started {
+            self.started = true;
+            self.depth = conn.atomic_depth();
+            let sql = if self.depth == 0 {
+                "BEGIN".to_string()
+            } else {
+                format!("SAVEPOINT {}", self.savepoint())
+            };
+            match self.submit_sql(conn, &sql, now) {
+                Ok(t) => self.begin = Some(t),
+                Err(e) => {
+                    conn.end_batch();
+                    return self.done(Err(e));
+                }
+            }
+            conn.set_atomic_depth(self.depth + 1);
+        }
+        if self.output.is_none() {
+            if let Step::Ready(r) = self.op.poll(conn, now) {
+                self.output = Some(r);
+            }
+        }
+        let work_ok = !matches!(self.output, Some(Err(_)));
+        if self.commit.is_none() && work_ok && (self.output.is_some() || self.op.submitted_all()) {
+            if let Err(e) = self.submit_commit(conn, now) {
+                self.output = Some(Err(e));
+            }
+        }
+        conn.end_batch();
+
+        if let (Some(t), None) = (self.begin, &self.begin_result) {
+            if let Some(r) = take(conn, t) {
+                self.begin_result = Some(r.map(|_| ()));
+            }
+        }
+        if let (Some(t), None) = (self.commit, &self.commit_result) {
+            if let Some(r) = take(conn, t) {
+                self.commit_result = Some(r.map(|_| ()));
+            }
+        }
+        let (Some(begin), Some(output)) = (&self.begin_result, &self.output) else {
+            return Step::Pending;
+        };
+        // The first real error, in the order things were sent.
+        let error = match (begin, output, &self.commit_result) {
+            (Err(e), _, _) => Some(e.clone()),
+            (_, Err(e), _) => Some(e.clone()),
+            (_, Ok(_), Some(Err(e))) => Some(e.clone()),
+            (_, Ok(_), Some(Ok(()))) => None,
+            (_, Ok(_), None) => return Step::Pending,
+        };
+        match error {
+            None => {
+                let out = self.output.take().expect("output present");
+                self.done(out)
+            }
+            Some(e) => {
+                if self.commit.is_none() {
+                    conn.set_atomic_depth(self.depth);
+                }
+                let committed_or_gone = self.depth == 0
+                    && self.commit_result.as_ref().is_some_and(|r| r.is_err())
+                    && conn.transaction_status() == TransactionStatus::Idle;
+                if committed_or_gone || e.is_fatal() {
+                    return self.done(Err(e));
+                }
+                let sql = self.rollback_sql();
+                match conn.submit(Request::simple(&sql), now) {
+                    Ok(t) => {
+                        self.rollback = Some((t, e));
+                        Step::Pending
+                    }
+                    Err(re) => self.done(Err(re)),
+                }
+            }
+        }
+    }
+
+    fn submitted_all(&self) -> bool {
+        self.commit.is_some() || self.finished
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.output.is_none() {
+            self.op.abandon(conn);
+        }
+        for t in [self.begin, self.commit].into_iter().flatten() {
+            conn.abandon(t);
+        }
+        if let Some((t, _)) = self.rollback.take() {
+            conn.abandon(t);
+            return;
+        }
+        if self.started {
+            conn.set_atomic_depth(self.depth);
+            // Roll back whatever this transaction did; harmless (a warning)
+            // if its COMMIT already went through.
+            conn.submit_detached(&self.rollback_sql());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Parameter encoding. The point of this module is the one-round-trip first
+//! execution: the `Parse` message carries parameter type OIDs taken from the
+//! Rust values, so nothing has to be described before it is executed.
+//!
+//! `&dyn ToSql` cannot be asked its type directly (`accepts` is a static
+//! method), so a value is offered candidate types in order of how common they
+//! are; the first it accepts is used, and the encoding from that attempt is
+//! the one sent. Strings are sent as untyped text (OID 0, text format): the
+//! server then infers the type from the statement, exactly as it does for a
+//! libpq literal, so a `&str` can feed a `text`, `varchar`, `numeric`,
+//! `uuid` or `jsonb` column alike. A value none of the candidates fits (an
+//! enum or composite type of the application's) makes the statement fall
+//! back to describing first, which costs one more round trip.
+
+use bytes::{BufMut, BytesMut};
+use postgres_types::{Format, IsNull, ToSql, Type};
+
+use crate::Error;
+
+/// A parameter, as the statements' callers pass it.
+pub type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Candidate types for inference, most common first.
+const CANDIDATES: &[Type] = &[
+    Type::INT4,
+    Type::INT8,
+    Type::TEXT,
+    Type::BOOL,
+    Type::FLOAT8,
+    Type::INT2,
+    Type::FLOAT4,
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMP,
+    Type::DATE,
+    Type::TIME,
+    Type::BYTEA,
+    Type::JSONB,
+    Type::JSON,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::INT2_ARRAY,
+    Type::FLOAT4_ARRAY,
+    Type::UUID_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMP_ARRAY,
+    Type::DATE_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::CHAR,
+    Type::OID,
+    Type::INTERVAL,
+];
+
+/// Parameters encoded into one buffer, ready for a `Bind` message.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    pub buf: BytesMut,
+    /// Per parameter: type OID for `Parse`, text (false) or binary (true),
+    /// and its byte range in `buf` (`None` for NULL).
+    pub items: Vec<EncodedParam>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedParam {
+    pub oid: u32,
+    pub binary: bool,
+    pub range: Option<(usize, usize)>,
+}
+
+impl Encoded {
+    pub fn oids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.items.iter().map(|p| p.oid)
+    }
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        self.items[i].range.map(|(a, b)| &self.buf[a..b])
+    }
+}
+
+fn encode_one(
+    p: Param<'_>,
+    ty: &Type,
+    out: &mut BytesMut,
+) -> Result<Option<(usize, usize)>, Box<dyn std::error::Error + Sync + Send>> {
+    let start = out.len();
+    match p.to_sql_checked(ty, out)? {
+        IsNull::Yes => {
+            out.truncate(start);
+            Ok(None)
+        }
+        IsNull::No => Ok(Some((start, out.len()))),
+    }
+}
+
+/// Encodes parameters with types inferred from the values. `Ok(None)` means
+/// some value fits no candidate type: the caller must describe first.
+pub(crate) fn encode_inferred(params: &[Param<'_>]) -> Result<Option<Encoded>, Error> {
+    check_count(params.len())?;
+    let mut enc = Encoded {
+        buf: BytesMut::new(),
+        items: Vec::with_capacity(params.len()),
+    };
+    'params: for p in params {
+        for ty in CANDIDATES {
+            let start = enc.buf.len();
+            match encode_one(*p, ty, &mut enc.buf) {
+                Ok(range) => {
+                    let item = if *ty == Type::TEXT {
+                        // Untyped text: the server picks the type.
+                        EncodedParam { oid: 0, binary: false, range }
+                    } else {
+                        let binary = matches!(p.encode_format(ty), Format::Binary);
+                        EncodedParam { oid: ty.oid(), binary, range }
+                    };
+                    enc.items.push(item);
+                    continue 'params;
+                }
+                Err(e) => {
+                    enc.buf.truncate(start);
+                    if !is_wrong_type(&*e) {
+                        return Err(Error::encode(format!(
+                            "parameter ${} as {}: {e}",
+                            enc.items.len() + 1,
+                            ty
+                        )));
+                    }
+                }
+            }
+        }
+        return Ok(None);
+    }
+    Ok(Some(enc))
+}
+
+/// Encodes parameters for known types (a described or prepared statement).
+/// Types the inference would have sent as untyped text stay text, so a
+/// cached statement always gets the same formats.
+pub(crate) fn encode_typed(params: &[Param<'_>], types: &[Type]) -> Result<Encoded, Error> {
+    check_count(params.len())?;
+    if params.len() != types.len() {
+        return Err(Error::misuse(format!(
+            "the statement takes {} parameter(s) but {} were given",
+            types.len(),
+            params.len()
+        )));
+    }
+    let mut enc = Encoded {
+        buf: BytesMut::new(),
+        items: Vec::with_capacity(params.len()),
+    };
+    for (i, (p, ty)) in params.iter().zip(types).enumerate() {
+        let start = enc.buf.len();
+        let first = encode_one(*p, ty, &mut enc.buf);
+        let item = match first {
+            Ok(range) => EncodedParam {
+                oid: ty.oid(),
+                binary: matches!(p.encode_format(ty), Format::Binary),
+                range,
+            },
+            Err(e) => {
+                enc.buf.truncate(start);
+                // A Rust string may feed any type through text input.
+                match encode_one(*p, &Type::TEXT, &mut enc.buf) {
+                    Ok(range) if is_wrong_type(&*e) => EncodedParam { oid: ty.oid(), binary: false, range },
+                    _ => {
+                        enc.buf.truncate(start);
+                        return Err(Error::encode(format!("parameter ${} as {}: {e}", i + 1, ty)));
+                    }
+                }
+            }
+        };
+        enc.items.push(item);
+    }
+    Ok(enc)
+}
+
+fn check_count(n: usize) -> Result<(), Error> {
+    if n > u16::MAX as usize {
+        return Err(Error::misuse(format!(
+            "{n} parameters given; the protocol allows at most 65535 per statement"
+        )));
+    }
+    Ok(())
+}
+
+fn is_wrong_type(e: &(dyn std::error::Error + Sync + Send + 'static)) -> bool {
+    e.is::<postgres_types::WrongType>()
+}
+
+/// Writes a `Bind` message for already-encoded parameters; binary results.
+pub(crate) fn write_bind(portal: &str, statement: &str, enc: &Encoded, out: &mut BytesMut) -> Result<(), Error> {
+    // Format codes: one per parameter (only when some are text).
+    let all_binary = enc.items.iter().all(|p| p.binary);
+    let formats: Vec<i16> = if enc.items.is_empty() {
+        Vec::new()
+    } else if all_binary {
+        vec![1]
+    } else {
+        enc.items.iter().map(|p| p.binary as i16).collect()
+    };
+    let r = postgres_protocol::message::frontend::bind(
+        portal,
+        statement,
+        formats,
+        0..enc.items.len(),
+        |i, buf: &mut BytesMut| match enc.value(i) {
+            Some(v) => {
+                buf.put_slice(v);
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::No)
+            }
+            None => Ok(postgres_protocol::IsNull::Yes),
+        },
+        Some(1),
+        out,
+    );
+    r.map_err(|e| match e {
+        postgres_protocol::message::frontend::BindError::Conversion(e) => Error::encode(e.to_string()),
+        postgres_protocol::message::frontend::BindError::Serialization(e) => Error::encode(e.to_string()),
+    })
+}

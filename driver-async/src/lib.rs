@@ -1,0 +1,298 @@
+//! # duet-async
+//!
+//! The tokio driver: tokio sockets pumping the duet-core state machine. All
+//! logic lives in `duet-core`; this crate only moves bytes and sleeps until
+//! the core's next deadline. Works on a current-thread runtime.
+//!
+//! Dropping any future of this crate at any point leaves the client usable:
+//! requests already sent belong to the connection, whose responses are
+//! discarded on arrival, and a transaction the dropped work opened is
+//! rolled back.
+//!
+//! ```no_run
+//! use duet_async::prelude::*;
+//!
+//! # async fn demo() -> Result<(), duet_async::Error> {
+//! let mut client = Client::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! let row = client.query_one("SELECT $1::int4 + 1", &[&41i32]).await?;
+//! assert_eq!(row.get::<i32>(0), 42);
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant as TokioInstant;
+
+pub use duet_core::*;
+
+use std::time::Instant;
+
+/// Everything an application needs: `use duet_async::prelude::*;`.
+pub mod prelude {
+    pub use crate::{CancelToken, Client};
+    pub use duet_core::ops::{atomic, pipeline, prepare, query, simple_query};
+    pub use duet_core::{
+        Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type,
+    };
+}
+
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    async fn connect(config: &Config) -> io::Result<Socket> {
+        let connect = async {
+            match &config.host {
+                Host::Unix(dir) => {
+                    let path = format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), config.port);
+                    Ok(Socket::Unix(UnixStream::connect(path).await?))
+                }
+                Host::Tcp(host) => {
+                    let s = TcpStream::connect((host.as_str(), config.port)).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Socket::Tcp(s))
+                }
+            }
+        };
+        match config.connect_timeout {
+            Some(t) => tokio::time::timeout(t, connect)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect_timeout passed"))?,
+            None => connect.await,
+        }
+    }
+
+    async fn ready(&self, interest: Interest) -> io::Result<tokio::io::Ready> {
+        match self {
+            Socket::Tcp(s) => s.ready(interest).await,
+            Socket::Unix(s) => s.ready(interest).await,
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.try_write(buf),
+            Socket::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.try_read(buf),
+            Socket::Unix(s) => s.try_read(buf),
+        }
+    }
+}
+
+/// An asynchronous connection to PostgreSQL.
+pub struct Client {
+    conn: Connection,
+    sock: Socket,
+    buf: Box<[u8]>,
+}
+
+/// Cancels whatever the client's connection is running, from anywhere.
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    config: Config,
+    request: CancelRequest,
+}
+
+impl CancelToken {
+    /// Opens a new connection and sends the CancelRequest.
+    pub async fn cancel(&self) -> Result<(), Error> {
+        send_cancel(&self.config, self.request).await
+    }
+}
+
+async fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
+    let mut config = config.clone();
+    config.connect_timeout.get_or_insert(Duration::from_secs(10));
+    let bytes = request.encode();
+    match Socket::connect(&config).await? {
+        Socket::Tcp(mut s) => {
+            s.write_all(&bytes).await?;
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+        Socket::Unix(mut s) => {
+            s.write_all(&bytes).await?;
+            let _ = s.read(&mut [0u8; 1]).await;
+        }
+    }
+    Ok(())
+}
+
+/// Abandons the operation if its future is dropped before completion.
+struct Running<'c, O: Operation> {
+    client: &'c mut Client,
+    op: Option<O>,
+}
+
+impl<O: Operation> Drop for Running<'_, O> {
+    fn drop(&mut self) {
+        if let Some(mut op) = self.op.take() {
+            op.abandon(&mut self.client.conn);
+        }
+    }
+}
+
+impl Client {
+    /// Connects with a `postgres://` URL or a libpq `key=value` string.
+    pub async fn connect(params: &str) -> Result<Client, Error> {
+        Client::connect_config(&Config::parse(params)?).await
+    }
+
+    pub async fn connect_config(config: &Config) -> Result<Client, Error> {
+        let sock = Socket::connect(config)
+            .await
+            .map_err(|e| Error::closed(format!("cannot connect to {:?} port {}: {e}", config.host, config.port)))?;
+        let mut client = Client {
+            conn: Connection::new(config, Instant::now()),
+            sock,
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+        };
+        client.run(ops::Startup).await?;
+        Ok(client)
+    }
+
+    /// Runs any operation to completion: the whole I/O loop of this driver.
+    pub async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
+        let mut running = Running { client: self, op: Some(op) };
+        loop {
+            let client = &mut *running.client;
+            let op = running.op.as_mut().expect("op present until it completes");
+            if let Step::Ready(out) = op.poll(&mut client.conn, Instant::now()) {
+                running.op = None;
+                return out;
+            }
+            client.pump().await?;
+        }
+    }
+
+    /// Runs an operation with a time limit on every request it sends.
+    pub async fn run_with_timeout<O: Operation>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
+        self.conn.set_default_deadline(Some(Instant::now() + timeout));
+        let r = self.run(op).await;
+        self.conn.set_default_deadline(None);
+        r
+    }
+
+    /// One step of I/O: send what the core wants sent and read what it waits
+    /// for, whichever the socket allows first.
+    async fn pump(&mut self) -> Result<(), Error> {
+        if let Some(c) = self.conn.poll_cancel() {
+            send_cancel(self.conn.config(), c).await?;
+        }
+        let mut wrote = false;
+        while !self.conn.poll_transmit().is_empty() {
+            match self.sock.try_write(self.conn.poll_transmit()) {
+                Ok(n) => {
+                    self.conn.advance_transmit(n);
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
+        let want_write = !self.conn.poll_transmit().is_empty();
+        let want_read = self.conn.wants_input();
+        if !want_write && !want_read {
+            if let Some(e) = self.conn.closed_reason() {
+                return Err(e.clone());
+            }
+            if wrote {
+                return Ok(());
+            }
+            return Err(Error::Misuse("an operation is waiting, but nothing is in flight".into()));
+        }
+        let interest = match (want_read, want_write) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (false, true) => Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        let deadline = self.conn.poll_timeout();
+        let ready = match deadline {
+            Some(d) => tokio::time::timeout_at(TokioInstant::from_std(d), self.sock.ready(interest)).await.ok(),
+            None => Some(self.sock.ready(interest).await),
+        };
+        match ready {
+            Some(Ok(r)) if r.is_readable() || r.is_read_closed() => self.read_once()?,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(self.fatal(e)),
+            None => self.conn.handle_timeout(Instant::now()),
+        }
+        Ok(())
+    }
+
+    fn read_once(&mut self) -> Result<(), Error> {
+        match self.sock.try_read(&mut self.buf) {
+            Ok(0) => {
+                self.conn.handle_eof(Instant::now());
+                Ok(())
+            }
+            Ok(n) => self.conn.handle_input(&self.buf[..n], Instant::now()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
+            Err(e) => Err(self.fatal(e)),
+        }
+    }
+
+    fn fatal(&mut self, e: io::Error) -> Error {
+        self.conn.handle_eof(Instant::now());
+        Error::from(e)
+    }
+
+    /// Waits up to `timeout` for a notice, notification or parameter change.
+    pub async fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
+        let until = TokioInstant::now() + timeout;
+        loop {
+            if let Some(e) = self.conn.poll_event() {
+                return Ok(Some(e));
+            }
+            if let Some(e) = self.conn.closed_reason() {
+                return Err(e.clone());
+            }
+            match tokio::time::timeout_at(until, self.sock.ready(Interest::READABLE)).await {
+                Ok(Ok(_)) => self.read_once()?,
+                Ok(Err(e)) => return Err(self.fatal(e)),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// A token that cancels the running statement from another task.
+    pub fn cancel_token(&self) -> Option<CancelToken> {
+        self.conn
+            .cancel_token()
+            .map(|request| CancelToken { config: self.conn.config().clone(), request })
+    }
+
+    /// Sends Terminate and closes the socket.
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.conn.close();
+        while !self.conn.poll_transmit().is_empty() {
+            self.sock.ready(Interest::WRITABLE).await?;
+            match self.sock.try_write(self.conn.poll_transmit()) {
+                Ok(n) => self.conn.advance_transmit(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    duet_core::client_api!(async, .await);
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.conn.closed_reason().is_none() {
+            self.conn.close();
+            let _ = self.sock.try_write(self.conn.poll_transmit());
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! # duet-sync
+//!
+//! The blocking driver: std sockets pumping the duet-core state machine. No
+//! async runtime anywhere. All logic lives in `duet-core`; this crate only
+//! moves bytes and sleeps until the core's next deadline.
+//!
+//! ```no_run
+//! use duet_sync::prelude::*;
+//!
+//! let mut client = Client::connect("postgres://postgres@127.0.0.1:5432/postgres")?;
+//! let row = client.query_one("SELECT $1::int4 + 1", &[&41i32])?;
+//! assert_eq!(row.get::<i32>(0), 42);
+//! # Ok::<(), duet_sync::Error>(())
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+pub use duet_core::*;
+
+/// Everything an application needs: `use duet_sync::prelude::*;`.
+pub mod prelude {
+    pub use crate::{CancelToken, Client};
+    pub use duet_core::ops::{atomic, pipeline, prepare, query, simple_query};
+    pub use duet_core::{
+        Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type,
+    };
+}
+
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn connect(config: &Config) -> io::Result<Socket> {
+        match &config.host {
+            Host::Unix(dir) => {
+                let path = format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), config.port);
+                Ok(Socket::Unix(UnixStream::connect(path)?))
+            }
+            Host::Tcp(host) => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
+                for addr in (host.as_str(), config.port).to_socket_addrs()? {
+                    let attempt = match config.connect_timeout {
+                        Some(t) => TcpStream::connect_timeout(&addr, t),
+                        None => TcpStream::connect(addr),
+                    };
+                    match attempt {
+                        Ok(s) => {
+                            s.set_nodelay(true)?;
+                            return Ok(Socket::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Writes without blocking: `Ok(0)` when the socket buffer is full.
+    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: fd is a live socket owned by self; buf is a valid slice.
+        let n = unsafe { libc::send(self.fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            e if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            e => Err(e),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
+        }
+    }
+
+    /// Waits until the socket is readable (and/or writable), or `until`.
+    /// Returns (readable, writable).
+    fn wait(&self, read: bool, write: bool, until: Option<Instant>) -> io::Result<(bool, bool)> {
+        let events = (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 });
+        let mut pfd = libc::pollfd { fd: self.fd(), events, revents: 0 };
+        let timeout_ms = match until {
+            None => -1,
+            Some(t) => t.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32 + 1,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok((false, false)) } else { Err(e) };
+        }
+        let hangup = pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+        Ok((pfd.revents & libc::POLLIN != 0 || hangup, pfd.revents & libc::POLLOUT != 0))
+    }
+}
+
+/// A blocking connection to PostgreSQL.
+pub struct Client {
+    conn: Connection,
+    sock: Socket,
+    buf: Box<[u8]>,
+}
+
+/// Cancels whatever the client's connection is running, from anywhere.
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    config: Config,
+    request: CancelRequest,
+}
+
+impl CancelToken {
+    /// Opens a new connection and sends the CancelRequest.
+    pub fn cancel(&self) -> Result<(), Error> {
+        send_cancel(&self.config, self.request)
+    }
+}
+
+fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
+    let mut config = config.clone();
+    config.connect_timeout.get_or_insert(Duration::from_secs(10));
+    let mut s = Socket::connect(&config)?;
+    let bytes = request.encode();
+    match &mut s {
+        Socket::Tcp(t) => t.write_all(&bytes)?,
+        Socket::Unix(u) => u.write_all(&bytes)?,
+    }
+    // The server closes the socket once it has read the request.
+    let _ = s.read(&mut [0u8; 1]);
+    Ok(())
+}
+
+impl Client {
+    /// Connects with a `postgres://` URL or a libpq `key=value` string.
+    pub fn connect(params: &str) -> Result<Client, Error> {
+        Client::connect_config(&Config::parse(params)?)
+    }
+
+    pub fn connect_config(config: &Config) -> Result<Client, Error> {
+        let sock = Socket::connect(config)
+            .map_err(|e| Error::closed(format!("cannot connect to {:?} port {}: {e}", config.host, config.port)))?;
+        let mut client = Client {
+            conn: Connection::new(config, Instant::now()),
+            sock,
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+        };
+        client.run(ops::Startup)?;
+        Ok(client)
+    }
+
+    /// Runs any operation to completion: the whole I/O loop of this driver.
+    pub fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output, Error> {
+        loop {
+            if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
+                return out;
+            }
+            if let Err(e) = self.pump() {
+                op.abandon(&mut self.conn);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Runs the I/O loop at most `steps` times; abandons the operation if it
+    /// has not finished by then (what dropping a future does in the async
+    /// driver). `None` when it was abandoned.
+    #[doc(hidden)]
+    pub fn run_steps<O: Operation>(&mut self, mut op: O, steps: usize) -> Option<Result<O::Output, Error>> {
+        for _ in 0..steps {
+            if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
+                return Some(out);
+            }
+            if let Err(e) = self.pump() {
+                op.abandon(&mut self.conn);
+                return Some(Err(e));
+            }
+        }
+        op.abandon(&mut self.conn);
+        None
+    }
+
+    /// Runs an operation with a time limit on every request it sends.
+    pub fn run_with_timeout<O: Operation>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
+        self.conn.set_default_deadline(Some(Instant::now() + timeout));
+        let r = self.run(op);
+        self.conn.set_default_deadline(None);
+        r
+    }
+
+    /// One step of I/O: send what the core wants sent and read what it waits
+    /// for, never blocking on a write while the server may be waiting for us
+    /// to read (a large pipeline would deadlock otherwise).
+    fn pump(&mut self) -> Result<(), Error> {
+        if let Some(c) = self.conn.poll_cancel() {
+            send_cancel(self.conn.config(), c)?;
+        }
+        let mut wrote = false;
+        while !self.conn.poll_transmit().is_empty() {
+            let n = self.sock.send_nonblocking(self.conn.poll_transmit()).map_err(|e| self.fatal(e))?;
+            if n == 0 {
+                break;
+            }
+            self.conn.advance_transmit(n);
+            wrote = true;
+        }
+        let want_write = !self.conn.poll_transmit().is_empty();
+        let want_read = self.conn.wants_input();
+        if !want_write && !want_read {
+            if let Some(e) = self.conn.closed_reason() {
+                return Err(e.clone());
+            }
+            if wrote {
+                return Ok(());
+            }
+            return Err(Error::Misuse("an operation is waiting, but nothing is in flight".into()));
+        }
+        let deadline = self.conn.poll_timeout();
+        let (readable, _) = if !want_write && deadline.is_none() {
+            (true, false) // a plain blocking read is the cheapest wait
+        } else {
+            self.sock.wait(want_read, want_write, deadline).map_err(|e| self.fatal(e))?
+        };
+        if readable {
+            self.read_once()?;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            self.conn.handle_timeout(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn read_once(&mut self) -> Result<(), Error> {
+        match self.sock.read(&mut self.buf) {
+            Ok(0) => {
+                self.conn.handle_eof(Instant::now());
+                Ok(())
+            }
+            Ok(n) => self.conn.handle_input(&self.buf[..n], Instant::now()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(self.fatal(e)),
+        }
+    }
+
+    fn fatal(&mut self, e: io::Error) -> Error {
+        self.conn.handle_eof(Instant::now());
+        Error::from(e)
+    }
+
+    /// Waits up to `timeout` for a notice, notification or parameter change.
+    pub fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.conn.poll_event() {
+                return Ok(Some(e));
+            }
+            if let Some(e) = self.conn.closed_reason() {
+                return Err(e.clone());
+            }
+            let (readable, _) = self.sock.wait(true, false, Some(until)).map_err(|e| self.fatal(e))?;
+            if readable {
+                self.read_once()?;
+            } else if Instant::now() >= until {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A token that cancels the running statement from another thread.
+    pub fn cancel_token(&self) -> Option<CancelToken> {
+        self.conn
+            .cancel_token()
+            .map(|request| CancelToken { config: self.conn.config().clone(), request })
+    }
+
+    /// Sends Terminate and closes the socket.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.conn.close();
+        while !self.conn.poll_transmit().is_empty() {
+            let n = self.sock.send_nonblocking(self.conn.poll_transmit())?;
+            if n == 0 {
+                self.sock.wait(false, true, Some(Instant::now() + Duration::from_secs(1)))?;
+            }
+            self.conn.advance_transmit(n);
+        }
+        Ok(())
+    }
+
+    duet_core::client_api!(,);
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.conn.closed_reason().is_none() {
+            self.conn.close();
+            let _ = self.sock.send_nonblocking(self.conn.poll_transmit());
+        }
+    }
+}
