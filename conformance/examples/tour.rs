@@ -29,14 +29,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          INSERT INTO tour_accounts VALUES (1, 'ann', 100), (2, 'bob', 20);",
     )?;
     let row = db.query_one("SELECT owner, balance FROM tour_accounts WHERE id = $1", &[&1i32])?;
-    println!("[sync]  typed query: {} has {}", row.get::<&str>("owner"), row.get::<i64>("balance"));
+    println!(
+        "[sync]  typed query: {} has {}",
+        row.get::<&str>("owner"),
+        row.get::<i64>("balance")
+    );
 
     let (one, two): ([Param; 1], [Param; 1]) = ([&1i32], [&2i32]);
     let (a, b) = db.pipeline((
         query("SELECT balance FROM tour_accounts WHERE id = $1", &one).one(),
         query("SELECT balance FROM tour_accounts WHERE id = $1", &two).one(),
     ))?;
-    println!("[sync]  pipeline, one round trip: {} and {}", a.get::<i64>(0), b.get::<i64>(0));
+    println!(
+        "[sync]  pipeline, one round trip: {} and {}",
+        a.get::<i64>(0),
+        b.get::<i64>(0)
+    );
 
     let (debit, credit): ([Param; 2], [Param; 2]) = ([&1i32, &30i64], [&2i32, &30i64]);
     db.run(transfer(&debit, &credit))?;
@@ -50,7 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut db = duet_async::Client::connect(&url).await?;
         let (debit, credit): ([Param; 2], [Param; 2]) = ([&2i32, &10i64], [&1i32, &10i64]);
         db.run(transfer(&debit, &credit)).await?;
-        let rows = db.query("SELECT owner, balance FROM tour_accounts ORDER BY id", &[]).await?;
+        let rows = db
+            .query("SELECT owner, balance FROM tour_accounts ORDER BY id", &[])
+            .await?;
         for r in &rows {
             println!("[tokio] {} now has {}", r.get::<&str>(0), r.get::<i64>(1));
         }

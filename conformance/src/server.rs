@@ -52,12 +52,7 @@ pub enum AuthRole {
 
 impl AuthRole {
     /// Every role, for tests that loop over all authentication methods.
-    pub const ALL: [AuthRole; 4] = [
-        AuthRole::Trust,
-        AuthRole::Cleartext,
-        AuthRole::Md5,
-        AuthRole::Scram,
-    ];
+    pub const ALL: [AuthRole; 4] = [AuthRole::Trust, AuthRole::Cleartext, AuthRole::Md5, AuthRole::Scram];
 
     /// The role's name on the server, for tests that check `current_user`.
     pub fn user(self) -> &'static str {
@@ -418,8 +413,7 @@ impl TestServer {
         // Before the first start, so no reload race: role lines first (first
         // match wins), then trust for everything else.
         let hba = data.join("pg_hba.conf");
-        fs::write(&hba, hba_conf())
-            .map_err(|e| annotate(e, &format!("writing {}", hba.display())))?;
+        fs::write(&hba, hba_conf()).map_err(|e| annotate(e, &format!("writing {}", hba.display())))?;
 
         // The free port can be taken between probing and binding; only that
         // failure is worth another try with a new port.
@@ -493,7 +487,9 @@ impl Owned {
         };
         let bin = match &self.bins.dir {
             Some(d) => format!("bin dir {}", d.display()),
-            None => "no PostgreSQL bin dir found (pg_config --bindir, /usr/lib/postgresql/*/bin), using PATH".to_string(),
+            None => {
+                "no PostgreSQL bin dir found (pg_config --bindir, /usr/lib/postgresql/*/bin), using PATH".to_string()
+            }
         };
         io::Error::new(e.kind(), format!("cannot run {what}{how} ({bin}): {e}"))
     }
@@ -578,12 +574,7 @@ impl Owned {
             // kill the watchdog before it has cleaned up.
             .process_group(0)
             .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot spawn the cleanup watchdog (/bin/sh): {e}"),
-                )
-            })
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot spawn the cleanup watchdog (/bin/sh): {e}")))
     }
 }
 
@@ -609,15 +600,8 @@ enum StartError {
 /// `pg_hba.conf`: each auth role gets its method over TCP and the Unix
 /// socket, before the final catch-all `trust` lines (first match wins).
 fn hba_conf() -> String {
-    let mut s = String::from(
-        "# Written by duet's test harness.\n# TYPE  DATABASE  USER  ADDRESS  METHOD\n",
-    );
-    for role in [
-        AuthRole::Trust,
-        AuthRole::Cleartext,
-        AuthRole::Md5,
-        AuthRole::Scram,
-    ] {
+    let mut s = String::from("# Written by duet's test harness.\n# TYPE  DATABASE  USER  ADDRESS  METHOD\n");
+    for role in [AuthRole::Trust, AuthRole::Cleartext, AuthRole::Md5, AuthRole::Scram] {
         let (u, m) = (role.user(), role.hba_method());
         let _ = writeln!(s, "local all {u} {m}");
         let _ = writeln!(s, "host all {u} 127.0.0.1/32 {m}");
@@ -685,8 +669,7 @@ fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
 /// A port that was free a moment ago (bind to port 0, then release it).
 /// Racy by nature; `launch` retries with another port if the start fails.
 fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| annotate(e, "finding a free port on 127.0.0.1"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| annotate(e, "finding a free port on 127.0.0.1"))?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -710,10 +693,7 @@ fn annotate(e: io::Error, what: &str) -> io::Error {
 fn log_tail(path: &Path, n: usize) -> String {
     match fs::File::open(path) {
         Ok(f) => {
-            let lines: Vec<String> = io::BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .collect();
+            let lines: Vec<String> = io::BufReader::new(f).lines().map_while(Result::ok).collect();
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read the log: {e})"),
@@ -769,12 +749,7 @@ struct ParsedUrl {
 /// Minimal `postgres[ql]://[user[:pass]@][host][:port][/db][?params]`
 /// parser (single host), enough to derive the per-role URLs.
 fn parse_url(url: &str) -> io::Result<ParsedUrl> {
-    let bad = |why: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("DATABASE_URL {url:?}: {why}"),
-        )
-    };
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("DATABASE_URL {url:?}: {why}"));
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -794,10 +769,7 @@ fn parse_url(url: &str) -> io::Result<ParsedUrl> {
     let (host_raw, port) = if let Some(end) = hostport.strip_prefix('[').and_then(|h| h.find(']')) {
         let end = end + 1; // index of ']' in hostport
         let after = &hostport[end + 1..];
-        (
-            hostport[..=end].to_string(),
-            after.strip_prefix(':').unwrap_or(""),
-        )
+        (hostport[..=end].to_string(), after.strip_prefix(':').unwrap_or(""))
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p),
@@ -853,9 +825,7 @@ mod tests {
         let t = std::time::Instant::now();
         let server = TestServer::start().unwrap_or_else(|e| panic!("{e}"));
         eprintln!("TestServer::start took {:?}", t.elapsed());
-        let out = server
-            .psql("SELECT 1 AS one")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let out = server.psql("SELECT 1 AS one").unwrap_or_else(|e| panic!("{e}"));
         assert!(out.contains('1'), "unexpected psql output: {out:?}");
         assert!(server.url().contains(&server.port().to_string()));
         if own_server() {
@@ -887,16 +857,10 @@ mod tests {
                 "{role:?}"
             );
             // The password inside the URL works too.
-            assert_eq!(
-                login(server, &server.url_for(role), None),
-                Ok(role.user().to_string())
-            );
+            assert_eq!(login(server, &server.url_for(role), None), Ok(role.user().to_string()));
             if role.password().is_some() {
                 let err = login(server, &url, Some("wrong")).expect_err("wrong password accepted");
-                assert!(
-                    err.contains("password authentication failed"),
-                    "{role:?}: {err}"
-                );
+                assert!(err.contains("password authentication failed"), "{role:?}: {err}");
                 let bad = server.url_for_with_password(role, Some("wr:ng@/pw"));
                 assert!(login(server, &bad, None).is_err(), "{role:?}");
                 let err = login(server, &url, None).expect_err("missing password accepted");
@@ -927,10 +891,7 @@ mod tests {
                 percent_encode(&dir.to_string_lossy()),
                 server.port()
             );
-            assert_eq!(
-                login(server, &url, role.password()),
-                Ok(role.user().to_string())
-            );
+            assert_eq!(login(server, &url, role.password()), Ok(role.user().to_string()));
             if role.password().is_some() {
                 assert!(login(server, &url, Some("wrong")).is_err(), "{role:?}");
             }
@@ -945,13 +906,12 @@ mod tests {
         }
         let url = server.url_for(AuthRole::Scram);
         let mut cmd = server.psql_command(&url);
-        cmd.args(["-c", "CREATE TEMP TABLE t (x int); CREATE TABLE duet_harness_check (x int); DROP TABLE duet_harness_check;"]);
+        cmd.args([
+            "-c",
+            "CREATE TEMP TABLE t (x int); CREATE TABLE duet_harness_check (x int); DROP TABLE duet_harness_check;",
+        ]);
         let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]
@@ -1001,11 +961,7 @@ mod tests {
         }
         let server = TestServer::shared();
         let dir = server.socket_dir().unwrap();
-        println!(
-            "DUET_CHILD dir={} pid={}",
-            dir.display(),
-            postmaster_pid(&dir)
-        );
+        println!("DUET_CHILD dir={} pid={}", dir.display(), postmaster_pid(&dir));
         let _ = Command::new("kill")
             .args(["-9", &std::process::id().to_string()])
             .status();

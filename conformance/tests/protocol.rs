@@ -50,6 +50,9 @@ conformance_tests!(
     dropped_operations_leave_client_usable,
     max_parameters_and_huge_pipeline_do_not_deadlock,
     copy_is_refused_cleanly,
+    statement_cache_capacity_and_eviction,
+    uninferable_parameter_type_describes_first,
+    query_opt_and_prepare_typed,
 );
 
 fn auth_methods_succeed<D: Driver>() {
@@ -72,7 +75,9 @@ fn wrong_password_is_28p01<D: Driver>() {
         return;
     }
     for role in [AuthRole::Cleartext, AuthRole::Md5, AuthRole::Scram] {
-        let err = D::connect(&s.url_for_with_password(role, Some("wrong"))).err().expect("must fail");
+        let err = D::connect(&s.url_for_with_password(role, Some("wrong")))
+            .err()
+            .expect("must fail");
         assert_eq!(err.code(), Some("28P01"), "{role:?}: {err}");
     }
 }
@@ -83,7 +88,9 @@ fn missing_password_is_named<D: Driver>() {
         return;
     }
     for role in [AuthRole::Cleartext, AuthRole::Md5, AuthRole::Scram] {
-        let err = D::connect(&s.url_for_with_password(role, None)).err().expect("must fail");
+        let err = D::connect(&s.url_for_with_password(role, None))
+            .err()
+            .expect("must fail");
         assert!(matches!(err, Error::Auth(_)), "{role:?}: {err}");
         assert!(err.to_string().contains("none was given"), "{err}");
     }
@@ -98,15 +105,23 @@ fn connection_string_forms<D: Driver>() {
     );
     let mut c = D::connect(&kv).unwrap();
     let row = c
-        .query_one("SELECT current_setting('application_name'), current_setting('search_path')", &[])
+        .query_one(
+            "SELECT current_setting('application_name'), current_setting('search_path')",
+            &[],
+        )
         .unwrap();
     assert_eq!(row.get::<String>(0), "duet kv");
     assert_eq!(row.get::<String>(1), "pg_catalog");
     let url = format!("{}?application_name=duet%20url&connect_timeout=5", s.url());
     let mut c = D::connect(&url).unwrap();
-    let name: String = c.query_one("SELECT current_setting('application_name')", &[]).unwrap().get(0);
+    let name: String = c
+        .query_one("SELECT current_setting('application_name')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(name, "duet url");
-    let bad = D::connect("postgres://127.0.0.1:1/x?connect_timeout=2").err().expect("nothing listens on port 1");
+    let bad = D::connect("postgres://127.0.0.1:1/x?connect_timeout=2")
+        .err()
+        .expect("nothing listens on port 1");
     assert!(bad.is_fatal(), "{bad}");
 }
 
@@ -166,17 +181,25 @@ fn temporal_uuid_json_array_round_trips<D: Driver>() {
 fn nulls_and_typed_errors<D: Driver>() {
     let mut c = connect::<D>();
     let none: Option<i32> = None;
-    let row = c.query_one("SELECT $1::int4 AS n, 300::int8 AS big, 'x'::text AS t", &[&none]).unwrap();
+    let row = c
+        .query_one("SELECT $1::int4 AS n, 300::int8 AS big, 'x'::text AS t", &[&none])
+        .unwrap();
     assert_eq!(row.get::<Option<i32>>("n"), None);
     let null_err = row.try_get::<i32>("n").unwrap_err();
-    assert!(matches!(null_err, Error::Decode(_)) && null_err.to_string().contains("NULL"), "{null_err}");
+    assert!(
+        matches!(null_err, Error::Decode(_)) && null_err.to_string().contains("NULL"),
+        "{null_err}"
+    );
     let wrong = row.try_get::<i32>("big").unwrap_err();
     assert!(wrong.to_string().contains("int8"), "{wrong}");
     let missing = row.try_get::<String>("nope").unwrap_err();
     assert!(missing.to_string().contains("nope"), "{missing}");
     assert!(row.try_get::<String>(9).is_err());
     assert!(matches!(c.query_one("SELECT 1 WHERE false", &[]), Err(Error::NoRows)));
-    assert!(matches!(c.query_one("SELECT 1 UNION ALL SELECT 2", &[]), Err(Error::TooManyRows(2))));
+    assert!(matches!(
+        c.query_one("SELECT 1 UNION ALL SELECT 2", &[]),
+        Err(Error::TooManyRows(2))
+    ));
     let syntax = c.query("SELEC 1", &[]).unwrap_err();
     assert_eq!(syntax.code(), Some("42601"));
     assert_usable(&mut c);
@@ -184,16 +207,33 @@ fn nulls_and_typed_errors<D: Driver>() {
 
 fn rows_by_name_and_multiple_columns<D: Driver>() {
     let mut c = connect::<D>();
-    c.batch_execute("CREATE TEMP TABLE people (id serial PRIMARY KEY, name text NOT NULL, age int4)").unwrap();
+    c.batch_execute("CREATE TEMP TABLE people (id serial PRIMARY KEY, name text NOT NULL, age int4)")
+        .unwrap();
     for (name, age) in [("ann", Some(31)), ("bob", None), ("cy", Some(7))] {
-        assert_eq!(c.execute("INSERT INTO people (name, age) VALUES ($1, $2)", &[&name, &age]).unwrap(), 1);
+        assert_eq!(
+            c.execute("INSERT INTO people (name, age) VALUES ($1, $2)", &[&name, &age])
+                .unwrap(),
+            1
+        );
     }
     let rows = c.query("SELECT id, name, age FROM people ORDER BY id", &[]).unwrap();
-    let got: Vec<(i32, String, Option<i32>)> =
-        rows.iter().map(|r| (r.get("id"), r.get("name"), r.get("age"))).collect();
-    assert_eq!(got, vec![(1, "ann".into(), Some(31)), (2, "bob".into(), None), (3, "cy".into(), Some(7))]);
+    let got: Vec<(i32, String, Option<i32>)> = rows
+        .iter()
+        .map(|r| (r.get("id"), r.get("name"), r.get("age")))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "ann".into(), Some(31)),
+            (2, "bob".into(), None),
+            (3, "cy".into(), Some(7))
+        ]
+    );
     assert_eq!(rows[0].columns()[1].name, "name");
-    assert_eq!(c.execute("UPDATE people SET age = coalesce(age, 0) + 1", &[]).unwrap(), 3);
+    assert_eq!(
+        c.execute("UPDATE people SET age = coalesce(age, 0) + 1", &[]).unwrap(),
+        3
+    );
 }
 
 fn prepared_statements_and_cache_reuse<D: Driver>() {
@@ -203,16 +243,28 @@ fn prepared_statements_and_cache_reuse<D: Driver>() {
         let v: i32 = c.query_one("SELECT $1::int4 * 2", &[&i]).unwrap().get(0);
         assert_eq!(v, i * 2);
     }
-    assert_eq!(c.cached_statements(), before + 1, "five runs share one cached statement");
+    assert_eq!(
+        c.cached_statements(),
+        before + 1,
+        "five runs share one cached statement"
+    );
     let prepared: i64 = c
         .run(duet_core::ops::prepare("SELECT count(*) FROM pg_prepared_statements", &[]).map(Ok))
         .map(|s| s.columns().len() as i64)
         .unwrap();
     assert_eq!(prepared, 1);
-    let n: i64 = c.query_one("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'duet_%'", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'duet_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert!(n >= 2, "cached statements are named server-side ({n})");
     let mut stmt_client = connect::<D>();
-    let stmt = stmt_client.run(duet_core::ops::prepare("SELECT $1::text || $2::text", &[])).unwrap();
+    let stmt = stmt_client
+        .run(duet_core::ops::prepare("SELECT $1::text || $2::text", &[]))
+        .unwrap();
     assert_eq!(stmt.params().len(), 2);
     let params: [Param; 2] = [&"a", &"b"];
     let r = stmt_client.run(duet_core::ops::execute(&stmt, &params, None)).unwrap();
@@ -221,10 +273,12 @@ fn prepared_statements_and_cache_reuse<D: Driver>() {
 
 fn cached_statement_after_alter_table<D: Driver>() {
     let mut c = connect::<D>();
-    c.batch_execute("CREATE TEMP TABLE shape (a int4); INSERT INTO shape VALUES (1)").unwrap();
+    c.batch_execute("CREATE TEMP TABLE shape (a int4); INSERT INTO shape VALUES (1)")
+        .unwrap();
     let rows = c.query("SELECT * FROM shape", &[]).unwrap();
     assert_eq!(rows[0].len(), 1);
-    c.batch_execute("ALTER TABLE shape ADD COLUMN b text DEFAULT 'x'").unwrap();
+    c.batch_execute("ALTER TABLE shape ADD COLUMN b text DEFAULT 'x'")
+        .unwrap();
     // The server refuses the cached plan (0A000); outside a transaction the
     // statement is re-prepared and retried transparently.
     let rows = c.query("SELECT * FROM shape", &[]).unwrap();
@@ -241,18 +295,31 @@ fn cached_statement_after_alter_table<D: Driver>() {
 
 fn untyped_text_parameters_reach_any_type<D: Driver>() {
     let mut c = connect::<D>();
-    c.batch_execute("CREATE TEMP TABLE money (amount numeric, id uuid, doc jsonb, tag varchar(10))").unwrap();
+    c.batch_execute("CREATE TEMP TABLE money (amount numeric, id uuid, doc jsonb, tag varchar(10))")
+        .unwrap();
     c.execute(
         "INSERT INTO money VALUES ($1, $2, $3, $4)",
-        &[&"10.25", &"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", &r#"{"k": 1}"#, &"short"],
+        &[
+            &"10.25",
+            &"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            &r#"{"k": 1}"#,
+            &"short",
+        ],
     )
     .unwrap();
-    let row = c.query_one("SELECT amount::text, id::text, doc->>'k', tag FROM money WHERE amount = $1", &[&"10.250"]).unwrap();
+    let row = c
+        .query_one(
+            "SELECT amount::text, id::text, doc->>'k', tag FROM money WHERE amount = $1",
+            &[&"10.250"],
+        )
+        .unwrap();
     assert_eq!(row.get::<String>(0), "10.25");
     assert_eq!(row.get::<String>(1), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
     assert_eq!(row.get::<String>(2), "1");
     assert_eq!(row.get::<String>(3), "short");
-    let bad = c.execute("INSERT INTO money (amount) VALUES ($1)", &[&"12abc"]).unwrap_err();
+    let bad = c
+        .execute("INSERT INTO money (amount) VALUES ($1)", &[&"12abc"])
+        .unwrap_err();
     assert_eq!(bad.code(), Some("22P02"), "{bad}");
 }
 
@@ -265,7 +332,12 @@ fn pipeline_of_1000_in_order<D: Driver>() {
     let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(got, values.iter().map(|v| v * 3).collect::<Vec<_>>());
     let (a, b): ([Param; 1], [Param; 1]) = ([&"x"], [&7i64]);
-    let (s, n) = c.run(pipeline((query("SELECT $1::text", &a).one(), query("SELECT $1::int8", &b).one()))).unwrap();
+    let (s, n) = c
+        .run(pipeline((
+            query("SELECT $1::text", &a).one(),
+            query("SELECT $1::int8", &b).one(),
+        )))
+        .unwrap();
     assert_eq!((s.get::<String>(0), n.get::<i64>(0)), ("x".into(), 7));
 }
 
@@ -273,22 +345,37 @@ fn error_mid_pipeline_skips_the_rest<D: Driver>() {
     let mut c = connect::<D>();
     c.batch_execute("CREATE TEMP TABLE t (v int4 PRIMARY KEY)").unwrap();
     let ps: Vec<[Param; 1]> = vec![[&1i32], [&1i32], [&2i32]];
-    let ops: Vec<_> = ps.iter().map(|p| query("INSERT INTO t VALUES ($1)", p).affected()).collect();
+    let ops: Vec<_> = ps
+        .iter()
+        .map(|p| query("INSERT INTO t VALUES ($1)", p).affected())
+        .collect();
     let err = c.run(pipeline(ops)).unwrap_err();
-    assert_eq!(err.code(), Some("23505"), "the failing statement's error is reported: {err}");
+    assert_eq!(
+        err.code(),
+        Some("23505"),
+        "the failing statement's error is reported: {err}"
+    );
     // The group was one implicit transaction: nothing of it stays.
     let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
     assert_eq!(n, 0);
-    // Individual results: the one after the failure is skipped.
-    let ops: Vec<_> = ps.iter().map(|p| query("INSERT INTO t VALUES ($1)", p).affected()).collect();
-    let per_item = c.run(pipeline(ops.into_iter().map(|o| o.map(|n| Ok(Ok::<u64, Error>(n)))).collect::<Vec<_>>()));
-    assert!(per_item.is_err());
+    // The failure of one pipeline does not leak into the next.
+    let ok: Vec<[Param; 1]> = vec![[&5i32], [&6i32]];
+    let ops: Vec<_> = ok
+        .iter()
+        .map(|p| query("INSERT INTO t VALUES ($1)", p).affected())
+        .collect();
+    assert_eq!(c.run(pipeline(ops)).unwrap(), vec![1, 1]);
     assert_usable(&mut c);
 }
 
 fn simple_query_multi_statement<D: Driver>() {
     let mut c = connect::<D>();
-    let msgs = c.run(simple_query("SELECT 1 AS one, NULL::text AS n; SELECT 'a' UNION ALL SELECT 'b'; ", None)).unwrap();
+    let msgs = c
+        .run(simple_query(
+            "SELECT 1 AS one, NULL::text AS n; SELECT 'a' UNION ALL SELECT 'b'; ",
+            None,
+        ))
+        .unwrap();
     let rows: Vec<Vec<Option<String>>> = msgs
         .iter()
         .filter_map(|m| match m {
@@ -296,17 +383,30 @@ fn simple_query_multi_statement<D: Driver>() {
             _ => None,
         })
         .collect();
-    assert_eq!(rows, vec![vec![Some("1".into()), None], vec![Some("a".into())], vec![Some("b".into())]]);
-    let tags = msgs.iter().filter(|m| matches!(m, SimpleMessage::CommandComplete(_))).count();
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".into()), None],
+            vec![Some("a".into())],
+            vec![Some("b".into())]
+        ]
+    );
+    let tags = msgs
+        .iter()
+        .filter(|m| matches!(m, SimpleMessage::CommandComplete(_)))
+        .count();
     assert_eq!(tags, 2);
-    let err = c.batch_execute("SELECT 1; SELECT * FROM no_such_table; SELECT 3").unwrap_err();
+    let err = c
+        .batch_execute("SELECT 1; SELECT * FROM no_such_table; SELECT 3")
+        .unwrap_err();
     assert_eq!(err.code(), Some("42P01"));
     assert_usable(&mut c);
 }
 
 fn transaction_commits_and_rolls_back<D: Driver>() {
     let mut c = connect::<D>();
-    c.batch_execute("CREATE TEMP TABLE acct (id int4 PRIMARY KEY, bal int8 NOT NULL CHECK (bal >= 0))").unwrap();
+    c.batch_execute("CREATE TEMP TABLE acct (id int4 PRIMARY KEY, bal int8 NOT NULL CHECK (bal >= 0))")
+        .unwrap();
     c.execute("INSERT INTO acct VALUES (1, 100), (2, 0)", &[]).unwrap();
     let transfer = |amount: i64| -> Vec<[i64; 1]> { vec![[amount]] };
     for (amount, ok) in [(60i64, true), (60, false)] {
@@ -322,7 +422,12 @@ fn transaction_commits_and_rolls_back<D: Driver>() {
         }
         assert_eq!(c.transaction_status(), TransactionStatus::Idle);
     }
-    let bals: Vec<i64> = c.query("SELECT bal FROM acct ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let bals: Vec<i64> = c
+        .query("SELECT bal FROM acct ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(bals, vec![40, 60], "the failed transfer left no trace");
 }
 
@@ -342,7 +447,12 @@ fn nested_savepoints<D: Driver>() {
     ))));
     assert_eq!(r.unwrap_err().code(), Some("22P02"));
     assert_eq!(c.transaction_status(), TransactionStatus::Idle);
-    let v: Vec<String> = c.query("SELECT v FROM log ORDER BY v DESC", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let v: Vec<String> = c
+        .query("SELECT v FROM log ORDER BY v DESC", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(v, vec!["outer", "inner"]);
     let sp: i64 = c.query_one("SELECT count(*) FROM log", &[]).unwrap().get(0);
     assert_eq!(sp, 2);
@@ -362,16 +472,26 @@ fn failed_transaction_state<D: Driver>() {
 
 fn notices_and_notifications<D: Driver>() {
     let mut c = connect::<D>();
-    c.batch_execute("DO $$ BEGIN RAISE NOTICE 'hello %', 42; END $$").unwrap();
+    c.batch_execute("DO $$ BEGIN RAISE NOTICE 'hello %', 42; END $$")
+        .unwrap();
     match c.poll_event() {
         Some(Event::Notice(n)) => assert_eq!(n.message, "hello 42"),
         other => panic!("expected a notice, got {other:?}"),
+    }
+    c.batch_execute("SET application_name = 'renamed'").unwrap();
+    match c.poll_event() {
+        Some(Event::ParameterStatus { name, value }) => {
+            assert_eq!((name.as_str(), value.as_str()), ("application_name", "renamed"))
+        }
+        other => panic!("expected a parameter change, got {other:?}"),
     }
     // One channel per driver: the two instantiations run concurrently.
     let chan = format!("duet_chan_{}", D::NAME);
     c.batch_execute(&format!("LISTEN {chan}")).unwrap();
     let mut other = connect::<D>();
-    other.execute("SELECT pg_notify($1, $2)", &[&chan, &"payload ' 1"]).unwrap();
+    other
+        .execute("SELECT pg_notify($1, $2)", &[&chan, &"payload ' 1"])
+        .unwrap();
     let ev = c.wait_event(Duration::from_secs(10)).unwrap();
     match ev {
         Some(Event::Notification { channel, payload, .. }) => {
@@ -402,10 +522,14 @@ fn cancel_request_stops_pg_sleep<D: Driver>() {
 
 fn deadline_cancels_and_times_out<D: Driver>() {
     let mut c = connect::<D>();
-    let err = c.run_with_timeout(query("SELECT pg_sleep(30)", &[]), Duration::from_millis(200)).unwrap_err();
+    let err = c
+        .run_with_timeout(query("SELECT pg_sleep(30)", &[]), Duration::from_millis(200))
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout), "{err}");
     assert_usable(&mut c);
-    let ok = c.run_with_timeout(query("SELECT 1", &[]).one(), Duration::from_secs(30)).unwrap();
+    let ok = c
+        .run_with_timeout(query("SELECT 1", &[]).one(), Duration::from_secs(30))
+        .unwrap();
     assert_eq!(ok.get::<i32>(0), 1);
 }
 
@@ -427,14 +551,19 @@ fn backend_terminated_mid_query<D: Driver>() {
         for _ in 0..100 {
             std::thread::sleep(Duration::from_millis(50));
             let active: i64 = k
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", &[&pid])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                    &[&pid],
+                )
                 .unwrap()
                 .get(0);
             if active == 1 {
                 break;
             }
         }
-        k.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap().get::<bool>(0)
+        k.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap()
+            .get::<bool>(0)
     });
     let err = victim.query("SELECT pg_sleep(30)", &[]).unwrap_err();
     assert!(killer.join().unwrap());
@@ -461,8 +590,14 @@ fn dropped_operations_leave_client_usable<D: Driver>() {
         while !completed {
             let p: [Param; 1] = [&1i32];
             let done = match kind {
-                0 => c.run_steps(query("SELECT pg_sleep(0.001), $1::int4", &p).one().map(|_| Ok(())), steps),
-                1 => c.run_steps(atomic(query("INSERT INTO drops VALUES ($1)", &p).affected()).map(|_| Ok(())), steps),
+                0 => c.run_steps(
+                    query("SELECT pg_sleep(0.001), $1::int4", &p).one().map(|_| Ok(())),
+                    steps,
+                ),
+                1 => c.run_steps(
+                    atomic(query("INSERT INTO drops VALUES ($1)", &p).affected()).map(|_| Ok(())),
+                    steps,
+                ),
                 _ => c.run_steps(
                     atomic(pipeline((
                         query("INSERT INTO drops VALUES ($1)", &p).affected(),
@@ -490,7 +625,10 @@ fn max_parameters_and_huge_pipeline_do_not_deadlock<D: Driver>() {
     let params: Vec<Param> = values.iter().map(|v| v as Param).collect();
     let sql = format!(
         "SELECT sum(x)::int8 FROM unnest(ARRAY[{}]) AS x",
-        (1..=65535).map(|i| format!("${i}::int4")).collect::<Vec<_>>().join(", ")
+        (1..=65535)
+            .map(|i| format!("${i}::int4"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let sum: i64 = c.query_one(&sql, &params).unwrap().get(0);
     assert_eq!(sum, (0..65535i64).sum::<i64>());
@@ -498,10 +636,12 @@ fn max_parameters_and_huge_pipeline_do_not_deadlock<D: Driver>() {
     assert!(matches!(c.query("SELECT 1", &too_many), Err(Error::Misuse(_))));
     // 100,000 queries in one pipeline: far more than the socket buffers hold.
     let ps: Vec<[Param; 1]> = values.iter().take(1000).map(|v| [v as Param]).collect();
-    let ops: Vec<_> = (0..100_000).map(|i| query("SELECT $1::int4", &ps[i % 1000]).one()).collect();
+    let ops: Vec<_> = (0..100_000)
+        .map(|i| query("SELECT $1::int4", &ps[i % 1000]).one())
+        .collect();
     let rows = c.run(pipeline(ops)).unwrap();
     assert_eq!(rows.len(), 100_000);
-    assert_eq!(rows[99_999].get::<i32>(0), (99_999 % 1000) as i32);
+    assert_eq!(rows[99_999].get::<i32>(0), 99_999 % 1000);
     assert_usable(&mut c);
 }
 
@@ -513,4 +653,62 @@ fn copy_is_refused_cleanly<D: Driver>() {
     let err = c.batch_execute("COPY (SELECT 1) TO STDOUT").unwrap_err();
     assert!(err.to_string().contains("COPY"), "{err}");
     assert_usable(&mut c);
+}
+
+fn statement_cache_capacity_and_eviction<D: Driver>() {
+    let named = |c: &mut D| -> i64 {
+        c.query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .unwrap()
+            .get(0)
+    };
+    // Capacity 0: unnamed statements only (what PgBouncer's transaction mode needs).
+    let mut c = D::connect(&format!("{}?statement_cache_capacity=0", server().url())).unwrap();
+    for i in 0..3i32 {
+        assert_eq!(c.query_one("SELECT $1::int4", &[&i]).unwrap().get::<i32>(0), i);
+    }
+    assert_eq!(named(&mut c), 0);
+    assert_eq!(c.cached_statements(), 0);
+    // Capacity 2: the least recently used statement is closed on the server.
+    let mut c = D::connect(&format!("{}?statement_cache_capacity=2", server().url())).unwrap();
+    for sql in ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 1"] {
+        c.query(sql, &[]).unwrap();
+    }
+    assert_eq!(c.cached_statements(), 2);
+    // The counting query itself evicts one more and takes its place.
+    assert_eq!(named(&mut c), 2);
+}
+
+fn uninferable_parameter_type_describes_first<D: Driver>() {
+    // `IpAddr` is none of the inferred candidate types: the statement is
+    // described first, then executed with the server's parameter type.
+    let mut c = connect::<D>();
+    let addr: std::net::IpAddr = "192.168.10.1".parse().unwrap();
+    let row = c.query_one("SELECT $1::inet::text, $2::int4", &[&addr, &5i32]).unwrap();
+    assert_eq!(row.get::<String>(0), "192.168.10.1/32");
+    assert_eq!(row.get::<i32>(1), 5);
+    assert_usable(&mut c);
+}
+
+fn query_opt_and_prepare_typed<D: Driver>() {
+    let mut c = connect::<D>();
+    let none = c.run(query("SELECT 1 WHERE false", &[]).opt()).unwrap();
+    assert!(none.is_none());
+    let stmt = c
+        .run(duet_core::ops::prepare("SELECT $1 || 'x'", &[duet_core::Type::TEXT]))
+        .unwrap();
+    assert_eq!(stmt.params(), &[duet_core::Type::TEXT]);
+    assert_eq!(stmt.columns()[0].type_, duet_core::Type::TEXT);
+    let p: [Param; 1] = [&"a"];
+    let r = c.run(duet_core::ops::execute(&stmt, &p, None)).unwrap();
+    assert_eq!(r.rows[0].get::<&str>(0), "ax");
+    drop(stmt);
+    // The dropped statement is closed with the next request.
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'duet_p%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }

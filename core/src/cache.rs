@@ -9,7 +9,10 @@ use crate::row::Column;
 pub(crate) enum CacheLookup {
     /// Already parsed (or being parsed) under `name`. `columns` is known once
     /// its first RowDescription arrived; until then the caller describes.
-    Hit { name: Arc<str>, columns: Option<Arc<[Column]>> },
+    Hit {
+        name: Arc<str>,
+        columns: Option<Arc<[Column]>>,
+    },
     /// Not cached; these statements were evicted to make room and must be
     /// closed on the server.
     Miss { evicted: Vec<Arc<str>> },
@@ -33,7 +36,12 @@ pub(crate) struct StatementCache {
 
 impl StatementCache {
     pub fn new(capacity: usize) -> Self {
-        StatementCache { capacity, by_sql: HashMap::new(), sql_of: HashMap::new(), clock: 0 }
+        StatementCache {
+            capacity,
+            by_sql: HashMap::new(),
+            sql_of: HashMap::new(),
+            clock: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -45,9 +53,16 @@ impl StatementCache {
             return CacheLookup::Disabled;
         }
         self.clock += 1;
-        if let Some(e) = self.by_sql.get_mut(sql).and_then(|v| v.iter_mut().find(|e| e.oids == oids)) {
+        if let Some(e) = self
+            .by_sql
+            .get_mut(sql)
+            .and_then(|v| v.iter_mut().find(|e| e.oids == oids))
+        {
             e.last_used = self.clock;
-            return CacheLookup::Hit { name: e.name.clone(), columns: e.columns.clone() };
+            return CacheLookup::Hit {
+                name: e.name.clone(),
+                columns: e.columns.clone(),
+            };
         }
         let mut evicted = Vec::new();
         while self.len() >= self.capacity {
@@ -82,7 +97,11 @@ impl StatementCache {
 
     pub fn set_columns(&mut self, name: &str, columns: Arc<[Column]>) {
         if let Some(sql) = self.sql_of.get(name) {
-            if let Some(e) = self.by_sql.get_mut(sql).and_then(|v| v.iter_mut().find(|e| &*e.name == name)) {
+            if let Some(e) = self
+                .by_sql
+                .get_mut(sql)
+                .and_then(|v| v.iter_mut().find(|e| &*e.name == name))
+            {
                 e.columns = Some(columns);
             }
         }
@@ -102,7 +121,13 @@ impl StatementCache {
 
     /// Forgets every statement for this SQL; returns their names.
     pub fn remove_sql(&mut self, sql: &str) -> Vec<Arc<str>> {
-        let names: Vec<Arc<str>> = self.by_sql.remove(sql).unwrap_or_default().into_iter().map(|e| e.name).collect();
+        let names: Vec<Arc<str>> = self
+            .by_sql
+            .remove(sql)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         for n in &names {
             self.sql_of.remove(n);
         }
@@ -127,7 +152,10 @@ mod tests {
             _ => panic!("expected a miss"),
         }
         c.insert("c", vec![], "s3".into());
-        assert!(matches!(c.lookup("a", &[23]), CacheLookup::Miss { .. }), "other param types are another statement");
+        assert!(
+            matches!(c.lookup("a", &[23]), CacheLookup::Miss { .. }),
+            "other param types are another statement"
+        );
         assert_eq!(c.len(), 1);
     }
 

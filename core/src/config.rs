@@ -127,14 +127,14 @@ impl Config {
                 self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
             "statement_cache_capacity" => {
-                self.statement_cache_capacity = value.parse().map_err(|_| {
-                    Error::config(format!("statement_cache_capacity {value:?} is not a whole number"))
-                })?
+                self.statement_cache_capacity = value
+                    .parse()
+                    .map_err(|_| Error::config(format!("statement_cache_capacity {value:?} is not a whole number")))?
             }
             "max_message_size" => {
-                self.max_message_size = value.parse().map_err(|_| {
-                    Error::config(format!("max_message_size {value:?} is not a whole number of bytes"))
-                })?
+                self.max_message_size = value
+                    .parse()
+                    .map_err(|_| Error::config(format!("max_message_size {value:?} is not a whole number of bytes")))?
             }
             // Accepted for compatibility with libpq strings; duet speaks
             // plaintext only, so anything demanding TLS is refused.
@@ -281,9 +281,7 @@ fn parse_key_values(s: &str) -> Result<Config, Error> {
                     },
                     Some('\'') => break,
                     Some(ch) => value.push(ch),
-                    None => {
-                        return Err(Error::config(format!("unterminated quote in value of {key:?}")))
-                    }
+                    None => return Err(Error::config(format!("unterminated quote in value of {key:?}"))),
                 }
             }
         } else {
@@ -312,7 +310,8 @@ mod tests {
 
     #[test]
     fn url_forms() {
-        let c = Config::parse("postgresql://u%40x:p%3Aw@[::1]:7/d%20b?options=-c%20a%3Db&statement_cache_capacity=0").unwrap();
+        let c = Config::parse("postgresql://u%40x:p%3Aw@[::1]:7/d%20b?options=-c%20a%3Db&statement_cache_capacity=0")
+            .unwrap();
         assert_eq!(c.user, "u@x");
         assert_eq!(c.password.as_deref(), Some("p:w"));
         assert_eq!(c.host, Host::Tcp("::1".into()));

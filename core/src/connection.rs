@@ -42,8 +42,15 @@ pub enum TransactionStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Notice(Box<DbError>),
-    Notification { process_id: i32, channel: String, payload: String },
-    ParameterStatus { name: String, value: String },
+    Notification {
+        process_id: i32,
+        channel: String,
+        payload: String,
+    },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
 }
 
 /// What the driver must send on a *new* connection to the server to cancel
@@ -152,20 +159,32 @@ impl<'a> Request<'a> {
     /// Simple-protocol query: may hold several `;`-separated statements,
     /// takes no parameters, returns text rows.
     pub fn simple(sql: &'a str) -> Self {
-        Request { kind: RequestKind::Simple(sql), deadline: None }
+        Request {
+            kind: RequestKind::Simple(sql),
+            deadline: None,
+        }
     }
     /// Extended-protocol statement with bound parameters; binary rows; one
     /// round trip even the first time (see [`crate::params`]).
     pub fn query(sql: &'a str, params: &'a [Param<'a>]) -> Self {
-        Request { kind: RequestKind::Query(sql, params), deadline: None }
+        Request {
+            kind: RequestKind::Query(sql, params),
+            deadline: None,
+        }
     }
     /// Executes a prepared statement.
     pub fn execute(stmt: &'a Statement, params: &'a [Param<'a>]) -> Self {
-        Request { kind: RequestKind::Execute(stmt, params), deadline: None }
+        Request {
+            kind: RequestKind::Execute(stmt, params),
+            deadline: None,
+        }
     }
     /// Prepares a named statement; `types` may fix leading parameter types.
     pub fn prepare(sql: &'a str, types: &'a [Type]) -> Self {
-        Request { kind: RequestKind::Prepare(sql, types), deadline: None }
+        Request {
+            kind: RequestKind::Prepare(sql, types),
+            deadline: None,
+        }
     }
     /// When to give up: the core then asks for a `CancelRequest` and the
     /// request fails with [`Error::Timeout`].
@@ -203,6 +222,8 @@ struct StmtState {
     ticket: Ticket,
     /// Name of the cache entry this request's `Parse` creates.
     parses: Option<Arc<str>>,
+    /// A `Parse` was sent (named or unnamed), so `ParseComplete` comes first.
+    parse_sent: bool,
     parsed: bool,
     bound: bool,
     columns: Option<Arc<[Column]>>,
@@ -668,6 +689,7 @@ impl Connection {
                 self.queue.push_back(Entry::Stmt(Box::new(StmtState {
                     ticket,
                     parses: None,
+                    parse_sent: false,
                     parsed: false,
                     bound: false,
                     columns: Some(stmt.0.columns.clone()),
@@ -717,6 +739,7 @@ impl Connection {
         frontend::execute("", 0, buf).map_err(io_to_encode)?;
         // Cached only once everything was encoded: a failed submit leaves
         // no entry behind.
+        let parse_sent = parses.is_some();
         let parses = parses.filter(|n| !n.is_empty());
         if let Some(name) = &parses {
             self.cache.insert(sql, oids, name.clone());
@@ -724,6 +747,7 @@ impl Connection {
         self.queue.push_back(Entry::Stmt(Box::new(StmtState {
             ticket,
             parses,
+            parse_sent,
             parsed: false,
             bound: false,
             columns,
@@ -856,7 +880,11 @@ impl Connection {
             }
             Message::AuthenticationMd5Password(body) => {
                 let pw = password()?;
-                let hash = postgres_protocol::authentication::md5_hash(self.config.user.as_bytes(), pw.as_bytes(), body.salt());
+                let hash = postgres_protocol::authentication::md5_hash(
+                    self.config.user.as_bytes(),
+                    pw.as_bytes(),
+                    body.salt(),
+                );
                 frontend::password_message(hash.as_bytes(), &mut self.out).map_err(io_to_encode)?;
             }
             Message::AuthenticationSasl(body) => {
@@ -949,7 +977,11 @@ impl Connection {
                 for (t, r) in std::mem::take(&mut self.group) {
                     self.finish(t, r);
                 }
-                if !self.queue.iter().any(|e| entry_ticket(e).is_some_and(|t| self.timed_out.contains(&t))) {
+                if !self
+                    .queue
+                    .iter()
+                    .any(|e| entry_ticket(e).is_some_and(|t| self.timed_out.contains(&t)))
+                {
                     self.cancel_grace_until = None;
                 }
                 return Ok(());
@@ -961,7 +993,7 @@ impl Connection {
             .front_mut()
             .ok_or_else(|| Error::protocol(format!("unexpected message {} with nothing in flight", describe(&msg))))?;
         match (front, msg) {
-            (Entry::Stmt(s), Message::ParseComplete) if s.parses.is_some() && !s.parsed => s.parsed = true,
+            (Entry::Stmt(s), Message::ParseComplete) if s.parse_sent && !s.parsed => s.parsed = true,
             (Entry::Stmt(s), Message::BindComplete) if !s.bound => s.bound = true,
             (Entry::Stmt(s), Message::RowDescription(body)) => {
                 let columns = columns_of(&body)?;
@@ -1004,7 +1036,8 @@ impl Connection {
                     .map_err(io_to_encode)?;
             }
             (Entry::Simple(s), Message::CopyOutResponse(_)) => {
-                s.error.get_or_insert_with(|| Error::misuse("COPY TO STDOUT is not supported by duet yet"));
+                s.error
+                    .get_or_insert_with(|| Error::misuse("COPY TO STDOUT is not supported by duet yet"));
             }
             (Entry::Simple(_), Message::CopyData(_)) | (Entry::Simple(_), Message::CopyDone) => {}
             (Entry::Prepare(p), Message::ParseComplete) if !p.parsed => p.parsed = true,
@@ -1036,9 +1069,13 @@ impl Connection {
                 while let Some(r) = ranges.next().map_err(proto)? {
                     values.push(match r {
                         Some(r) => Some(
-                            std::str::from_utf8(buffer.get(r).ok_or_else(|| Error::protocol("DataRow range out of bounds"))?)
-                                .map_err(|_| Error::protocol("simple query value is not UTF-8"))?
-                                .to_string(),
+                            std::str::from_utf8(
+                                buffer
+                                    .get(r)
+                                    .ok_or_else(|| Error::protocol("DataRow range out of bounds"))?,
+                            )
+                            .map_err(|_| Error::protocol("simple query value is not UTF-8"))?
+                            .to_string(),
                         ),
                         None => None,
                     });
@@ -1049,7 +1086,8 @@ impl Connection {
                 s.messages.push(SimpleMessage::Row(SimpleRow { columns, values }));
             }
             (Entry::Simple(s), Message::CommandComplete(body)) => {
-                s.messages.push(SimpleMessage::CommandComplete(body.tag().map_err(proto)?.to_string()));
+                s.messages
+                    .push(SimpleMessage::CommandComplete(body.tag().map_err(proto)?.to_string()));
                 s.columns = None;
             }
             (Entry::Simple(s), Message::EmptyQueryResponse) => s.messages.push(SimpleMessage::Empty),
@@ -1069,14 +1107,20 @@ impl Connection {
     fn complete_stmt(&mut self, tag: Option<String>) {
         if let Some(Entry::Stmt(s)) = self.queue.pop_front() {
             let columns = s.columns.unwrap_or_else(|| Arc::from(Vec::new()));
-            let r = Response::Rows(QueryResult { columns, rows: s.rows, tag });
+            let r = Response::Rows(QueryResult {
+                columns,
+                rows: s.rows,
+                tag,
+            });
             self.group.push((s.ticket, Ok(r)));
         }
     }
 
     fn complete_prepare(&mut self, columns: Arc<[Column]>) -> Result<(), Error> {
         if let Some(Entry::Prepare(p)) = self.queue.pop_front() {
-            let params = p.params.ok_or_else(|| Error::protocol("RowDescription before ParameterDescription"))?;
+            let params = p
+                .params
+                .ok_or_else(|| Error::protocol("RowDescription before ParameterDescription"))?;
             let stmt = Statement(Arc::new(StatementInner {
                 name: p.name,
                 params,
@@ -1197,7 +1241,9 @@ fn io_to_encode(e: std::io::Error) -> Error {
 }
 
 fn unsupported_auth(method: &str) -> Error {
-    Error::auth(format!("the server asks for {method} authentication, which duet does not support"))
+    Error::auth(format!(
+        "the server asks for {method} authentication, which duet does not support"
+    ))
 }
 
 fn describe(m: &Message) -> &'static str {

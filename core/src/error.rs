@@ -178,9 +178,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Db(e) => write!(f, "database error: {e}"),
-            Error::Skipped => {
-                f.write_str("skipped: an earlier statement in this pipeline failed")
-            }
+            Error::Skipped => f.write_str("skipped: an earlier statement in this pipeline failed"),
             Error::Timeout => f.write_str("timed out: the request's deadline passed and it was cancelled"),
             Error::Closed(m) => write!(f, "connection closed: {m}"),
             Error::Protocol(m) => write!(f, "protocol error: {m}"),

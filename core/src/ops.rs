@@ -258,13 +258,20 @@ impl Operation for Query<'_> {
                     };
                     let req = Request::execute(&stmt, &self.params).deadline(self.deadline);
                     match conn.submit(req, now) {
-                        Ok(t) => self.state = QueryState::Running { ticket: t, _stmt: Some(stmt) },
+                        Ok(t) => {
+                            self.state = QueryState::Running {
+                                ticket: t,
+                                _stmt: Some(stmt),
+                            }
+                        }
                         Err(e) => return self.finish(Err(e)),
                     }
                     return Step::Pending;
                 }
                 QueryState::Running { ticket, .. } => {
-                    let Some(r) = take(conn, *ticket) else { return Step::Pending };
+                    let Some(r) = take(conn, *ticket) else {
+                        return Step::Pending;
+                    };
                     let r = expect_rows(r);
                     if let Err(e) = &r {
                         let stale = matches!(
@@ -280,9 +287,7 @@ impl Operation for Query<'_> {
                     }
                     return self.finish(r);
                 }
-                QueryState::Done => {
-                    return Step::Ready(Err(Error::misuse("operation polled after it completed")))
-                }
+                QueryState::Done => return Step::Ready(Err(Error::misuse("operation polled after it completed"))),
             }
         }
     }
@@ -350,7 +355,9 @@ impl<T> Operation for Single<'_, T> {
 /// parameters; rows come back as text).
 pub fn simple_query<'a>(sql: &'a str, deadline: Option<Instant>) -> Single<'a, Vec<SimpleMessage>> {
     Single {
-        request: Some(Box::new(move |c: &mut Connection, now| c.submit(Request::simple(sql).deadline(deadline), now))),
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::simple(sql).deadline(deadline), now)
+        })),
         ticket: None,
         convert: |r| match r {
             Response::Simple(m) => Ok(m),
@@ -363,7 +370,9 @@ pub fn simple_query<'a>(sql: &'a str, deadline: Option<Instant>) -> Single<'a, V
 /// (or from `types`, where given).
 pub fn prepare<'a>(sql: &'a str, types: &'a [Type]) -> Single<'a, Statement> {
     Single {
-        request: Some(Box::new(move |c: &mut Connection, now| c.submit(Request::prepare(sql, types), now))),
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::prepare(sql, types), now)
+        })),
         ticket: None,
         convert: |r| match r {
             Response::Prepared(s) => Ok(s),

@@ -110,10 +110,18 @@ pub(crate) fn encode_inferred(params: &[Param<'_>]) -> Result<Option<Encoded>, E
                 Ok(range) => {
                     let item = if *ty == Type::TEXT {
                         // Untyped text: the server picks the type.
-                        EncodedParam { oid: 0, binary: false, range }
+                        EncodedParam {
+                            oid: 0,
+                            binary: false,
+                            range,
+                        }
                     } else {
                         let binary = matches!(p.encode_format(ty), Format::Binary);
-                        EncodedParam { oid: ty.oid(), binary, range }
+                        EncodedParam {
+                            oid: ty.oid(),
+                            binary,
+                            range,
+                        }
                     };
                     enc.items.push(item);
                     continue 'params;
@@ -164,7 +172,11 @@ pub(crate) fn encode_typed(params: &[Param<'_>], types: &[Type]) -> Result<Encod
                 enc.buf.truncate(start);
                 // A Rust string may feed any type through text input.
                 match encode_one(*p, &Type::TEXT, &mut enc.buf) {
-                    Ok(range) if is_wrong_type(&*e) => EncodedParam { oid: ty.oid(), binary: false, range },
+                    Ok(range) if is_wrong_type(&*e) => EncodedParam {
+                        oid: ty.oid(),
+                        binary: false,
+                        range,
+                    },
                     _ => {
                         enc.buf.truncate(start);
                         return Err(Error::encode(format!("parameter ${} as {}: {e}", i + 1, ty)));

@@ -25,8 +25,7 @@ pub struct Column {
 /// the OID, so `FromSql` impls refuse them with a clear type error instead of
 /// misreading their bytes.
 pub fn type_from_oid(oid: u32) -> Type {
-    Type::from_oid(oid)
-        .unwrap_or_else(|| Type::new(format!("oid{oid}"), oid, Kind::Simple, "unknown".into()))
+    Type::from_oid(oid).unwrap_or_else(|| Type::new(format!("oid{oid}"), oid, Kind::Simple, "unknown".into()))
 }
 
 /// One row of a result, decoded lazily column by column.
@@ -63,11 +62,7 @@ impl RowIndex for &str {
 }
 
 impl Row {
-    pub(crate) fn new(
-        columns: Arc<[Column]>,
-        body: Bytes,
-        ranges: Vec<Option<Range<usize>>>,
-    ) -> Result<Row, Error> {
+    pub(crate) fn new(columns: Arc<[Column]>, body: Bytes, ranges: Vec<Option<Range<usize>>>) -> Result<Row, Error> {
         if ranges.len() != columns.len() {
             return Err(Error::protocol(format!(
                 "DataRow has {} values but RowDescription announced {} columns",
@@ -92,10 +87,7 @@ impl Row {
 
     /// The raw binary value of a column (`None` for NULL).
     pub fn raw(&self, idx: usize) -> Option<&[u8]> {
-        self.ranges
-            .get(idx)
-            .and_then(|r| r.clone())
-            .map(|r| &self.body[r])
+        self.ranges.get(idx).and_then(|r| r.clone()).map(|r| &self.body[r])
     }
 
     /// Decodes a column, panicking with the reason if it cannot be decoded.
@@ -122,7 +114,11 @@ impl Row {
         let i = idx.index_in(&self.columns).ok_or_else(|| {
             Error::decode(format!(
                 "no column {idx} (the row has {})",
-                self.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                self.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let col = &self.columns[i];

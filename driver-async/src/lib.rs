@@ -162,7 +162,10 @@ impl Client {
 
     /// Runs any operation to completion: the whole I/O loop of this driver.
     pub async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
-        let mut running = Running { client: self, op: Some(op) };
+        let mut running = Running {
+            client: self,
+            op: Some(op),
+        };
         loop {
             let client = &mut *running.client;
             let op = running.op.as_mut().expect("op present until it completes");
@@ -208,7 +211,9 @@ impl Client {
             if wrote {
                 return Ok(());
             }
-            return Err(Error::Misuse("an operation is waiting, but nothing is in flight".into()));
+            return Err(Error::Misuse(
+                "an operation is waiting, but nothing is in flight".into(),
+            ));
         }
         let interest = match (want_read, want_write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
@@ -217,7 +222,9 @@ impl Client {
         };
         let deadline = self.conn.poll_timeout();
         let ready = match deadline {
-            Some(d) => tokio::time::timeout_at(TokioInstant::from_std(d), self.sock.ready(interest)).await.ok(),
+            Some(d) => tokio::time::timeout_at(TokioInstant::from_std(d), self.sock.ready(interest))
+                .await
+                .ok(),
             None => Some(self.sock.ready(interest).await),
         };
         match ready {
@@ -266,9 +273,10 @@ impl Client {
 
     /// A token that cancels the running statement from another task.
     pub fn cancel_token(&self) -> Option<CancelToken> {
-        self.conn
-            .cancel_token()
-            .map(|request| CancelToken { config: self.conn.config().clone(), request })
+        self.conn.cancel_token().map(|request| CancelToken {
+            config: self.conn.config().clone(),
+            request,
+        })
     }
 
     /// Sends Terminate and closes the socket.

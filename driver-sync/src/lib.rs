@@ -72,7 +72,14 @@ impl Socket {
     /// Writes without blocking: `Ok(0)` when the socket buffer is full.
     fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: fd is a live socket owned by self; buf is a valid slice.
-        let n = unsafe { libc::send(self.fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            libc::send(
+                self.fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -94,19 +101,35 @@ impl Socket {
     /// Returns (readable, writable).
     fn wait(&self, read: bool, write: bool, until: Option<Instant>) -> io::Result<(bool, bool)> {
         let events = (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 });
-        let mut pfd = libc::pollfd { fd: self.fd(), events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events,
+            revents: 0,
+        };
         let timeout_ms = match until {
             None => -1,
-            Some(t) => t.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32 + 1,
+            Some(t) => {
+                t.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32
+                    + 1
+            }
         };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted { Ok((false, false)) } else { Err(e) };
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok((false, false))
+            } else {
+                Err(e)
+            };
         }
         let hangup = pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
-        Ok((pfd.revents & libc::POLLIN != 0 || hangup, pfd.revents & libc::POLLOUT != 0))
+        Ok((
+            pfd.revents & libc::POLLIN != 0 || hangup,
+            pfd.revents & libc::POLLOUT != 0,
+        ))
     }
 }
 
@@ -211,7 +234,10 @@ impl Client {
         }
         let mut wrote = false;
         while !self.conn.poll_transmit().is_empty() {
-            let n = self.sock.send_nonblocking(self.conn.poll_transmit()).map_err(|e| self.fatal(e))?;
+            let n = self
+                .sock
+                .send_nonblocking(self.conn.poll_transmit())
+                .map_err(|e| self.fatal(e))?;
             if n == 0 {
                 break;
             }
@@ -227,13 +253,17 @@ impl Client {
             if wrote {
                 return Ok(());
             }
-            return Err(Error::Misuse("an operation is waiting, but nothing is in flight".into()));
+            return Err(Error::Misuse(
+                "an operation is waiting, but nothing is in flight".into(),
+            ));
         }
         let deadline = self.conn.poll_timeout();
         let (readable, _) = if !want_write && deadline.is_none() {
             (true, false) // a plain blocking read is the cheapest wait
         } else {
-            self.sock.wait(want_read, want_write, deadline).map_err(|e| self.fatal(e))?
+            self.sock
+                .wait(want_read, want_write, deadline)
+                .map_err(|e| self.fatal(e))?
         };
         if readable {
             self.read_once()?;
@@ -282,9 +312,10 @@ impl Client {
 
     /// A token that cancels the running statement from another thread.
     pub fn cancel_token(&self) -> Option<CancelToken> {
-        self.conn
-            .cancel_token()
-            .map(|request| CancelToken { config: self.conn.config().clone(), request })
+        self.conn.cancel_token().map(|request| CancelToken {
+            config: self.conn.config().clone(),
+            request,
+        })
     }
 
     /// Sends Terminate and closes the socket.
@@ -293,7 +324,8 @@ impl Client {
         while !self.conn.poll_transmit().is_empty() {
             let n = self.sock.send_nonblocking(self.conn.poll_transmit())?;
             if n == 0 {
-                self.sock.wait(false, true, Some(Instant::now() + Duration::from_secs(1)))?;
+                self.sock
+                    .wait(false, true, Some(Instant::now() + Duration::from_secs(1)))?;
             }
             self.conn.advance_transmit(n);
         }
