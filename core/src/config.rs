@@ -99,6 +99,24 @@ impl Config {
         }
     }
 
+    /// The socket file for a `Host::Unix` directory.
+    pub fn unix_socket_path(&self, dir: &str) -> String {
+        format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), self.port)
+    }
+
+    /// The settings a cancel connection uses: the same server, and a connect
+    /// time limit even when the session has none (a cancel must not hang).
+    pub fn for_cancel(&self) -> Config {
+        let mut c = self.clone();
+        c.connect_timeout.get_or_insert(Duration::from_secs(10));
+        c
+    }
+
+    /// The error a driver reports when the socket cannot be opened.
+    pub fn connect_error(&self, e: std::io::Error) -> Error {
+        Error::closed(format!("cannot connect to {:?} port {}: {e}", self.host, self.port))
+    }
+
     /// Applies one libpq-style option by name.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
         match key {

@@ -38,6 +38,13 @@ pub enum TransactionStatus {
     Failed,
 }
 
+/// What a driver should wait for on the socket next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    pub read: bool,
+    pub write: bool,
+}
+
 /// Something the server said outside any request's response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -430,6 +437,49 @@ impl Connection {
             Phase::Closed(_) => false,
             Phase::Ready => !self.queue.is_empty(),
             _ => true,
+        }
+    }
+
+    /// What to wait for after the driver wrote what it could. `Ok(None)`:
+    /// nothing to wait for (poll the operation again); an error when the
+    /// operation waits on a connection that cannot make progress.
+    pub fn interest(&self, wrote: bool) -> Result<Option<Interest>, Error> {
+        let i = Interest {
+            read: self.wants_input(),
+            write: !self.out.is_empty(),
+        };
+        if i.read || i.write {
+            return Ok(Some(i));
+        }
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        if wrote {
+            Ok(None)
+        } else {
+            Err(Error::misuse("an operation is waiting, but nothing is in flight"))
+        }
+    }
+
+    /// Feeds the outcome of one socket read: `0` bytes is end of file.
+    pub fn handle_read(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
+        if bytes.is_empty() {
+            self.handle_eof(now);
+            Ok(())
+        } else {
+            self.handle_input(bytes, now)
+        }
+    }
+
+    /// For a driver waiting for events: the next one, or the error that
+    /// closed the connection.
+    pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        match &self.phase {
+            Phase::Closed(e) => Err(e.clone()),
+            _ => Ok(None),
         }
     }
 

@@ -28,12 +28,19 @@ mod row;
 
 pub use config::{Config, Host};
 pub use connection::{
-    CancelRequest, Connection, Event, QueryResult, Request, Response, Statement, Ticket, TransactionStatus,
+    CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, Statement, Ticket, TransactionStatus,
 };
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};
 pub use params::Param;
 pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
+
+/// What an application needs from the core; each driver's `prelude`
+/// re-exports this beside its own `Client`.
+pub mod prelude {
+    pub use crate::ops::{atomic, pipeline, prepare, query, simple_query};
+    pub use crate::{Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type};
+}
 
 /// Re-exported so applications and drivers name the same types.
 pub use postgres_types as types;

@@ -22,7 +22,7 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest as TokioInterest};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant as TokioInstant;
 
@@ -33,10 +33,7 @@ use std::time::Instant;
 /// Everything an application needs: `use duet_async::prelude::*;`.
 pub mod prelude {
     pub use crate::{CancelToken, Client};
-    pub use duet_core::ops::{atomic, pipeline, prepare, query, simple_query};
-    pub use duet_core::{
-        Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type,
-    };
+    pub use duet_core::prelude::*;
 }
 
 enum Socket {
@@ -49,7 +46,7 @@ impl Socket {
         let connect = async {
             match &config.host {
                 Host::Unix(dir) => {
-                    let path = format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), config.port);
+                    let path = config.unix_socket_path(dir);
                     Ok(Socket::Unix(UnixStream::connect(path).await?))
                 }
                 Host::Tcp(host) => {
@@ -67,7 +64,7 @@ impl Socket {
         }
     }
 
-    async fn ready(&self, interest: Interest) -> io::Result<tokio::io::Ready> {
+    async fn ready(&self, interest: TokioInterest) -> io::Result<tokio::io::Ready> {
         match self {
             Socket::Tcp(s) => s.ready(interest).await,
             Socket::Unix(s) => s.ready(interest).await,
@@ -111,8 +108,7 @@ impl CancelToken {
 }
 
 async fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
-    let mut config = config.clone();
-    config.connect_timeout.get_or_insert(Duration::from_secs(10));
+    let config = config.for_cancel();
     let bytes = request.encode();
     match Socket::connect(&config).await? {
         Socket::Tcp(mut s) => {
@@ -148,9 +144,7 @@ impl Client {
     }
 
     pub async fn connect_config(config: &Config) -> Result<Client, Error> {
-        let sock = Socket::connect(config)
-            .await
-            .map_err(|e| Error::closed(format!("cannot connect to {:?} port {}: {e}", config.host, config.port)))?;
+        let sock = Socket::connect(config).await.map_err(|e| config.connect_error(e))?;
         let mut client = Client {
             conn: Connection::new(config, Instant::now()),
             sock,
@@ -202,23 +196,13 @@ impl Client {
                 Err(e) => return Err(self.fatal(e)),
             }
         }
-        let want_write = !self.conn.poll_transmit().is_empty();
-        let want_read = self.conn.wants_input();
-        if !want_write && !want_read {
-            if let Some(e) = self.conn.closed_reason() {
-                return Err(e.clone());
-            }
-            if wrote {
-                return Ok(());
-            }
-            return Err(Error::Misuse(
-                "an operation is waiting, but nothing is in flight".into(),
-            ));
-        }
-        let interest = match (want_read, want_write) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
-            _ => Interest::READABLE,
+        let Some(want) = self.conn.interest(wrote)? else {
+            return Ok(());
+        };
+        let interest = match (want.read, want.write) {
+            (true, true) => TokioInterest::READABLE | TokioInterest::WRITABLE,
+            (false, true) => TokioInterest::WRITABLE,
+            _ => TokioInterest::READABLE,
         };
         let deadline = self.conn.poll_timeout();
         let ready = match deadline {
@@ -238,11 +222,7 @@ impl Client {
 
     fn read_once(&mut self) -> Result<(), Error> {
         match self.sock.try_read(&mut self.buf) {
-            Ok(0) => {
-                self.conn.handle_eof(Instant::now());
-                Ok(())
-            }
-            Ok(n) => self.conn.handle_input(&self.buf[..n], Instant::now()),
+            Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
             Err(e) => Err(self.fatal(e)),
         }
@@ -257,13 +237,10 @@ impl Client {
     pub async fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         let until = TokioInstant::now() + timeout;
         loop {
-            if let Some(e) = self.conn.poll_event() {
+            if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
             }
-            if let Some(e) = self.conn.closed_reason() {
-                return Err(e.clone());
-            }
-            match tokio::time::timeout_at(until, self.sock.ready(Interest::READABLE)).await {
+            match tokio::time::timeout_at(until, self.sock.ready(TokioInterest::READABLE)).await {
                 Ok(Ok(_)) => self.read_once()?,
                 Ok(Err(e)) => return Err(self.fatal(e)),
                 Err(_) => return Ok(None),
@@ -283,7 +260,7 @@ impl Client {
     pub async fn close(mut self) -> Result<(), Error> {
         self.conn.close();
         while !self.conn.poll_transmit().is_empty() {
-            self.sock.ready(Interest::WRITABLE).await?;
+            self.sock.ready(TokioInterest::WRITABLE).await?;
             match self.sock.try_write(self.conn.poll_transmit()) {
                 Ok(n) => self.conn.advance_transmit(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

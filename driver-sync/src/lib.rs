@@ -24,10 +24,7 @@ pub use duet_core::*;
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
     pub use crate::{CancelToken, Client};
-    pub use duet_core::ops::{atomic, pipeline, prepare, query, simple_query};
-    pub use duet_core::{
-        Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type,
-    };
+    pub use duet_core::prelude::*;
 }
 
 enum Socket {
@@ -39,7 +36,7 @@ impl Socket {
     fn connect(config: &Config) -> io::Result<Socket> {
         match &config.host {
             Host::Unix(dir) => {
-                let path = format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), config.port);
+                let path = config.unix_socket_path(dir);
                 Ok(Socket::Unix(UnixStream::connect(path)?))
             }
             Host::Tcp(host) => {
@@ -155,8 +152,7 @@ impl CancelToken {
 }
 
 fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
-    let mut config = config.clone();
-    config.connect_timeout.get_or_insert(Duration::from_secs(10));
+    let config = config.for_cancel();
     let mut s = Socket::connect(&config)?;
     let bytes = request.encode();
     match &mut s {
@@ -175,8 +171,7 @@ impl Client {
     }
 
     pub fn connect_config(config: &Config) -> Result<Client, Error> {
-        let sock = Socket::connect(config)
-            .map_err(|e| Error::closed(format!("cannot connect to {:?} port {}: {e}", config.host, config.port)))?;
+        let sock = Socket::connect(config).map_err(|e| config.connect_error(e))?;
         let mut client = Client {
             conn: Connection::new(config, Instant::now()),
             sock,
@@ -244,25 +239,15 @@ impl Client {
             self.conn.advance_transmit(n);
             wrote = true;
         }
-        let want_write = !self.conn.poll_transmit().is_empty();
-        let want_read = self.conn.wants_input();
-        if !want_write && !want_read {
-            if let Some(e) = self.conn.closed_reason() {
-                return Err(e.clone());
-            }
-            if wrote {
-                return Ok(());
-            }
-            return Err(Error::Misuse(
-                "an operation is waiting, but nothing is in flight".into(),
-            ));
-        }
+        let Some(want) = self.conn.interest(wrote)? else {
+            return Ok(());
+        };
         let deadline = self.conn.poll_timeout();
-        let (readable, _) = if !want_write && deadline.is_none() {
+        let (readable, _) = if !want.write && deadline.is_none() {
             (true, false) // a plain blocking read is the cheapest wait
         } else {
             self.sock
-                .wait(want_read, want_write, deadline)
+                .wait(want.read, want.write, deadline)
                 .map_err(|e| self.fatal(e))?
         };
         if readable {
@@ -276,11 +261,7 @@ impl Client {
 
     fn read_once(&mut self) -> Result<(), Error> {
         match self.sock.read(&mut self.buf) {
-            Ok(0) => {
-                self.conn.handle_eof(Instant::now());
-                Ok(())
-            }
-            Ok(n) => self.conn.handle_input(&self.buf[..n], Instant::now()),
+            Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(self.fatal(e)),
         }
@@ -295,11 +276,8 @@ impl Client {
     pub fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         let until = Instant::now() + timeout;
         loop {
-            if let Some(e) = self.conn.poll_event() {
+            if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
-            }
-            if let Some(e) = self.conn.closed_reason() {
-                return Err(e.clone());
             }
             let (readable, _) = self.sock.wait(true, false, Some(until)).map_err(|e| self.fatal(e))?;
             if readable {
