@@ -41,6 +41,7 @@ conformance_tests!(
     transaction_commits_and_rolls_back,
     nested_savepoints,
     failed_transaction_state,
+    atomic_inside_an_application_transaction_uses_a_savepoint,
     notices_and_notifications,
     cancel_request_stops_pg_sleep,
     deadline_cancels_and_times_out,
@@ -458,6 +459,32 @@ fn nested_savepoints<D: Driver>() {
     assert_eq!(sp, 2);
 }
 
+fn atomic_inside_an_application_transaction_uses_a_savepoint<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE app_tx (v int4)").unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    let (one, bad): ([Param; 1], [Param; 1]) = ([&1i32], [&"x"]);
+    c.run(atomic(query("INSERT INTO app_tx VALUES ($1)", &one).affected()))
+        .unwrap();
+    assert_eq!(
+        c.transaction_status(),
+        TransactionStatus::InTransaction,
+        "the outer transaction stays open"
+    );
+    let err = c
+        .run(atomic(query("INSERT INTO app_tx VALUES ($1::int4)", &bad).affected()))
+        .unwrap_err();
+    assert_eq!(err.code(), Some("22P02"));
+    assert_eq!(
+        c.transaction_status(),
+        TransactionStatus::InTransaction,
+        "rolled back to the savepoint only"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    let n: i64 = c.query_one("SELECT count(*) FROM app_tx", &[]).unwrap().get(0);
+    assert_eq!(n, 0, "the application's ROLLBACK undid the inner atomic too");
+}
+
 fn failed_transaction_state<D: Driver>() {
     let mut c = connect::<D>();
     c.batch_execute("BEGIN").unwrap();
@@ -651,6 +678,10 @@ fn copy_is_refused_cleanly<D: Driver>() {
     let err = c.batch_execute("COPY cp FROM STDIN").unwrap_err();
     assert!(err.to_string().contains("COPY"), "{err}");
     let err = c.batch_execute("COPY (SELECT 1) TO STDOUT").unwrap_err();
+    assert!(err.to_string().contains("COPY"), "{err}");
+    let err = c.query("COPY (SELECT 1) TO STDOUT", &[]).unwrap_err();
+    assert!(err.to_string().contains("COPY"), "{err}");
+    let err = c.query("COPY cp FROM STDIN", &[]).unwrap_err();
     assert!(err.to_string().contains("COPY"), "{err}");
     assert_usable(&mut c);
 }

@@ -283,6 +283,8 @@ pub struct Connection {
     unsynced: bool,
     atomic_depth: u32,
     default_deadline: Option<Instant>,
+    /// Statements whose Close the request being encoded carries.
+    closing: Vec<String>,
 }
 
 impl Connection {
@@ -332,6 +334,7 @@ impl Connection {
             unsynced: false,
             atomic_depth: 0,
             default_deadline: None,
+            closing: Vec::new(),
         }
     }
 
@@ -591,9 +594,13 @@ impl Connection {
     /// Queues a simple query whose result nobody waits for (the rollback of
     /// an abandoned transaction). Errors are dropped with the result.
     pub fn submit_detached(&mut self, sql: &str) {
+        if let Phase::Closed(_) = self.phase {
+            return;
+        }
         let ticket = Ticket(self.next_ticket);
         let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
         let ok = self.encode_request(&Request::simple(sql), ticket, &mut buf).is_ok();
+        self.settle_closes(ok);
         *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
         if ok {
             self.next_ticket += 1;
@@ -616,8 +623,8 @@ impl Connection {
         let ticket = Ticket(self.next_ticket);
         let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
         let mark = (buf.len(), self.queue.len(), self.unsynced);
-        self.close_dropped_statements(&mut buf);
         let r = self.encode_query(sql, &enc, ticket, &mut buf);
+        self.settle_closes(r.is_ok());
         if r.is_ok() {
             self.end_request(&mut buf);
         } else {
@@ -687,6 +694,7 @@ impl Connection {
         let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
         let mark = (buf.len(), self.queue.len(), self.unsynced);
         let r = self.encode_request(&req, ticket, &mut buf);
+        self.settle_closes(r.is_ok());
         if r.is_err() {
             buf.truncate(mark.0);
             self.queue.truncate(mark.1);
@@ -702,7 +710,9 @@ impl Connection {
     }
 
     fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
-        self.close_dropped_statements(buf);
+        if !matches!(req.kind, RequestKind::Query(..)) {
+            self.close_dropped_statements(buf);
+        }
         match req.kind {
             RequestKind::Simple(sql) => {
                 if self.unsynced {
@@ -767,17 +777,25 @@ impl Connection {
     fn encode_query(&mut self, sql: &str, enc: &Encoded, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
         let oids: Vec<u32> = enc.oids().collect();
         let (name, parses, columns) = match self.cache.lookup(sql, &oids) {
-            CacheLookup::Hit { name, columns } => (name, None, columns),
+            CacheLookup::Hit { name, columns } => {
+                self.close_dropped_statements(buf);
+                (name, None, columns)
+            }
             CacheLookup::Miss { evicted } => {
-                for old in evicted {
-                    frontend::close(b'S', &old, buf).map_err(io_to_encode)?;
-                    self.queue.push_back(Entry::Close);
+                // Closed with the next request: queued here they would be
+                // lost if this one failed to encode.
+                if let Ok(mut v) = self.to_close.lock() {
+                    v.extend(evicted.iter().map(|n| n.to_string()));
                 }
+                self.close_dropped_statements(buf);
                 self.next_statement += 1;
                 let name: Arc<str> = format!("duet_s{}", self.next_statement).into();
                 (name.clone(), Some(name), None)
             }
-            CacheLookup::Disabled => (Arc::from(""), Some(Arc::from("")), None),
+            CacheLookup::Disabled => {
+                self.close_dropped_statements(buf);
+                (Arc::from(""), Some(Arc::from("")), None)
+            }
         };
         if parses.is_some() {
             frontend::parse(&name, sql, oids.iter().copied(), buf).map_err(io_to_encode)?;
@@ -815,6 +833,19 @@ impl Connection {
         for n in names {
             if frontend::close(b'S', &n, buf).is_ok() {
                 self.queue.push_back(Entry::Close);
+                self.closing.push(n);
+            }
+        }
+    }
+
+    /// After a submit: the Closes it carried are sent, or, if it failed and
+    /// its bytes were taken back, they wait for the next request.
+    fn settle_closes(&mut self, sent: bool) {
+        if sent {
+            self.closing.clear();
+        } else if !self.closing.is_empty() {
+            if let Ok(mut v) = self.to_close.lock() {
+                v.append(&mut self.closing);
             }
         }
     }
@@ -1034,6 +1065,12 @@ impl Connection {
                 {
                     self.cancel_grace_until = None;
                 }
+                // A cancel stops one statement: if the next one to run is
+                // past its deadline too, it needs a cancel of its own.
+                let next = self.queue.iter().find_map(entry_ticket);
+                if next.is_some_and(|t| self.timed_out.contains(&t)) {
+                    self.cancel_wanted = self.backend_key.is_some();
+                }
                 return Ok(());
             }
             _ => {}
@@ -1077,13 +1114,16 @@ impl Connection {
             (Entry::Stmt(s), Message::CopyOutResponse(_)) => s.copy_out = true,
             (Entry::Stmt(s), Message::CopyData(_)) if s.copy_out => {}
             (Entry::Stmt(s), Message::CopyDone) if s.copy_out => {}
-            (Entry::Stmt(_), Message::CopyInResponse(_)) | (Entry::Simple(_), Message::CopyInResponse(_)) => {
+            (entry @ (Entry::Stmt(_) | Entry::Simple(_)), Message::CopyInResponse(_)) => {
                 // COPY FROM STDIN is not supported yet: refuse it so the
                 // server answers with an error instead of waiting for data.
-                // The ErrorResponse that follows fails the request; the
-                // Sync behind it is already queued.
                 frontend::copy_fail("COPY FROM STDIN is not supported by duet yet", &mut self.out)
                     .map_err(io_to_encode)?;
+                if let Entry::Stmt(_) = entry {
+                    // The server ignored the Sync we sent while it was in
+                    // copy-in mode; the queued sync point needs a new one.
+                    frontend::sync(&mut self.out);
+                }
             }
             (Entry::Simple(s), Message::CopyOutResponse(_)) => {
                 s.error
@@ -1156,6 +1196,12 @@ impl Connection {
 
     fn complete_stmt(&mut self, tag: Option<String>) {
         if let Some(Entry::Stmt(s)) = self.queue.pop_front() {
+            if s.copy_out {
+                // The data went by unread: never report that as success.
+                let e = Error::misuse("COPY TO STDOUT is not supported by duet yet");
+                self.group.push((s.ticket, Err(e)));
+                return;
+            }
             let columns = s.columns.unwrap_or_else(|| Arc::from(Vec::new()));
             let r = Response::Rows(QueryResult {
                 columns,

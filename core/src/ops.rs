@@ -673,7 +673,11 @@ impl<O: Operation> Operation for Atomic<O> {
         conn.begin_batch();
         if !self.started {
             self.started = true;
-            self.depth = conn.atomic_depth();
+            // Inside a transaction the application opened itself, BEGIN
+            // would only warn and COMMIT would end the outer transaction:
+            // nest with a savepoint instead.
+            let outer_open = conn.transaction_status() != TransactionStatus::Idle;
+            self.depth = conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && outer_open);
             let sql = if self.depth == 0 {
                 "BEGIN".to_string()
             } else {
