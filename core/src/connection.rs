@@ -231,6 +231,9 @@ struct StmtState {
     parses: Option<Arc<str>>,
     /// A `Parse` was sent (named or unnamed), so `ParseComplete` comes first.
     parse_sent: bool,
+    /// A cached statement whose columns are not known yet: this request's
+    /// RowDescription teaches them to the cache.
+    learns: Option<Arc<str>>,
     parsed: bool,
     bound: bool,
     columns: Option<Arc<[Column]>>,
@@ -750,6 +753,7 @@ impl Connection {
                     ticket,
                     parses: None,
                     parse_sent: false,
+                    learns: None,
                     parsed: false,
                     bound: false,
                     columns: Some(stmt.0.columns.clone()),
@@ -814,6 +818,11 @@ impl Connection {
         }
         self.queue.push_back(Entry::Stmt(Box::new(StmtState {
             ticket,
+            learns: if parse_sent || columns.is_some() {
+                None
+            } else {
+                Some(name.clone())
+            },
             parses,
             parse_sent,
             parsed: false,
@@ -1084,14 +1093,14 @@ impl Connection {
             (Entry::Stmt(s), Message::BindComplete) if !s.bound => s.bound = true,
             (Entry::Stmt(s), Message::RowDescription(body)) => {
                 let columns = columns_of(&body)?;
-                if let Some(name) = &s.parses {
+                if let Some(name) = s.parses.as_ref().or(s.learns.as_ref()) {
                     self.cache.set_columns(name, columns.clone());
                 }
                 s.columns = Some(columns);
             }
             (Entry::Stmt(s), Message::NoData) => {
                 let columns: Arc<[Column]> = Arc::from(Vec::new());
-                if let Some(name) = &s.parses {
+                if let Some(name) = s.parses.as_ref().or(s.learns.as_ref()) {
                     self.cache.set_columns(name, columns.clone());
                 }
                 s.columns = Some(columns);

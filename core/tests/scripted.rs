@@ -2105,7 +2105,6 @@ fn pipeline_child_encode_failure_runs_nothing() {
 }
 
 #[test]
-#[ignore = "limit (efficiency): when the statement that parsed a cached entry fails before its RowDescription, later cache hits describe on every run forever"]
 fn cache_hit_learns_columns_from_its_own_describe() {
     let now = t0();
     let mut conn = ready_connection(&config(), now);
