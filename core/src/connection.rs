@@ -160,6 +160,8 @@ enum RequestKind<'a> {
     Query(&'a str, &'a [Param<'a>]),
     Execute(&'a Statement, &'a [Param<'a>]),
     Prepare(&'a str, &'a [Type]),
+    /// A statement whose parameters [`crate::ops::Query`] already encoded.
+    Encoded(&'a str, Encoded),
 }
 
 impl<'a> Request<'a> {
@@ -505,7 +507,7 @@ impl Connection {
     // ---- inputs ----
 
     /// Feeds bytes read from the server, in any split.
-    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
+    pub fn handle_input(&mut self, bytes: &[u8], _now: Instant) -> Result<(), Error> {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
@@ -531,7 +533,7 @@ impl Connection {
                 Ok(None) => break,
                 Err(e) => return Err(self.fail(Error::protocol(format!("unparsable message: {e}")))),
             };
-            if let Err(e) = self.handle_message(msg, now) {
+            if let Err(e) = self.handle_message(msg) {
                 return Err(self.fail(e));
             }
             if let Phase::Closed(e) = &self.phase {
@@ -580,7 +582,10 @@ impl Connection {
     /// discarded on arrival. (An operation that opened a transaction rolls it
     /// back in its own `abandon`.)
     pub fn abandon(&mut self, t: Ticket) {
-        if self.done.remove(&t).is_none() && !self.abandoned.contains(&t) {
+        // Remembered only while its responses may still arrive, so the list
+        // cannot grow with tickets that are long finished.
+        let pending = self.queue.iter().any(|e| entry_ticket(e) == Some(t)) || self.group.iter().any(|(g, _)| *g == t);
+        if self.done.remove(&t).is_none() && pending && !self.abandoned.contains(&t) {
             self.abandoned.push(t);
         }
         self.deadlines.retain(|(d, _)| *d != t);
@@ -597,17 +602,8 @@ impl Connection {
     /// Queues a simple query whose result nobody waits for (the rollback of
     /// an abandoned transaction). Errors are dropped with the result.
     pub fn submit_detached(&mut self, sql: &str) {
-        if let Phase::Closed(_) = self.phase {
-            return;
-        }
-        let ticket = Ticket(self.next_ticket);
-        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
-        let ok = self.encode_request(&Request::simple(sql), ticket, &mut buf).is_ok();
-        self.settle_closes(ok);
-        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
-        if ok {
-            self.next_ticket += 1;
-            self.abandoned.push(ticket);
+        if let Ok(t) = self.submit_request(&Request::simple(sql)) {
+            self.abandon(t);
         }
     }
 
@@ -620,28 +616,10 @@ impl Connection {
         deadline: Option<Instant>,
         _now: Instant,
     ) -> Result<Ticket, Error> {
-        if let Phase::Closed(e) = &self.phase {
-            return Err(e.clone());
-        }
-        let ticket = Ticket(self.next_ticket);
-        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
-        let mark = (buf.len(), self.queue.len(), self.unsynced);
-        let r = self.encode_query(sql, &enc, ticket, &mut buf);
-        self.settle_closes(r.is_ok());
-        if r.is_ok() {
-            self.end_request(&mut buf);
-        } else {
-            buf.truncate(mark.0);
-            self.queue.truncate(mark.1);
-            self.unsynced = mark.2;
-        }
-        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
-        r?;
-        self.next_ticket += 1;
-        if let Some(d) = deadline.or(self.default_deadline) {
-            self.deadlines.push((ticket, d));
-        }
-        Ok(ticket)
+        self.submit_request(&Request {
+            kind: RequestKind::Encoded(sql, enc),
+            deadline,
+        })
     }
 
     fn end_request(&mut self, buf: &mut BytesMut) {
@@ -690,20 +668,24 @@ impl Connection {
     /// Encodes a request into the send buffer. No I/O; atomic: on error
     /// nothing was queued.
     pub fn submit(&mut self, req: Request<'_>, _now: Instant) -> Result<Ticket, Error> {
+        self.submit_request(&req)
+    }
+
+    fn submit_request(&mut self, req: &Request<'_>) -> Result<Ticket, Error> {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
         let ticket = Ticket(self.next_ticket);
-        let mut buf = std::mem::take(if self.is_ready() { &mut self.out } else { &mut self.held });
+        let mut buf = std::mem::take(self.send_buf());
         let mark = (buf.len(), self.queue.len(), self.unsynced);
-        let r = self.encode_request(&req, ticket, &mut buf);
+        let r = self.encode_request(req, ticket, &mut buf);
         self.settle_closes(r.is_ok());
         if r.is_err() {
             buf.truncate(mark.0);
             self.queue.truncate(mark.1);
             self.unsynced = mark.2;
         }
-        *(if self.is_ready() { &mut self.out } else { &mut self.held }) = buf;
+        *self.send_buf() = buf;
         r?;
         self.next_ticket += 1;
         if let Some(d) = req.deadline.or(self.default_deadline) {
@@ -713,7 +695,7 @@ impl Connection {
     }
 
     fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
-        if !matches!(req.kind, RequestKind::Query(..)) {
+        if !matches!(req.kind, RequestKind::Query(..) | RequestKind::Encoded(..)) {
             self.close_dropped_statements(buf);
         }
         match req.kind {
@@ -745,6 +727,7 @@ impl Connection {
                 };
                 self.encode_query(sql, &enc, ticket, buf)?;
             }
+            RequestKind::Encoded(sql, ref enc) => self.encode_query(sql, enc, ticket, buf)?,
             RequestKind::Execute(stmt, params) => {
                 let enc = params::encode_typed(params, stmt.params())?;
                 params::write_bind("", stmt.name(), &enc, buf)?;
@@ -859,8 +842,18 @@ impl Connection {
         }
     }
 
+    /// Where requests go: the send buffer once the session is ready, held
+    /// back until then (the server would read them as auth messages).
+    fn send_buf(&mut self) -> &mut BytesMut {
+        if self.is_ready() {
+            &mut self.out
+        } else {
+            &mut self.held
+        }
+    }
+
     fn push_sync(&mut self) {
-        let buf = if self.is_ready() { &mut self.out } else { &mut self.held };
+        let buf = self.send_buf();
         frontend::sync(buf);
         self.queue.push_back(Entry::Sync);
         self.unsynced = false;
@@ -912,8 +905,7 @@ impl Connection {
         self.events.push_back(e);
     }
 
-    fn handle_message(&mut self, msg: Message, now: Instant) -> Result<(), Error> {
-        let _ = now;
+    fn handle_message(&mut self, msg: Message) -> Result<(), Error> {
         match msg {
             // Asynchronous messages may arrive at any time.
             Message::NoticeResponse(body) => {
@@ -1284,7 +1276,7 @@ impl Connection {
     /// server. Operations call this before they retry.
     pub fn forget_statement(&mut self, sql: &str) {
         for name in self.cache.remove_sql(sql) {
-            let buf = if self.is_ready() { &mut self.out } else { &mut self.held };
+            let buf = self.send_buf();
             if frontend::close(b'S', &name, buf).is_ok() {
                 self.queue.push_back(Entry::Close);
                 if self.batch_depth == 0 {

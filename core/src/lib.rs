@@ -10,8 +10,11 @@
 //! use std::time::Instant;
 //! use duet_core::{Config, Connection};
 //!
-//! let now = Instant::now();
-//! let conn = Connection::new(&Config::parse("postgres://app@localhost/db").unwrap(), now);
+//! // A driver passes in the time it read; the core never reads a clock.
+//! fn open(now: Instant) -> Connection {
+//!     Connection::new(&Config::parse("postgres://app@localhost/db").unwrap(), now)
+//! }
+//! # let conn = open(Instant::now());
 //! // The StartupMessage is ready for the driver to write.
 //! assert!(!conn.poll_transmit().is_empty());
 //! assert!(conn.wants_input());

@@ -110,10 +110,6 @@ impl Operation for Startup {
     fn abandon(&mut self, _conn: &mut Connection) {}
 }
 
-fn take(conn: &mut Connection, t: Ticket) -> Option<Result<Response, Error>> {
-    conn.take_result(t)
-}
-
 fn expect_rows(r: Result<Response, Error>) -> Result<QueryResult, Error> {
     match r? {
         Response::Rows(q) => Ok(q),
@@ -250,7 +246,9 @@ impl Operation for Query<'_> {
                     return Step::Pending;
                 }
                 QueryState::Describing(t) => {
-                    let Some(r) = take(conn, *t) else { return Step::Pending };
+                    let Some(r) = conn.take_result(*t) else {
+                        return Step::Pending;
+                    };
                     let stmt = match r {
                         Ok(Response::Prepared(s)) => s,
                         Ok(_) => return self.finish(Err(Error::protocol("internal: prepare gave no statement"))),
@@ -269,7 +267,7 @@ impl Operation for Query<'_> {
                     return Step::Pending;
                 }
                 QueryState::Running { ticket, .. } => {
-                    let Some(r) = take(conn, *ticket) else {
+                    let Some(r) = conn.take_result(*ticket) else {
                         return Step::Pending;
                     };
                     let r = expect_rows(r);
@@ -332,7 +330,7 @@ impl<T> Operation for Single<'_, T> {
         let Some(t) = self.ticket else {
             return Step::Ready(Err(Error::misuse("operation polled after it completed")));
         };
-        match take(conn, t) {
+        match conn.take_result(t) {
             Some(r) => {
                 self.ticket = None;
                 Step::Ready(r.and_then(self.convert))
@@ -619,8 +617,7 @@ impl<O: Operation> Atomic<O> {
     }
 
     fn submit_sql(&self, conn: &mut Connection, sql: &str, now: Instant) -> Result<Ticket, Error> {
-        let enc = params::encode_inferred(&[])?.unwrap_or_default();
-        conn.submit_encoded(sql, enc, None, now)
+        conn.submit_encoded(sql, params::Encoded::default(), None, now)
     }
 
     fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
@@ -657,7 +654,7 @@ impl<O: Operation> Operation for Atomic<O> {
             return Step::Ready(Err(Error::misuse("operation polled after it completed")));
         }
         if let Some((t, err)) = &self.rollback {
-            return match take(conn, *t) {
+            return match conn.take_result(*t) {
                 None => Step::Pending,
                 Some(Ok(_)) => {
                     let e = err.clone();
@@ -706,12 +703,12 @@ impl<O: Operation> Operation for Atomic<O> {
         conn.end_batch();
 
         if let (Some(t), None) = (self.begin, &self.begin_result) {
-            if let Some(r) = take(conn, t) {
+            if let Some(r) = conn.take_result(t) {
                 self.begin_result = Some(r.map(|_| ()));
             }
         }
         if let (Some(t), None) = (self.commit, &self.commit_result) {
-            if let Some(r) = take(conn, t) {
+            if let Some(r) = conn.take_result(t) {
                 self.commit_result = Some(r.map(|_| ()));
             }
         }

@@ -1848,9 +1848,7 @@ fn fake_server_round_trip_through_ops() {
     // The fake server used by the property tests agrees with the scripted
     // transcripts above.
     let now = t0();
-    let mut conn = Connection::new(&config(), now);
-    let mut server = FakeServer::new();
-    run(&mut ops::Startup, &mut conn, &mut server, now).unwrap();
+    let (mut conn, mut server) = fake_session(&config(), now);
     let mut op = ops::pipeline((
         ops::query("SELECT $1::int4", &[&1i32]).one(),
         ops::query("SELECT $1::int4 notice", &[&2i32]).one(),
@@ -1942,9 +1940,7 @@ fn failed_submit_keeps_eviction_closes() {
     let now = t0();
     let mut cfg = config();
     cfg.statement_cache_capacity = 1;
-    let mut conn = Connection::new(&cfg, now);
-    let mut server = FakeServer::new();
-    run(&mut ops::Startup, &mut conn, &mut server, now).unwrap();
+    let (mut conn, mut server) = fake_session(&cfg, now);
     run(
         &mut ops::query("SELECT $1::int4 AS a", &[&1i32]).one(),
         &mut conn,
@@ -1984,9 +1980,7 @@ fn closes_skipped_after_an_error_are_resent() {
     let now = t0();
     let mut cfg = config();
     cfg.statement_cache_capacity = 1;
-    let mut conn = Connection::new(&cfg, now);
-    let mut server = FakeServer::new();
-    run(&mut ops::Startup, &mut conn, &mut server, now).unwrap();
+    let (mut conn, mut server) = fake_session(&cfg, now);
     run(
         &mut ops::query("SELECT $1::int4 AS a", &[&1i32]).one(),
         &mut conn,
@@ -2078,9 +2072,7 @@ fn pipeline_child_encode_failure_runs_nothing() {
         postgres_types::to_sql_checked!();
     }
     let now = t0();
-    let mut conn = Connection::new(&config(), now);
-    let mut server = FakeServer::new();
-    run(&mut ops::Startup, &mut conn, &mut server, now).unwrap();
+    let (mut conn, mut server) = fake_session(&config(), now);
     let b = Broken;
     let pb: [Param; 1] = [&b];
     let mut op = ops::pipeline((

@@ -20,15 +20,13 @@
 //! ```
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest as TokioInterest};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant as TokioInstant;
 
 pub use duet_core::*;
-
-use std::time::Instant;
 
 /// Everything an application needs: `use duet_async::prelude::*;`.
 pub mod prelude {

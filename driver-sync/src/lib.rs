@@ -184,12 +184,8 @@ impl Client {
     /// Runs any operation to completion: the whole I/O loop of this driver.
     pub fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output, Error> {
         loop {
-            if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
+            if let Some(out) = self.step(&mut op) {
                 return out;
-            }
-            if let Err(e) = self.pump() {
-                op.abandon(&mut self.conn);
-                return Err(e);
             }
         }
     }
@@ -200,16 +196,26 @@ impl Client {
     #[doc(hidden)]
     pub fn run_steps<O: Operation>(&mut self, mut op: O, steps: usize) -> Option<Result<O::Output, Error>> {
         for _ in 0..steps {
-            if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
+            if let Some(out) = self.step(&mut op) {
                 return Some(out);
-            }
-            if let Err(e) = self.pump() {
-                op.abandon(&mut self.conn);
-                return Some(Err(e));
             }
         }
         op.abandon(&mut self.conn);
         None
+    }
+
+    /// Polls the operation once and, if it waits, moves bytes once.
+    fn step<O: Operation>(&mut self, op: &mut O) -> Option<Result<O::Output, Error>> {
+        if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
+            return Some(out);
+        }
+        match self.pump() {
+            Ok(()) => None,
+            Err(e) => {
+                op.abandon(&mut self.conn);
+                Some(Err(e))
+            }
+        }
     }
 
     /// Runs an operation with a time limit on every request it sends.

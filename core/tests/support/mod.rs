@@ -813,6 +813,14 @@ pub fn ready_connection(config: &Config, now: Instant) -> Connection {
 
 /// Moves bytes both ways between a connection and a fake server until
 /// neither has anything more to say.
+/// A connection started against a fresh [`FakeServer`].
+pub fn fake_session(config: &Config, now: Instant) -> (Connection, FakeServer) {
+    let mut conn = Connection::new(config, now);
+    let mut server = FakeServer::new();
+    run(&mut duet_core::ops::Startup, &mut conn, &mut server, now).expect("scripted startup succeeds");
+    (conn, server)
+}
+
 pub fn pump(conn: &mut Connection, server: &mut FakeServer, now: Instant) -> Result<(), Error> {
     loop {
         let out = drain(conn);
