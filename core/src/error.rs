@@ -124,6 +124,12 @@ pub enum Error {
     NoRows,
     /// `query_one`/`get`: the query returned more than one row.
     TooManyRows(usize),
+    /// An ORM `get` found no row; the text names the model.
+    NotFound(Arc<str>),
+    /// An ORM `get` found several rows; the model and how many.
+    MultipleFound(Arc<str>, usize),
+    /// A model hook or the ORM rejected a value before anything was sent.
+    Invalid(Arc<str>),
 }
 
 impl Error {
@@ -142,6 +148,10 @@ impl Error {
     /// A `Config` error, for the connection-string parser and drivers.
     pub fn config(msg: impl Into<String>) -> Error {
         Error::Config(msg.into().into())
+    }
+    /// An [`Error::Invalid`], for model hooks that reject a write.
+    pub fn invalid(msg: impl Into<String>) -> Error {
+        Error::Invalid(msg.into().into())
     }
     pub(crate) fn encode(msg: impl Into<String>) -> Error {
         Error::Encode(msg.into().into())
@@ -192,6 +202,9 @@ impl fmt::Display for Error {
             Error::TooManyRows(n) => {
                 write!(f, "query returned {n} rows, exactly one was expected")
             }
+            Error::NotFound(m) => write!(f, "{m}: no row matches the query, exactly one was expected"),
+            Error::MultipleFound(m, n) => write!(f, "{m}: {n} rows match the query, exactly one was expected"),
+            Error::Invalid(m) => write!(f, "invalid: {m}"),
         }
     }
 }

@@ -20,12 +20,16 @@
 //! assert!(conn.wants_input());
 //! ```
 
+// The derive's generated code names `::duet_core`, also inside this crate.
+extern crate self as duet_core;
+
 mod cache;
 mod client_api;
 mod config;
 mod connection;
 mod error;
 pub mod ops;
+pub mod orm;
 pub mod params;
 mod row;
 
@@ -35,6 +39,7 @@ pub use connection::{
 };
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};
+pub use orm::Model;
 pub use params::Param;
 pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
 
@@ -42,6 +47,7 @@ pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
 /// re-exports this beside its own `Client`.
 pub mod prelude {
     pub use crate::ops::{atomic, pipeline, prepare, query, simple_query};
+    pub use crate::orm::prelude::*;
     pub use crate::{Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type};
 }
 

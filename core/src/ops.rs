@@ -10,6 +10,7 @@ use postgres_types::Type;
 
 use crate::connection::{QueryResult, Request, Response, Statement, Ticket, TransactionStatus};
 use crate::error::sqlstate;
+use crate::orm::Value;
 use crate::params::{self, Param};
 use crate::row::{Row, SimpleMessage};
 use crate::{Connection, Error};
@@ -90,6 +91,166 @@ where
     }
 }
 
+/// See [`then`] and [`then_result`].
+pub struct Then<A: Operation, F, B> {
+    first: Option<A>,
+    next: Option<F>,
+    second: Option<B>,
+}
+
+/// Runs `first`, then the operation `next` builds from its output: how a
+/// multi-step operation (a prefetch whose second query needs the first
+/// result) is composed. The second step goes out as soon as the first
+/// result is in, with no driver involvement. An error from `first` is
+/// returned as is.
+pub fn then<A, F, B>(first: A, next: F) -> impl Operation<Output = B::Output>
+where
+    A: Operation,
+    F: FnOnce(A::Output) -> Result<B, Error>,
+    B: Operation,
+{
+    then_result(first, move |r: Result<A::Output, Error>| r.and_then(next))
+}
+
+/// Like [`then`], but `next` also sees `first`'s error and may recover from
+/// it (retry after a unique violation, say).
+pub fn then_result<A, F, B>(first: A, next: F) -> Then<A, F, B>
+where
+    A: Operation,
+    F: FnOnce(Result<A::Output, Error>) -> Result<B, Error>,
+    B: Operation,
+{
+    Then {
+        first: Some(first),
+        next: Some(next),
+        second: None,
+    }
+}
+
+impl<A, F, B> Operation for Then<A, F, B>
+where
+    A: Operation,
+    F: FnOnce(Result<A::Output, Error>) -> Result<B, Error>,
+    B: Operation,
+{
+    type Output = B::Output;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<B::Output> {
+        if let Some(first) = &mut self.first {
+            let out = match first.poll(conn, now) {
+                Step::Pending => return Step::Pending,
+                Step::Ready(r) => r,
+            };
+            self.first = None;
+            let Some(next) = self.next.take() else {
+                return Step::Ready(Err(Error::misuse("operation polled after it completed")));
+            };
+            match next(out) {
+                Ok(b) => self.second = Some(b),
+                Err(e) => return Step::Ready(Err(e)),
+            }
+        }
+        match &mut self.second {
+            Some(second) => {
+                let step = second.poll(conn, now);
+                if matches!(step, Step::Ready(_)) {
+                    self.second = None;
+                }
+                step
+            }
+            None => Step::Ready(Err(Error::misuse("operation polled after it completed"))),
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        self.first.is_none() && self.second.as_ref().is_none_or(|s| s.submitted_all())
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        if let Some(a) = &mut self.first {
+            a.abandon(conn);
+        }
+        if let Some(b) = &mut self.second {
+            b.abandon(conn);
+        }
+        self.first = None;
+        self.second = None;
+    }
+}
+
+/// See [`lazy`].
+pub struct Lazy<F, O> {
+    make: Option<F>,
+    op: Option<O>,
+}
+
+/// An operation built when it is first polled, not when it is created: the
+/// ORM runs model hooks and renders SQL here, so an operation that is never
+/// run never calls a hook.
+pub fn lazy<F, O>(make: F) -> Lazy<F, O>
+where
+    F: FnOnce() -> Result<O, Error>,
+    O: Operation,
+{
+    Lazy {
+        make: Some(make),
+        op: None,
+    }
+}
+
+impl<F, O> Operation for Lazy<F, O>
+where
+    F: FnOnce() -> Result<O, Error>,
+    O: Operation,
+{
+    type Output = O::Output;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
+        if let Some(make) = self.make.take() {
+            match make() {
+                Ok(op) => self.op = Some(op),
+                Err(e) => return Step::Ready(Err(e)),
+            }
+        }
+        match &mut self.op {
+            Some(op) => op.poll(conn, now),
+            None => Step::Ready(Err(Error::misuse("operation polled after it completed"))),
+        }
+    }
+    fn submitted_all(&self) -> bool {
+        self.make.is_none() && self.op.as_ref().is_none_or(|o| o.submitted_all())
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        self.make = None;
+        if let Some(op) = &mut self.op {
+            op.abandon(conn);
+        }
+    }
+}
+
+/// An operation behind a box, when branches build different operations.
+pub type BoxOp<'a, T> = Box<dyn Operation<Output = T> + Send + 'a>;
+
+/// An operation that is already finished: its output is ready without a
+/// round trip (an empty prefetch, a pipeline branch with nothing to do).
+pub struct Ready<T>(Option<Result<T, Error>>);
+
+/// See [`Ready`].
+pub fn ready<T>(r: Result<T, Error>) -> Ready<T> {
+    Ready(Some(r))
+}
+
+impl<T> Operation for Ready<T> {
+    type Output = T;
+    fn poll(&mut self, _conn: &mut Connection, _now: Instant) -> Step<T> {
+        Step::Ready(
+            self.0
+                .take()
+                .unwrap_or_else(|| Err(Error::misuse("operation polled after it completed"))),
+        )
+    }
+    fn submitted_all(&self) -> bool {
+        true
+    }
+    fn abandon(&mut self, _conn: &mut Connection) {}
+}
+
 /// Waits for the session to be authenticated and ready.
 pub struct Startup;
 
@@ -140,7 +301,7 @@ enum QueryState {
 /// transaction only (inside one, the transaction is already failed).
 pub struct Query<'a> {
     sql: Cow<'a, str>,
-    params: Cow<'a, [Param<'a>]>,
+    params: Params<'a>,
     deadline: Option<Instant>,
     retried: bool,
     state: QueryState,
@@ -158,7 +319,7 @@ pub struct Query<'a> {
 pub fn query<'a>(sql: impl Into<Cow<'a, str>>, params: &'a [Param<'a>]) -> Query<'a> {
     Query {
         sql: sql.into(),
-        params: Cow::Borrowed(params),
+        params: Params::Borrowed(params),
         deadline: None,
         retried: false,
         state: QueryState::Start,
@@ -170,7 +331,18 @@ impl<'a> Query<'a> {
     pub fn owned(sql: impl Into<Cow<'a, str>>, params: Vec<Param<'a>>) -> Query<'a> {
         Query {
             sql: sql.into(),
-            params: Cow::Owned(params),
+            params: Params::Owned(params),
+            deadline: None,
+            retried: false,
+            state: QueryState::Start,
+        }
+    }
+
+    /// Same, owning its values: a `'static` operation (what the ORM builds).
+    pub fn values(sql: impl Into<Cow<'a, str>>, values: Vec<Value>) -> Query<'a> {
+        Query {
+            sql: sql.into(),
+            params: Params::Values(values),
             deadline: None,
             retried: false,
             state: QueryState::Start,
@@ -218,7 +390,7 @@ impl<'a> Query<'a> {
     }
 
     fn start(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
-        match params::encode_inferred(&self.params)? {
+        match self.params.with(params::encode_inferred)? {
             Some(enc) => {
                 let t = conn.submit_encoded(&self.sql, enc, self.deadline, now)?;
                 self.state = QueryState::Running { ticket: t, _stmt: None };
@@ -254,8 +426,11 @@ impl Operation for Query<'_> {
                         Ok(_) => return self.finish(Err(Error::protocol("internal: prepare gave no statement"))),
                         Err(e) => return self.finish(Err(e)),
                     };
-                    let req = Request::execute(&stmt, &self.params).deadline(self.deadline);
-                    match conn.submit(req, now) {
+                    let deadline = self.deadline;
+                    let submitted = self
+                        .params
+                        .with(|p| conn.submit(Request::execute(&stmt, p).deadline(deadline), now));
+                    match submitted {
                         Ok(t) => {
                             self.state = QueryState::Running {
                                 ticket: t,
@@ -298,6 +473,26 @@ impl Operation for Query<'_> {
         match std::mem::replace(&mut self.state, QueryState::Done) {
             QueryState::Describing(t) | QueryState::Running { ticket: t, .. } => conn.abandon(t),
             _ => {}
+        }
+    }
+}
+
+/// A statement's parameters: borrowed, a list of borrows, or owned values.
+enum Params<'a> {
+    Borrowed(&'a [Param<'a>]),
+    Owned(Vec<Param<'a>>),
+    Values(Vec<Value>),
+}
+
+impl Params<'_> {
+    fn with<R>(&self, f: impl FnOnce(&[Param<'_>]) -> R) -> R {
+        match self {
+            Params::Borrowed(p) => f(p),
+            Params::Owned(p) => f(p),
+            Params::Values(v) => {
+                let refs: Vec<Param<'_>> = v.iter().map(|v| &**v as Param<'_>).collect();
+                f(&refs)
+            }
         }
     }
 }

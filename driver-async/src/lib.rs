@@ -28,6 +28,9 @@ use tokio::time::Instant as TokioInstant;
 
 pub use duet_core::*;
 
+/// The engine this driver pumps; `#[derive(Model)]` reaches it here.
+pub use duet_core;
+
 /// Everything an application needs: `use duet_async::prelude::*;`.
 pub mod prelude {
     pub use crate::{CancelToken, Client};

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 pub use duet_core::*;
 
+/// The engine this driver pumps; `#[derive(Model)]` reaches it here.
+pub use duet_core;
+
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
     pub use crate::{CancelToken, Client};

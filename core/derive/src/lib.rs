@@ -1,0 +1,317 @@
+//! `#[derive(Model)]` for duet: reads the struct and its `#[duet(…)]`
+//! attributes and writes the `Model` impl (table metadata, decoding by
+//! position, bound values, the key), typed column constants and foreign
+//! keys. The attributes are documented on `duet_core::orm::Model`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as Tokens};
+use quote::{format_ident, quote};
+use syn::{parse_macro_input, Data, DeriveInput, Expr, ExprLit, Fields, Ident, Lit, LitStr, Path, Type};
+
+#[proc_macro_derive(Model, attributes(duet))]
+pub fn derive_model(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand(input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The path to `duet_core` as the deriving crate sees it: directly, or
+/// re-exported by the driver it depends on.
+fn core_path() -> Tokens {
+    use proc_macro_crate::{crate_name, FoundCrate};
+    let found = |name: &str| crate_name(name).ok();
+    if let Some(f) = found("duet-core") {
+        return match f {
+            FoundCrate::Itself => quote!(::duet_core),
+            FoundCrate::Name(n) => {
+                let id = Ident::new(&n, Span::call_site());
+                quote!(::#id)
+            }
+        };
+    }
+    for driver in ["duet-sync", "duet-async"] {
+        if let Some(FoundCrate::Name(n)) = found(driver) {
+            let id = Ident::new(&n, Span::call_site());
+            return quote!(::#id::duet_core);
+        }
+    }
+    quote!(::duet_core)
+}
+
+#[derive(Default)]
+struct FieldAttrs {
+    primary_key: bool,
+    auto: bool,
+    column: Option<String>,
+    default: Option<String>,
+    skip_insert: bool,
+    generated: Option<String>,
+    unique: bool,
+    sql_type: Option<String>,
+    references: Option<Path>,
+    on_delete: Option<String>,
+}
+
+fn lit_str(e: &Expr) -> syn::Result<String> {
+    match e {
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(s.value()),
+        _ => Err(syn::Error::new_spanned(e, "expected a string literal")),
+    }
+}
+
+fn parse_field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
+    let mut a = FieldAttrs::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("duet")) {
+        attr.parse_nested_meta(|meta| {
+            let p = &meta.path;
+            if p.is_ident("primary_key") {
+                a.primary_key = true;
+            } else if p.is_ident("auto") {
+                a.auto = true;
+            } else if p.is_ident("unique") {
+                a.unique = true;
+            } else if p.is_ident("skip_insert") {
+                a.skip_insert = true;
+            } else if p.is_ident("column") {
+                a.column = Some(lit_str(&meta.value()?.parse()?)?);
+            } else if p.is_ident("default") {
+                a.default = Some(lit_str(&meta.value()?.parse()?)?);
+            } else if p.is_ident("generated") {
+                a.generated = Some(lit_str(&meta.value()?.parse()?)?);
+            } else if p.is_ident("sql_type") {
+                a.sql_type = Some(lit_str(&meta.value()?.parse()?)?);
+            } else if p.is_ident("references") {
+                a.references = Some(meta.value()?.parse()?);
+            } else if p.is_ident("on_delete") {
+                let v = lit_str(&meta.value()?.parse()?)?;
+                let action = match v.to_ascii_lowercase().as_str() {
+                    "cascade" => "CASCADE",
+                    "set null" => "SET NULL",
+                    "set default" => "SET DEFAULT",
+                    "restrict" => "RESTRICT",
+                    "no action" => "NO ACTION",
+                    _ => {
+                        return Err(meta.error(
+                            "on_delete must be one of \"cascade\", \"set null\", \"set default\", \"restrict\", \"no action\"",
+                        ))
+                    }
+                };
+                a.on_delete = Some(action.to_string());
+            } else {
+                return Err(meta.error(
+                    "unknown duet field attribute; expected primary_key, auto, column, default, skip_insert, \
+                     generated, unique, sql_type, references or on_delete",
+                ));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(a)
+}
+
+struct StructAttrs {
+    table: Option<String>,
+    hooks: bool,
+}
+
+fn parse_struct_attrs(attrs: &[syn::Attribute]) -> syn::Result<StructAttrs> {
+    let mut s = StructAttrs {
+        table: None,
+        hooks: false,
+    };
+    for attr in attrs.iter().filter(|a| a.path().is_ident("duet")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("table") {
+                s.table = Some(lit_str(&meta.value()?.parse()?)?);
+            } else if meta.path.is_ident("hooks") {
+                s.hooks = true;
+            } else {
+                return Err(meta.error("unknown duet struct attribute; expected table or hooks"));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(s)
+}
+
+/// `BlogPost` → `blog_posts`, `Category` → `categories`, `Address` →
+/// `addresses`.
+fn default_table_name(name: &str) -> String {
+    let mut snake = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                snake.push('_');
+            }
+            snake.extend(c.to_lowercase());
+        } else {
+            snake.push(c);
+        }
+    }
+    let n = snake.len();
+    let vowel_before_y = n >= 2 && matches!(snake.as_bytes()[n - 2], b'a' | b'e' | b'i' | b'o' | b'u');
+    if snake.ends_with('y') && !vowel_before_y {
+        format!("{}ies", &snake[..n - 1])
+    } else if ["s", "x", "z", "ch", "sh"].iter().any(|e| snake.ends_with(e)) {
+        format!("{snake}es")
+    } else {
+        format!("{snake}s")
+    }
+}
+
+fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Option"))
+}
+
+fn expand(input: DeriveInput) -> syn::Result<Tokens> {
+    let core = core_path();
+    let name = &input.ident;
+    let sattrs = parse_struct_attrs(&input.attrs)?;
+    let table = sattrs.table.unwrap_or_else(|| default_table_name(&name.to_string()));
+    let fields = match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(f) => &f.named,
+            _ => return Err(syn::Error::new_spanned(name, "Model needs a struct with named fields")),
+        },
+        _ => return Err(syn::Error::new_spanned(name, "Model can only be derived for a struct")),
+    };
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "Model cannot be derived for a generic struct",
+        ));
+    }
+
+    let mut defs = Vec::new();
+    let mut decode = Vec::new();
+    let mut values = Vec::new();
+    let mut consts = Vec::new();
+    let mut pk: Option<(usize, &Ident, &Type, bool)> = None;
+    for (i, f) in fields.iter().enumerate() {
+        let ident = f.ident.as_ref().expect("named field");
+        let ty = &f.ty;
+        let a = parse_field_attrs(&f.attrs)?;
+        let field_name = ident.to_string().trim_start_matches("r#").to_string();
+        let column = a.column.clone().unwrap_or_else(|| field_name.clone());
+        if a.primary_key {
+            if pk.is_some() {
+                return Err(syn::Error::new_spanned(
+                    ident,
+                    "a model has one primary_key (composite keys are not supported)",
+                ));
+            }
+            pk = Some((i, ident, ty, a.auto));
+        } else if a.auto {
+            return Err(syn::Error::new_spanned(ident, "auto applies to the primary_key only"));
+        }
+        let nullable = is_option(ty);
+        let sql_type = match &a.sql_type {
+            Some(t) => quote!(#t),
+            None => quote!(<#ty as #core::orm::SqlType>::SQL),
+        };
+        let opt_str = |o: &Option<String>| match o {
+            Some(s) => quote!(::core::option::Option::Some(#s)),
+            None => quote!(::core::option::Option::None),
+        };
+        let default = opt_str(&a.default);
+        let generated = opt_str(&a.generated);
+        let on_delete = opt_str(&a.on_delete);
+        let skip_insert = a.skip_insert || a.default.is_some();
+        let (primary_key, auto, unique) = (a.primary_key, a.auto, a.unique);
+        let references = match &a.references {
+            Some(p) => quote!(::core::option::Option::Some((
+                <#p as #core::orm::Model>::META.table,
+                <#p as #core::orm::Model>::META.columns[<#p as #core::orm::Model>::META.pk].name,
+            ))),
+            None => quote!(::core::option::Option::None),
+        };
+        defs.push(quote! {
+            #core::orm::ColumnDef {
+                name: #column,
+                field: #field_name,
+                sql_type: #sql_type,
+                nullable: #nullable,
+                primary_key: #primary_key,
+                auto: #auto,
+                skip_insert: #skip_insert,
+                generated: #generated,
+                default: #default,
+                unique: #unique,
+                references: #references,
+                on_delete: #on_delete,
+            }
+        });
+        decode.push(quote!(#ident: row.try_get(at.get(#i))?));
+        values.push(quote!(#i => ::std::sync::Arc::new(::core::clone::Clone::clone(&self.#ident))));
+        let const_name = format_ident!("{}", field_name.to_uppercase());
+        let doc = format!("The `{column}` column.");
+        consts.push(quote! {
+            #[doc = #doc]
+            pub const #const_name: #core::orm::Col<#name, #ty> = #core::orm::Col::new(#table, #column, #i);
+        });
+        if let Some(parent) = &a.references {
+            let rel = match field_name.strip_suffix("_id") {
+                Some(base) if !base.is_empty() => base.to_uppercase(),
+                _ => format!("{}_REL", field_name.to_uppercase()),
+            };
+            let rel = format_ident!("{}", rel);
+            let doc = format!("The foreign key `{column}` to [`{}`].", quote!(#parent));
+            consts.push(quote! {
+                #[doc = #doc]
+                pub const #rel: #core::orm::ForeignKey<#name, #parent> = #core::orm::ForeignKey::new(#column, |m: &#name| {
+                    <#ty as #core::orm::FkField<<#parent as #core::orm::Model>::Key>>::fk(&m.#ident)
+                });
+            });
+        }
+    }
+    let Some((pk_index, pk_ident, pk_ty, pk_auto)) = pk else {
+        return Err(syn::Error::new_spanned(
+            name,
+            "a model needs one field marked #[duet(primary_key)]",
+        ));
+    };
+    let n = fields.len();
+    let name_str = name.to_string();
+    let table_lit = LitStr::new(&table, Span::call_site());
+    let hooks = if sattrs.hooks {
+        quote!()
+    } else {
+        quote!(impl #core::orm::Hooks for #name {})
+    };
+    Ok(quote! {
+        impl #core::orm::Model for #name {
+            type Key = <#pk_ty as #core::orm::KeyField>::Key;
+
+            const META: &'static #core::orm::ModelMeta = &#core::orm::ModelMeta {
+                table: #table_lit,
+                name: #name_str,
+                columns: &[#(#defs),*],
+                pk: #pk_index,
+            };
+
+            fn from_row(row: &#core::Row, at: #core::orm::Positions<'_>) -> ::core::result::Result<Self, #core::Error> {
+                ::core::result::Result::Ok(#name { #(#decode),* })
+            }
+
+            fn value(&self, i: usize) -> #core::orm::Value {
+                match i {
+                    #(#values,)*
+                    _ => panic!("{} has {} columns, not {}", #name_str, #n, i + 1),
+                }
+            }
+
+            fn key(&self) -> ::core::option::Option<Self::Key> {
+                #core::orm::KeyField::key(&self.#pk_ident, #pk_auto)
+            }
+        }
+
+        #[allow(dead_code)]
+        impl #name {
+            #(#consts)*
+        }
+
+        #hooks
+    })
+}

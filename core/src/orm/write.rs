@@ -1,0 +1,455 @@
+//! Writes of models: `save`, `delete`, `bulk_insert` with upserts, and
+//! `get_or_create` / `update_or_create`. Each is an [`Operation`] built
+//! from smaller ones: hooks run when it is first polled, the work they
+//! queue goes out in the same batch as the write, and the database's
+//! values come back into the model through `RETURNING`.
+
+use std::borrow::{Borrow, BorrowMut};
+
+use super::expr::{Col, Value};
+use super::model::{HookCtx, Model};
+use super::queryset::{decode_models, QuerySet};
+use super::render::Sql;
+use crate::connection::QueryResult;
+use crate::error::sqlstate;
+use crate::ops::{atomic, lazy, pipeline, ready, then, then_result, BoxOp, Operation, Query};
+use crate::Error;
+
+/// The most parameters one statement may bind (the protocol's limit).
+const MAX_PARAMS: usize = u16::MAX as usize;
+
+fn returning_all<M: Model>(s: &mut Sql) {
+    s.push(" RETURNING ");
+    s.list(M::META.columns, |s, c| s.ident(c.name));
+}
+
+/// `INSERT INTO t (cols) VALUES (…), (…) [ON CONFLICT …] RETURNING *` for
+/// models that all have (or all lack) a key.
+fn insert_sql<M: Model>(models: &[&M], has_key: bool, conflict: Option<&Conflict>) -> Sql {
+    let meta = M::META;
+    let cols: Vec<usize> = (0..meta.columns.len())
+        .filter(|&i| meta.columns[i].inserted(has_key))
+        .collect();
+    let mut s = Sql::new();
+    s.push("INSERT INTO ");
+    s.ident(meta.table);
+    if cols.is_empty() {
+        s.push(" DEFAULT VALUES");
+    } else {
+        s.push(" (");
+        s.list(&cols, |s, &i| s.ident(meta.columns[i].name));
+        s.push(") VALUES ");
+        s.list(models, |s, m| {
+            s.push("(");
+            s.list(&cols, |s, &i| s.param(m.value(i)));
+            s.push(")");
+        });
+    }
+    if let Some(c) = conflict {
+        c.render(&mut s);
+    }
+    returning_all::<M>(&mut s);
+    s
+}
+
+/// `UPDATE t SET … WHERE pk = $n RETURNING *`.
+fn update_sql<M: Model>(m: &M, key: Value) -> Sql {
+    let meta = M::META;
+    let mut s = Sql::new();
+    s.push("UPDATE ");
+    s.ident(meta.table);
+    s.push(" SET ");
+    let cols: Vec<usize> = (0..meta.columns.len()).filter(|&i| meta.columns[i].updated()).collect();
+    s.list(&cols, |s, &i| {
+        s.ident(meta.columns[i].name);
+        s.push(" = ");
+        s.param(m.value(i));
+    });
+    s.push(" WHERE ");
+    s.ident(meta.pk_column().name);
+    s.push(" = ");
+    s.param(key);
+    returning_all::<M>(&mut s);
+    s
+}
+
+fn run_queued(queued: Vec<BoxOp<'static, ()>>) -> impl Operation<Output = ()> + Send {
+    pipeline(queued).map(|_| Ok(()))
+}
+
+fn first_model<M: Model>(r: QueryResult) -> Result<Option<M>, Error> {
+    Ok(decode_models::<M>(r)?.pop())
+}
+
+/// See [`save`]. Output: the model (or the `&mut` borrow of it) with the
+/// database's values in it.
+pub type Save<'m, T> = BoxOp<'m, T>;
+
+/// Writes one model: `INSERT … RETURNING` when its database-assigned key is
+/// unset, `UPDATE … WHERE pk = … RETURNING` when it is set, and for a model
+/// whose key the application gives, an upsert (`INSERT … ON CONFLICT (pk)
+/// DO UPDATE`). Keys, defaults and generated columns come back into the
+/// model. `before_save` runs first (its queued work goes out in the same
+/// batch as the write), `after_save` once the row is back.
+///
+/// An `UPDATE` that finds no row fails with [`Error::NotFound`].
+pub fn save<'m, M, T>(model: T) -> Save<'m, T>
+where
+    M: Model,
+    T: BorrowMut<M> + Send + 'm,
+{
+    let op = lazy(move || {
+        let mut model = model;
+        let mut ctx = HookCtx::default();
+        let meta = M::META;
+        let auto = meta.pk_column().auto;
+        let key = model.borrow().key();
+        ctx.inserting = auto && key.is_none();
+        model.borrow_mut().before_save(&mut ctx)?;
+        // The hook may have changed the key.
+        let key = model.borrow().key();
+        let m: &M = model.borrow();
+        let updating = auto && key.is_some();
+        let sql = match (&key, updating) {
+            (Some(k), true) => update_sql(m, std::sync::Arc::new(k.clone())),
+            _ => {
+                let conflict = (!auto).then(|| Conflict::on_pk::<M>());
+                insert_sql(&[m], key.is_some(), conflict.as_ref())
+            }
+        };
+        let before = std::mem::take(&mut ctx.queued);
+        let write = Query::values(sql.text, sql.params);
+        Ok(then(pipeline((run_queued(before), write)), move |((), r)| {
+            let fresh = first_model::<M>(r)?;
+            match fresh {
+                Some(f) => *model.borrow_mut() = f,
+                None if updating => {
+                    return Err(Error::NotFound(
+                        format!("{} with key {:?} (save found no row to update)", meta.name, key).into(),
+                    ))
+                }
+                None => {}
+            }
+            model.borrow_mut().after_save(&mut ctx)?;
+            let after = std::mem::take(&mut ctx.queued);
+            let mut model = Some(model);
+            Ok(run_queued(after).map(move |()| model.take().ok_or_else(|| Error::misuse("save finished twice"))))
+        }))
+    });
+    Box::new(op)
+}
+
+/// Deletes one model's row by primary key; the number of rows deleted (0
+/// if it was already gone). `before_delete` runs first (queued work goes
+/// out with the `DELETE`), `after_delete` once it is done.
+pub fn delete<'m, M, T>(model: T) -> BoxOp<'m, u64>
+where
+    M: Model,
+    T: Borrow<M> + Send + 'm,
+{
+    Box::new(lazy(move || {
+        let m: &M = model.borrow();
+        let key = m.key().ok_or_else(|| {
+            Error::invalid(format!(
+                "cannot delete a {} that was never saved (it has no key)",
+                M::META.name
+            ))
+        })?;
+        let mut ctx = HookCtx::default();
+        m.before_delete(&mut ctx)?;
+        let mut s = Sql::new();
+        s.push("DELETE FROM ");
+        s.ident(M::META.table);
+        s.push(" WHERE ");
+        s.ident(M::META.pk_column().name);
+        s.push(" = ");
+        s.param(std::sync::Arc::new(key));
+        let before = std::mem::take(&mut ctx.queued);
+        let write = Query::values(s.text, s.params);
+        Ok(then(pipeline((run_queued(before), write)), move |((), r)| {
+            let n = r.rows_affected();
+            model.borrow().after_delete(&mut ctx)?;
+            let after = std::mem::take(&mut ctx.queued);
+            Ok(run_queued(after).map(move |()| Ok(n)))
+        }))
+    }))
+}
+
+/// What an `INSERT` does when a row with the same unique key exists.
+#[derive(Clone, Debug)]
+pub struct Conflict {
+    target: Vec<&'static str>,
+    /// `None`: `DO NOTHING`; otherwise the columns `DO UPDATE` overwrites.
+    update: Option<Vec<&'static str>>,
+}
+
+impl Conflict {
+    fn on_pk<M: Model>() -> Conflict {
+        let meta = M::META;
+        let update: Vec<&'static str> = meta.columns.iter().filter(|c| c.updated()).map(|c| c.name).collect();
+        Conflict {
+            target: vec![meta.pk_column().name],
+            update: Some(update),
+        }
+    }
+
+    fn render(&self, s: &mut Sql) {
+        s.push(" ON CONFLICT (");
+        s.list(&self.target, |s, c| s.ident(c));
+        s.push(")");
+        match &self.update {
+            Some(cols) if !cols.is_empty() => {
+                s.push(" DO UPDATE SET ");
+                s.list(cols, |s, c| {
+                    s.ident(c);
+                    s.push(" = EXCLUDED.");
+                    s.ident(c);
+                });
+            }
+            _ => s.push(" DO NOTHING"),
+        }
+    }
+}
+
+/// Columns of model `M`, for `on_conflict` and `do_update`: one column or a
+/// tuple of up to four.
+pub trait Columns<M> {
+    fn names(&self) -> Vec<&'static str>;
+}
+
+impl<M, T> Columns<M> for Col<M, T> {
+    fn names(&self) -> Vec<&'static str> {
+        vec![self.name]
+    }
+}
+
+macro_rules! column_tuples {
+    ($($name:ident $idx:tt),+) => {
+        impl<M, $($name: Columns<M>),+> Columns<M> for ($($name,)+) {
+            fn names(&self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( v.extend(self.$idx.names()); )+
+                v
+            }
+        }
+    };
+}
+column_tuples!(A 0);
+column_tuples!(A 0, B 1);
+column_tuples!(A 0, B 1, C 2);
+column_tuples!(A 0, B 1, C 2, D 3);
+
+/// Inserts many models with as few statements as the protocol's
+/// 65,535-parameter limit allows, all sent in one round trip. The output is
+/// the rows as the database stored them (keys and defaults filled in), in
+/// input order. Each model's `before_save` and `after_save` run.
+///
+/// With [`on_conflict`](Self::on_conflict), an upsert; the output then
+/// holds only the rows inserted or updated (`DO NOTHING` skips the others).
+pub struct BulkInsert<M: Model> {
+    models: Vec<M>,
+    conflict: Option<Conflict>,
+    op: Option<BoxOp<'static, Vec<M>>>,
+}
+
+/// The first half of an upsert: the conflict target is chosen, the action
+/// not yet.
+pub struct OnConflict<M: Model> {
+    insert: BulkInsert<M>,
+    target: Vec<&'static str>,
+}
+
+impl<M: Model> OnConflict<M> {
+    /// `ON CONFLICT (…) DO NOTHING`.
+    pub fn do_nothing(mut self) -> BulkInsert<M> {
+        self.insert.conflict = Some(Conflict {
+            target: self.target,
+            update: None,
+        });
+        self.insert
+    }
+
+    /// `ON CONFLICT (…) DO UPDATE SET col = EXCLUDED.col` for `cols`.
+    pub fn do_update(mut self, cols: impl Columns<M>) -> BulkInsert<M> {
+        self.insert.conflict = Some(Conflict {
+            target: self.target,
+            update: Some(cols.names()),
+        });
+        self.insert
+    }
+}
+
+impl<M: Model> BulkInsert<M> {
+    pub fn new(models: impl IntoIterator<Item = M>) -> Self {
+        BulkInsert {
+            models: models.into_iter().collect(),
+            conflict: None,
+            op: None,
+        }
+    }
+
+    /// Names the unique columns whose conflict is handled; choose
+    /// `.do_nothing()` or `.do_update(cols)` next.
+    pub fn on_conflict(self, target: impl Columns<M>) -> OnConflict<M> {
+        OnConflict {
+            target: target.names(),
+            insert: self,
+        }
+    }
+
+    /// The statements, rendered (for tests and logs). Hooks have not run.
+    pub fn to_sql(&self) -> Vec<Sql> {
+        Self::statements(&self.models, self.conflict.as_ref())
+    }
+
+    fn statements(models: &[M], conflict: Option<&Conflict>) -> Vec<Sql> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < models.len() {
+            let has_key = models[i].key().is_some();
+            let width = M::META.columns.iter().filter(|c| c.inserted(has_key)).count().max(1);
+            let per_statement = MAX_PARAMS / width;
+            let mut chunk: Vec<&M> = Vec::new();
+            while i < models.len() && chunk.len() < per_statement && models[i].key().is_some() == has_key {
+                chunk.push(&models[i]);
+                i += 1;
+            }
+            out.push(insert_sql(&chunk, has_key, conflict));
+        }
+        out
+    }
+
+    fn build(models: Vec<M>, conflict: Option<Conflict>) -> Result<BoxOp<'static, Vec<M>>, Error> {
+        let mut models = models;
+        let mut ctx = HookCtx::default();
+        for m in models.iter_mut() {
+            ctx.inserting = !M::META.pk_column().auto || m.key().is_none();
+            m.before_save(&mut ctx)?;
+        }
+        let before = std::mem::take(&mut ctx.queued);
+        let writes: Vec<Query<'static>> = Self::statements(&models, conflict.as_ref())
+            .into_iter()
+            .map(|s| Query::values(s.text, s.params))
+            .collect();
+        let op =
+            then(
+                pipeline((run_queued(before), pipeline(writes))),
+                move |((), results)| {
+                    let mut stored = Vec::with_capacity(models.len());
+                    for r in results {
+                        stored.extend(decode_models::<M>(r)?);
+                    }
+                    let mut ctx = HookCtx::default();
+                    for m in stored.iter_mut() {
+                        ctx.inserting = true;
+                        m.after_save(&mut ctx)?;
+                    }
+                    let after = std::mem::take(&mut ctx.queued);
+                    let mut stored = Some(stored);
+                    Ok(run_queued(after)
+                        .map(move |()| stored.take().ok_or_else(|| Error::misuse("insert finished twice"))))
+                },
+            );
+        Ok(Box::new(op))
+    }
+}
+
+impl<M: Model> Operation for BulkInsert<M> {
+    type Output = Vec<M>;
+    fn poll(&mut self, conn: &mut crate::Connection, now: std::time::Instant) -> crate::Step<Vec<M>> {
+        if self.op.is_none() {
+            if self.models.is_empty() {
+                return crate::Step::Ready(Ok(Vec::new()));
+            }
+            match Self::build(std::mem::take(&mut self.models), self.conflict.take()) {
+                Ok(op) => self.op = Some(op),
+                Err(e) => return crate::Step::Ready(Err(e)),
+            }
+        }
+        self.op.as_mut().expect("built above").poll(conn, now)
+    }
+    fn submitted_all(&self) -> bool {
+        self.op.as_ref().is_some_and(|o| o.submitted_all())
+    }
+    fn abandon(&mut self, conn: &mut crate::Connection) {
+        if let Some(op) = &mut self.op {
+            op.abandon(conn);
+        }
+    }
+}
+
+fn is_unique_violation(e: &Error) -> bool {
+    e.code() == Some(sqlstate::UNIQUE_VIOLATION)
+}
+
+impl<M: Model> QuerySet<M> {
+    /// The one matching row, or a new one from `make`, saved: `(model,
+    /// created)`. Race-safe: the insert runs under a savepoint, and if a
+    /// concurrent writer inserted the same unique key first (SQLSTATE
+    /// 23505), the row it wrote is fetched and returned instead. The query
+    /// set should select on unique columns; several matches fail with
+    /// [`Error::MultipleFound`].
+    pub fn get_or_create<F>(self, make: F) -> impl Operation<Output = (M, bool)> + Send
+    where
+        F: FnOnce() -> M + Send + 'static,
+    {
+        let again = self.clone();
+        then(
+            self.get_opt(),
+            move |found| -> Result<BoxOp<'static, (M, bool)>, Error> {
+                if let Some(m) = found {
+                    return Ok(Box::new(ready(Ok((m, false)))));
+                }
+                let insert = atomic(save::<M, M>(make()));
+                Ok(Box::new(then_result(
+                    insert,
+                    move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
+                        match r {
+                            Ok(m) => Ok(Box::new(ready(Ok((m, true))))),
+                            Err(e) if is_unique_violation(&e) => Ok(Box::new(again.get().map(|m| Ok((m, false))))),
+                            Err(e) => Err(e),
+                        }
+                    },
+                )))
+            },
+        )
+    }
+
+    /// Updates the one matching row with `update` and saves it, or saves a
+    /// new one from `make`: `(model, created)`. Runs in a transaction (a
+    /// savepoint inside one) with the row locked `FOR UPDATE`; race-safe
+    /// like [`get_or_create`](Self::get_or_create).
+    pub fn update_or_create<U, F>(self, update: U, make: F) -> impl Operation<Output = (M, bool)> + Send
+    where
+        U: FnOnce(&mut M) + Send + 'static,
+        F: FnOnce() -> M + Send + 'static,
+    {
+        let locked = self.for_update();
+        let again = locked.clone();
+        let update_found = move |mut m: M, update: U| -> BoxOp<'static, (M, bool)> {
+            update(&mut m);
+            Box::new(save::<M, M>(m).map(|m| Ok((m, false))))
+        };
+        atomic(then(
+            locked.get_opt(),
+            move |found| -> Result<BoxOp<'static, (M, bool)>, Error> {
+                if let Some(m) = found {
+                    return Ok(update_found(m, update));
+                }
+                let insert = atomic(save::<M, M>(make()));
+                Ok(Box::new(then_result(
+                    insert,
+                    move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
+                        match r {
+                            Ok(m) => Ok(Box::new(ready(Ok((m, true))))),
+                            Err(e) if is_unique_violation(&e) => {
+                                Ok(Box::new(then(again.get(), move |m| Ok(update_found(m, update)))))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    },
+                )))
+            },
+        ))
+    }
+}
