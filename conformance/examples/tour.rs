@@ -1,19 +1,93 @@
-//! The duet tour: the same engine driven from blocking code and from tokio.
-//! Starts a throwaway PostgreSQL unless DATABASE_URL is set.
+//! The duet tour: one ORM, one set of hooks, driven from blocking code and
+//! from tokio. Starts a throwaway PostgreSQL unless DATABASE_URL is set.
 //!
 //!     cargo run -p duet-conformance --example tour
 
 use duet_conformance::server::TestServer;
-use duet_core::ops::{atomic, pipeline, query};
-use duet_core::{Operation, Param};
+use duet_core::orm::prelude::*;
+use duet_core::Operation;
 
-/// One operation, built once, run by either driver: a transfer in a
-/// transaction (BEGIN, both updates and COMMIT go out in one round trip).
-fn transfer<'a>(debit: &'a [Param<'a>], credit: &'a [Param<'a>]) -> impl Operation<Output = (u64, u64)> + Send + 'a {
-    atomic(pipeline((
-        query("UPDATE tour_accounts SET balance = balance - $2 WHERE id = $1", debit).affected(),
-        query("UPDATE tour_accounts SET balance = balance + $2 WHERE id = $1", credit).affected(),
-    )))
+#[derive(Model, Debug, Clone)]
+#[duet(table = "tour_authors")]
+struct Author {
+    #[duet(primary_key, auto)]
+    id: i32,
+    #[duet(unique)]
+    name: String,
+}
+
+/// A post keeps a slug in step with its title and counts its revisions; a
+/// hook does it, and the same hook runs under both drivers.
+#[derive(Model, Debug, Clone)]
+#[duet(table = "tour_posts", hooks)]
+struct Post {
+    #[duet(primary_key, auto)]
+    id: i32,
+    #[duet(references = Author, on_delete = "cascade")]
+    author_id: i32,
+    title: String,
+    slug: String,
+    revision: i32,
+    #[duet(default = "now()", sql_type = "timestamptz")]
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Hooks for Post {
+    fn before_save(&mut self, _ctx: &mut HookCtx) -> Result<(), Error> {
+        if self.title.trim().is_empty() {
+            return Err(Error::invalid("a post needs a title"));
+        }
+        let words: Vec<String> = self
+            .title
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        self.slug = words.join("-");
+        self.revision += 1;
+        Ok(())
+    }
+
+    fn after_save(&mut self, ctx: &mut HookCtx) -> Result<(), Error> {
+        // Queued work runs right behind the write, in the caller's transaction.
+        let what = if ctx.inserting() { "created" } else { "revised" };
+        ctx.queue(
+            AuditEntry {
+                id: 0,
+                message: format!("post {} {what} (rev {})", self.id, self.revision),
+            }
+            .into_save(),
+        );
+        Ok(())
+    }
+}
+
+#[derive(Model, Debug, Clone)]
+#[duet(table = "tour_audit")]
+struct AuditEntry {
+    #[duet(primary_key, auto)]
+    id: i64,
+    message: String,
+}
+
+fn post(author: &Author, title: &str) -> Post {
+    Post {
+        id: 0,
+        author_id: author.id,
+        title: title.into(),
+        slug: String::new(),
+        revision: 0,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Written once, run by both drivers: every author with their posts, both
+/// levels in one round trip.
+fn authors_with_posts() -> impl Operation<Output = Vec<(Author, Vec<Post>)>> + Send {
+    Author::objects()
+        .order_by(Author::ID)
+        .prefetch(Post::AUTHOR, Post::objects().order_by(Post::ID))
+        .all()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,49 +97,100 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- blocking ----
     let mut db = duet_sync::Client::connect(&url)?;
-    db.batch_execute(
-        "DROP TABLE IF EXISTS tour_accounts;
-         CREATE TABLE tour_accounts (id int4 PRIMARY KEY, owner text NOT NULL, balance int8 NOT NULL CHECK (balance >= 0));
-         INSERT INTO tour_accounts VALUES (1, 'ann', 100), (2, 'bob', 20);",
-    )?;
-    let row = db.query_one("SELECT owner, balance FROM tour_accounts WHERE id = $1", &[&1i32])?;
+    db.run(pipeline((
+        AuditEntry::drop_table(),
+        Post::drop_table(),
+        Author::drop_table(),
+    )))?;
+    db.run(pipeline((Author::create_table(), AuditEntry::create_table())))?;
+    db.run(Post::create_table())?;
+
+    let authors = db.run(Author::bulk_insert([
+        Author {
+            id: 0,
+            name: "ann".into(),
+        },
+        Author {
+            id: 0,
+            name: "bob".into(),
+        },
+    ]))?;
+    let (ann, bob) = (&authors[0], &authors[1]);
+    let mut hello = post(ann, "Hello World");
+    db.run(hello.save())?;
     println!(
-        "[sync]  typed query: {} has {}",
-        row.get::<&str>("owner"),
-        row.get::<i64>("balance")
+        "[sync]  saved post {} as {:?} (rev {})",
+        hello.id, hello.slug, hello.revision
     );
 
-    let (one, two): ([Param; 1], [Param; 1]) = ([&1i32], [&2i32]);
-    let (a, b) = db.pipeline((
-        query("SELECT balance FROM tour_accounts WHERE id = $1", &one).one(),
-        query("SELECT balance FROM tour_accounts WHERE id = $1", &two).one(),
-    ))?;
-    println!(
-        "[sync]  pipeline, one round trip: {} and {}",
-        a.get::<i64>(0),
-        b.get::<i64>(0)
-    );
-
-    let (debit, credit): ([Param; 2], [Param; 2]) = ([&1i32, &30i64], [&2i32, &30i64]);
-    db.run(transfer(&debit, &credit))?;
-    let (debit, credit): ([Param; 2], [Param; 2]) = ([&2i32, &1000i64], [&1i32, &1000i64]);
-    let refused = db.run(transfer(&debit, &credit)).unwrap_err();
+    // A transaction: both posts or neither. The empty title is refused by
+    // the hook before anything is sent, and the first insert rolls back.
+    let refused = db
+        .atomic(|tx| {
+            tx.run(post(bob, "Second thoughts").into_save())?;
+            tx.run(post(bob, "  ").into_save())?;
+            Ok(())
+        })
+        .unwrap_err();
     println!("[sync]  transaction rolled back: {refused}");
 
-    // ---- tokio: the very same operations ----
+    // A pipeline of ORM operations: one round trip, a typed tuple back.
+    hello.title = "Hello, World Again".into();
+    let (posts_by_ann, n_authors, _) = db.run(pipeline((
+        Post::objects().filter(Post::AUTHOR_ID.eq(ann.id)).count(),
+        Author::objects().count(),
+        hello.save(),
+    )))?;
+    println!(
+        "[sync]  pipeline: ann has {posts_by_ann} post(s), {n_authors} authors; hello is rev {}",
+        hello.revision
+    );
+
+    // ---- tokio: the very same operations and hooks ----
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut db = duet_async::Client::connect(&url).await?;
-        let (debit, credit): ([Param; 2], [Param; 2]) = ([&2i32, &10i64], [&1i32, &10i64]);
-        db.run(transfer(&debit, &credit)).await?;
-        let rows = db
-            .query("SELECT owner, balance FROM tour_accounts ORDER BY id", &[])
+        let bob = db.run(Author::objects().filter(Author::NAME.eq("bob")).get()).await?;
+        db.atomic(async |tx| {
+            tx.run(post(&bob, "Async and Sync Alike").into_save()).await?;
+            tx.run(post(&bob, "One Engine").into_save()).await?;
+            Ok(())
+        })
+        .await?;
+        let bumped = db
+            .run(
+                Post::objects()
+                    .filter(Post::TITLE.contains("Engine"))
+                    .update()
+                    .set(Post::REVISION, Post::REVISION + 10),
+            )
             .await?;
-        for r in &rows {
-            println!("[tokio] {} now has {}", r.get::<&str>(0), r.get::<i64>(1));
+        println!("[tokio] bumped {bumped} revision(s) with one UPDATE");
+        for (author, posts) in db.run(authors_with_posts()).await? {
+            let titles: Vec<String> = posts
+                .iter()
+                .map(|p| format!("{} (rev {})", p.slug, p.revision))
+                .collect();
+            println!("[tokio] {}: {}", author.name, titles.join(", "));
         }
-        db.batch_execute("DROP TABLE tour_accounts").await?;
-        Ok::<_, duet_core::Error>(())
+        let audit = db
+            .run(
+                AuditEntry::objects()
+                    .order_by(AuditEntry::ID)
+                    .values(AuditEntry::MESSAGE),
+            )
+            .await?;
+        println!("[tokio] audit log written by the hook from both drivers:");
+        for line in audit {
+            println!("          {line}");
+        }
+        db.run(pipeline((
+            AuditEntry::drop_table(),
+            Post::drop_table(),
+            Author::drop_table(),
+        )))
+        .await?;
+        Ok::<_, Error>(())
     })?;
     Ok(())
 }

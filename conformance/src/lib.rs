@@ -39,6 +39,65 @@ pub trait Driver: Sized {
     fn is_closed(&self) -> bool;
     fn cached_statements(&self) -> usize;
     fn close(self) -> Result<(), Error>;
+    /// Runs `script` inside the driver's interactive `atomic(|tx| …)`;
+    /// returns the log of what ran (see [`TxStep`]).
+    fn atomic_script(&mut self, script: &[TxStep]) -> Result<Vec<String>, Error>;
+    /// Opens an interactive transaction, runs `sql` in it, then leaves the
+    /// closure abnormally: a panic (blocking driver) or a dropped future
+    /// (tokio). The transaction must roll back.
+    fn atomic_abandoned(&mut self, sql: &str);
+}
+
+/// One step of an interactive transaction script.
+#[derive(Clone, Debug)]
+pub enum TxStep {
+    /// Runs a statement; logs `"<sql> -> <rows affected>"`.
+    Execute(String),
+    /// A nested `atomic`; its failure is logged (`"nested failed: …"`) and
+    /// the outer transaction goes on, as a savepoint allows.
+    Nested(Vec<TxStep>),
+    /// Returns this error from the closure: the scope rolls back.
+    Fail(String),
+}
+
+fn script_sync(c: &mut duet_sync::Client, script: &[TxStep]) -> Result<Vec<String>, Error> {
+    c.atomic(|tx| {
+        let mut log = Vec::new();
+        for step in script {
+            match step {
+                TxStep::Execute(sql) => log.push(format!("{sql} -> {}", tx.execute(sql, &[])?)),
+                TxStep::Nested(inner) => match script_sync(tx, inner) {
+                    Ok(l) => log.extend(l),
+                    Err(e) => log.push(format!("nested failed: {e}")),
+                },
+                TxStep::Fail(m) => return Err(Error::invalid(m.clone())),
+            }
+        }
+        Ok(log)
+    })
+}
+
+fn script_tokio<'a>(
+    c: &'a mut duet_async::Client,
+    script: &'a [TxStep],
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, Error>> + 'a>> {
+    Box::pin(async move {
+        c.atomic(async |tx| {
+            let mut log = Vec::new();
+            for step in script {
+                match step {
+                    TxStep::Execute(sql) => log.push(format!("{sql} -> {}", tx.execute(sql, &[]).await?)),
+                    TxStep::Nested(inner) => match script_tokio(tx, inner).await {
+                        Ok(l) => log.extend(l),
+                        Err(e) => log.push(format!("nested failed: {e}")),
+                    },
+                    TxStep::Fail(m) => return Err(Error::invalid(m.clone())),
+                }
+            }
+            Ok(log)
+        })
+        .await
+    })
 }
 
 /// The blocking driver.
@@ -91,6 +150,19 @@ impl Driver for Sync {
     }
     fn close(self) -> Result<(), Error> {
         self.0.close()
+    }
+    fn atomic_script(&mut self, script: &[TxStep]) -> Result<Vec<String>, Error> {
+        script_sync(&mut self.0, script)
+    }
+    fn atomic_abandoned(&mut self, sql: &str) {
+        let client = &mut self.0;
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = client.atomic(|tx| -> Result<(), Error> {
+                tx.execute(sql, &[]).expect("statement inside the transaction");
+                panic!("leaving the transaction by a panic");
+            });
+        }));
+        assert!(unwound.is_err(), "the closure panicked");
     }
 }
 
@@ -169,6 +241,26 @@ impl Driver for Tokio {
     fn close(self) -> Result<(), Error> {
         let Tokio { client, rt } = self;
         rt.block_on(client.close())
+    }
+    fn atomic_script(&mut self, script: &[TxStep]) -> Result<Vec<String>, Error> {
+        self.rt.block_on(script_tokio(&mut self.client, script))
+    }
+    fn atomic_abandoned(&mut self, sql: &str) {
+        let client = &mut self.client;
+        self.rt.block_on(async move {
+            let (ran_tx, ran_rx) = tokio::sync::oneshot::channel::<()>();
+            let tx_future = client.atomic(async |tx| -> Result<(), Error> {
+                tx.execute(sql, &[]).await?;
+                let _ = ran_tx.send(());
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+            // Drop the transaction's future once its statement has run.
+            tokio::select! {
+                _ = tx_future => panic!("the transaction future never completes"),
+                _ = ran_rx => {}
+            }
+        });
     }
 }
 

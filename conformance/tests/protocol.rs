@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use duet_conformance::server::{AuthRole, TestServer};
-use duet_conformance::{conformance_tests, Driver};
+use duet_conformance::{conformance_tests, Driver, TxStep};
 use duet_core::ops::{atomic, pipeline, query, simple_query};
 use duet_core::{Error, Event, Operation, Param, SimpleMessage, TransactionStatus};
 
@@ -54,6 +54,8 @@ conformance_tests!(
     statement_cache_capacity_and_eviction,
     uninferable_parameter_type_describes_first,
     query_opt_and_prepare_typed,
+    interactive_atomic_commits_rolls_back_and_nests,
+    interactive_atomic_abandoned_rolls_back,
 );
 
 fn auth_methods_succeed<D: Driver>() {
@@ -742,4 +744,62 @@ fn query_opt_and_prepare_typed<D: Driver>() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+fn interactive_atomic_commits_rolls_back_and_nests<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE itx (v int4)").unwrap();
+    let ins = |v: i32| TxStep::Execute(format!("INSERT INTO itx VALUES ({v})"));
+    let log = c
+        .atomic_script(&[
+            ins(1),
+            TxStep::Nested(vec![ins(2), TxStep::Fail("inner gives up".into())]),
+            TxStep::Nested(vec![ins(3)]),
+        ])
+        .unwrap();
+    assert_eq!(
+        log,
+        [
+            "INSERT INTO itx VALUES (1) -> 1",
+            "nested failed: invalid: inner gives up",
+            "INSERT INTO itx VALUES (3) -> 1",
+        ]
+    );
+    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
+    let rows = c.query("SELECT v FROM itx ORDER BY v", &[]).unwrap();
+    let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, [1, 3], "the failed savepoint's row is gone, the others committed");
+
+    let err = c
+        .atomic_script(&[ins(4), TxStep::Fail("outer gives up".into())])
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    // A statement the server rejects rolls the whole scope back too.
+    let err = c
+        .atomic_script(&[ins(5), TxStep::Execute("INSERT INTO itx VALUES ('x')".into())])
+        .unwrap_err();
+    assert_eq!(err.code(), Some("22P02"), "{err}");
+    assert_usable(&mut c);
+    let n = c.query_one("SELECT count(*) FROM itx", &[]).unwrap().get::<i64>(0);
+    assert_eq!(n, 2);
+}
+
+fn interactive_atomic_abandoned_rolls_back<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE itx_abandon (v int4)").unwrap();
+    c.atomic_abandoned("INSERT INTO itx_abandon VALUES (1)");
+    assert_usable(&mut c);
+    let n = c
+        .query_one("SELECT count(*) FROM itx_abandon", &[])
+        .unwrap()
+        .get::<i64>(0);
+    assert_eq!(n, 0, "the abandoned transaction rolled back");
+    // And the next transaction starts clean.
+    c.atomic_script(&[TxStep::Execute("INSERT INTO itx_abandon VALUES (2)".into())])
+        .unwrap();
+    let n = c
+        .query_one("SELECT count(*) FROM itx_abandon", &[])
+        .unwrap()
+        .get::<i64>(0);
+    assert_eq!(n, 1);
 }

@@ -71,6 +71,13 @@ pub struct Map<O, F> {
     f: F,
 }
 
+impl<O, F> Map<O, F> {
+    /// The operation being mapped (to inspect the statement it sends).
+    pub fn inner(&self) -> &O {
+        &self.op
+    }
+}
+
 impl<O, F, U> Operation for Map<O, F>
 where
     O: Operation,
@@ -354,6 +361,11 @@ impl<'a> Query<'a> {
     pub fn deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// The statement's text.
+    pub fn sql(&self) -> &str {
+        &self.sql
     }
 
     /// All rows.
@@ -761,6 +773,119 @@ impl<O: Operation> PipelineOps for Vec<O> {
 
 // ---- transactions ----
 
+/// One level of transaction nesting: depth 0 is `BEGIN`/`COMMIT`, deeper
+/// levels are savepoints. Shared by [`atomic`] and the drivers' interactive
+/// transactions ([`TxGuard`]), so both nest the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope(u32);
+
+impl Scope {
+    /// The scope a new transaction opens on `conn`. Inside a transaction
+    /// the application opened itself, BEGIN would only warn and COMMIT would
+    /// end the outer transaction: nest with a savepoint instead.
+    fn next(conn: &Connection) -> Scope {
+        let outer_open = conn.transaction_status() != TransactionStatus::Idle;
+        Scope(conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && outer_open))
+    }
+    fn savepoint(self) -> String {
+        format!("duet_sp_{}", self.0)
+    }
+    fn begin_sql(self) -> String {
+        if self.0 == 0 {
+            "BEGIN".to_string()
+        } else {
+            format!("SAVEPOINT {}", self.savepoint())
+        }
+    }
+    fn commit_sql(self) -> String {
+        if self.0 == 0 {
+            "COMMIT".to_string()
+        } else {
+            format!("RELEASE SAVEPOINT {}", self.savepoint())
+        }
+    }
+    fn rollback_sql(self) -> String {
+        if self.0 == 0 {
+            "ROLLBACK".to_string()
+        } else {
+            let sp = self.savepoint();
+            format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
+        }
+    }
+}
+
+/// Something that owns a [`Connection`]: a driver's `Client`.
+pub trait HasConnection {
+    fn connection_mut(&mut self) -> &mut Connection;
+}
+
+/// An interactive transaction a driver's `atomic(|tx| …)` holds open while
+/// the application's closure runs. `BEGIN` (or `SAVEPOINT`) is queued, not
+/// awaited, so it travels with the closure's first statement. Dropped
+/// without [`TxGuard::finish`] (a panic, a dropped future), it queues the
+/// rollback, which the next request carries: no I/O in `drop`.
+pub struct TxGuard<'c, C: HasConnection> {
+    /// The client, for the closure to run statements on.
+    pub client: &'c mut C,
+    scope: Option<Scope>,
+}
+
+impl<'c, C: HasConnection> TxGuard<'c, C> {
+    pub fn begin(client: &'c mut C) -> Self {
+        let conn = client.connection_mut();
+        let scope = Scope::next(conn);
+        conn.submit_detached(&scope.begin_sql());
+        conn.set_atomic_depth(scope.0 + 1);
+        TxGuard {
+            client,
+            scope: Some(scope),
+        }
+    }
+
+    /// Ends the transaction: `COMMIT` (or `RELEASE SAVEPOINT`) when
+    /// `commit`, else a rollback. The returned operation reports whether it
+    /// worked; a failed commit (a deferred constraint, say) is an error.
+    pub fn finish(mut self, commit: bool) -> impl Operation<Output = ()> + Send + 'static {
+        let scope = self.scope.take().unwrap_or(Scope(0));
+        self.client.connection_mut().set_atomic_depth(scope.0);
+        let sql = if commit {
+            scope.commit_sql()
+        } else {
+            scope.rollback_sql()
+        };
+        lazy(move || Ok(simple_query_owned(sql)))
+    }
+}
+
+/// What an interactive transaction returns: the closure's error if it
+/// failed (the rollback's own outcome is secondary), else the commit's.
+pub fn settle<T>(work: Result<T, Error>, end: Result<(), Error>) -> Result<T, Error> {
+    let v = work?;
+    end?;
+    Ok(v)
+}
+
+impl<C: HasConnection> Drop for TxGuard<'_, C> {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            let conn = self.client.connection_mut();
+            conn.set_atomic_depth(scope.0);
+            conn.submit_detached(&scope.rollback_sql());
+        }
+    }
+}
+
+/// A simple-protocol query owning its text.
+fn simple_query_owned(sql: String) -> Single<'static, ()> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::simple(&sql), now)
+        })),
+        ticket: None,
+        convert: |_| Ok(()),
+    }
+}
+
 /// Runs `op` in a transaction: `BEGIN`, the work and `COMMIT` go out
 /// together (one round trip when the work submits everything up front).
 /// On error the transaction is rolled back and the error returned. Nested
@@ -807,32 +932,18 @@ pub struct Atomic<O: Operation> {
 }
 
 impl<O: Operation> Atomic<O> {
-    fn savepoint(&self) -> String {
-        format!("duet_sp_{}", self.depth)
-    }
-
     fn submit_sql(&self, conn: &mut Connection, sql: &str, now: Instant) -> Result<Ticket, Error> {
         conn.submit_encoded(sql, params::Encoded::default(), None, now)
     }
 
     fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
-        let sql = if self.depth == 0 {
-            "COMMIT".to_string()
-        } else {
-            format!("RELEASE SAVEPOINT {}", self.savepoint())
-        };
-        self.commit = Some(self.submit_sql(conn, &sql, now)?);
+        self.commit = Some(self.submit_sql(conn, &Scope(self.depth).commit_sql(), now)?);
         conn.set_atomic_depth(self.depth);
         Ok(())
     }
 
     fn rollback_sql(&self) -> String {
-        if self.depth == 0 {
-            "ROLLBACK".to_string()
-        } else {
-            let sp = self.savepoint();
-            format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
-        }
+        Scope(self.depth).rollback_sql()
     }
 
     fn done(&mut self, r: Result<O::Output, Error>) -> Step<O::Output> {
@@ -868,14 +979,8 @@ impl<O: Operation> Operation for Atomic<O> {
             // Inside a transaction the application opened itself, BEGIN
             // would only warn and COMMIT would end the outer transaction:
             // nest with a savepoint instead.
-            let outer_open = conn.transaction_status() != TransactionStatus::Idle;
-            self.depth = conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && outer_open);
-            let sql = if self.depth == 0 {
-                "BEGIN".to_string()
-            } else {
-                format!("SAVEPOINT {}", self.savepoint())
-            };
-            match self.submit_sql(conn, &sql, now) {
+            self.depth = Scope::next(conn).0;
+            match self.submit_sql(conn, &Scope(self.depth).begin_sql(), now) {
                 Ok(t) => self.begin = Some(t),
                 Err(e) => {
                     conn.end_batch();

@@ -138,6 +138,12 @@ impl<O: Operation> Drop for Running<'_, O> {
     }
 }
 
+impl ops::HasConnection for Client {
+    fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
 impl Client {
     /// Connects with a `postgres://` URL or a libpq `key=value` string.
     pub async fn connect(params: &str) -> Result<Client, Error> {
@@ -153,6 +159,33 @@ impl Client {
         };
         client.run(ops::Startup).await?;
         Ok(client)
+    }
+
+    /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back
+    /// if it returns `Err`, panics or its future is dropped. Nested calls use
+    /// savepoints. `BEGIN` travels with the first statement `f` sends.
+    ///
+    /// ```no_run
+    /// # use duet_async::prelude::*;
+    /// # async fn f(client: &mut Client) -> Result<(), Error> {
+    /// let moved = client
+    ///     .atomic(async |tx| {
+    ///         let n = tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
+    ///         tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
+    ///         Ok(n)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn atomic<T, F>(&mut self, f: F) -> Result<T, Error>
+    where
+        F: AsyncFnOnce(&mut Client) -> Result<T, Error>,
+    {
+        let tx = ops::TxGuard::begin(self);
+        let work = f(&mut *tx.client).await;
+        let end = tx.finish(work.is_ok());
+        let ended = self.run(end).await;
+        ops::settle(work, ended)
     }
 
     /// Runs any operation to completion: the whole I/O loop of this driver.

@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 
 pub use duet_core::*;
 
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The engine this driver pumps; `#[derive(Model)]` reaches it here.
 pub use duet_core;
 
@@ -167,6 +172,12 @@ fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
     Ok(())
 }
 
+impl ops::HasConnection for Client {
+    fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
 impl Client {
     /// Connects with a `postgres://` URL or a libpq `key=value` string.
     pub fn connect(params: &str) -> Result<Client, Error> {
@@ -182,6 +193,28 @@ impl Client {
         };
         client.run(ops::Startup)?;
         Ok(client)
+    }
+
+    /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back
+    /// if it returns `Err` or panics. Nested calls use savepoints. `BEGIN`
+    /// travels with the first statement `f` sends.
+    ///
+    /// ```no_run
+    /// # use duet_sync::prelude::*;
+    /// # fn f(client: &mut Client) -> Result<(), Error> {
+    /// let moved = client.atomic(|tx| {
+    ///     let n = tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[])?;
+    ///     tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[])?;
+    ///     Ok(n)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn atomic<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        let tx = ops::TxGuard::begin(self);
+        let work = f(&mut *tx.client);
+        let end = tx.finish(work.is_ok());
+        let ended = self.run(end);
+        ops::settle(work, ended)
     }
 
     /// Runs any operation to completion: the whole I/O loop of this driver.

@@ -241,7 +241,26 @@ impl Summable for f64 {
 
 /// Something usable where an expression of type `T` is expected: a value
 /// (bound as a parameter), a column of type `T`, or a typed expression.
-/// This is what makes `User::NAME.eq(5)` a compile error.
+/// This is what makes comparing a text column with a number a compile
+/// error:
+///
+/// ```compile_fail
+/// use duet_core::orm::prelude::*;
+/// #[derive(Model)]
+/// struct User { #[duet(primary_key, auto)] id: i32, name: String }
+/// let q = User::objects().filter(User::NAME.eq(5)); // i32 is not a String
+/// ```
+///
+/// while the same comparison with a string, or between columns of one
+/// type, compiles:
+///
+/// ```
+/// use duet_core::orm::prelude::*;
+/// #[derive(Model)]
+/// struct User { #[duet(primary_key, auto)] id: i32, name: String, nick: Option<String> }
+/// let q = User::objects().filter(User::NAME.eq("ada") | User::NICK.eq(User::NICK));
+/// # let _ = q;
+/// ```
 pub trait IntoExpr<T> {
     fn into_expr(self) -> Expr;
 }

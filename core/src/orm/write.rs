@@ -246,6 +246,19 @@ column_tuples!(A 0, B 1, C 2, D 3);
 ///
 /// With [`on_conflict`](Self::on_conflict), an upsert; the output then
 /// holds only the rows inserted or updated (`DO NOTHING` skips the others).
+///
+/// ```
+/// use duet_core::orm::prelude::*;
+/// #[derive(Model)]
+/// struct Tag { #[duet(primary_key, auto)] id: i32, #[duet(unique)] name: String, uses: i32 }
+///
+/// let tags = ["rust", "sql"].map(|n| Tag { id: 0, name: n.into(), uses: 1 });
+/// // Insert new tags; for existing names, take the new `uses`.
+/// let upsert = Tag::bulk_insert(tags).on_conflict(Tag::NAME).do_update(Tag::USES);
+/// assert!(upsert.to_sql()[0].text.ends_with(
+///     r#"ON CONFLICT ("name") DO UPDATE SET "uses" = EXCLUDED."uses" RETURNING "id", "name", "uses""#
+/// ));
+/// ```
 pub struct BulkInsert<M: Model> {
     models: Vec<M>,
     conflict: Option<Conflict>,
@@ -389,6 +402,18 @@ impl<M: Model> QuerySet<M> {
     /// 23505), the row it wrote is fetched and returned instead. The query
     /// set should select on unique columns; several matches fail with
     /// [`Error::MultipleFound`].
+    ///
+    /// ```
+    /// use duet_core::orm::prelude::*;
+    /// #[derive(Model)]
+    /// struct Tag { #[duet(primary_key, auto)] id: i32, #[duet(unique)] name: String }
+    ///
+    /// // In a driver: let (tag, created) = client.run(op)?;
+    /// let op = Tag::objects()
+    ///     .filter(Tag::NAME.eq("rust"))
+    ///     .get_or_create(|| Tag { id: 0, name: "rust".into() });
+    /// # let _ = op;
+    /// ```
     pub fn get_or_create<F>(self, make: F) -> impl Operation<Output = (M, bool)> + Send
     where
         F: FnOnce() -> M + Send + 'static,
