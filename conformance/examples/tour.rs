@@ -145,6 +145,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "[sync]  pipeline: ann has {posts_by_ann} post(s), {n_authors} authors; hello is rev {}",
         hello.revision
     );
+    for (author, posts) in db.run(authors_with_posts())? {
+        println!(
+            "[sync]  prefetched in one round trip: {} wrote {} post(s)",
+            author.name,
+            posts.len()
+        );
+    }
 
     // ---- tokio: the very same operations and hooks ----
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -203,6 +203,10 @@ impl fmt::Display for Error {
                 write!(f, "query returned {n} rows, exactly one was expected")
             }
             Error::NotFound(m) => write!(f, "{m}: no row matches the query, exactly one was expected"),
+            // `get` fetches at most 21 rows: enough to say "several".
+            Error::MultipleFound(m, n) if *n > 20 => {
+                write!(f, "{m}: more than 20 rows match the query, exactly one was expected")
+            }
             Error::MultipleFound(m, n) => write!(f, "{m}: {n} rows match the query, exactly one was expected"),
             Error::Invalid(m) => write!(f, "invalid: {m}"),
         }

@@ -400,3 +400,25 @@ fn count_exists_values_aggregate_group_by() {
     let del = User::objects().filter(User::ID.lt(0)).delete();
     assert_eq!(del.inner().sql(), r#"DELETE FROM "users" WHERE ("users"."id" < $1)"#);
 }
+
+#[derive(Model, Debug, Clone)]
+#[duet(hooks)]
+struct Audited {
+    #[duet(primary_key, auto)]
+    id: i32,
+}
+
+impl Hooks for Audited {}
+
+#[test]
+fn a_transaction_around_a_hookless_save_is_one_round_trip() {
+    let post = Post {
+        id: 0,
+        user_id: 1,
+        title: "t".into(),
+    };
+    // BEGIN, INSERT and COMMIT in the first flight, one Sync.
+    assert_eq!(first_flight(atomic(post.into_save())), (3, 1));
+    // A model with hooks may queue work once the row is back: COMMIT waits.
+    assert_eq!(first_flight(atomic(Audited { id: 0 }.into_save())), (2, 1));
+}

@@ -275,6 +275,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     let n = fields.len();
     let name_str = name.to_string();
     let table_lit = LitStr::new(&table, Span::call_site());
+    let has_hooks = sattrs.hooks;
     let hooks = if sattrs.hooks {
         quote!()
     } else {
@@ -283,6 +284,8 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     Ok(quote! {
         impl #core::orm::Model for #name {
             type Key = <#pk_ty as #core::orm::KeyField>::Key;
+
+            const HAS_HOOKS: bool = #has_hooks;
 
             const META: &'static #core::orm::ModelMeta = &#core::orm::ModelMeta {
                 table: #table_lit,

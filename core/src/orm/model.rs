@@ -209,6 +209,11 @@ pub trait Model: Hooks + Sized + Send + Sync + 'static {
 
     const META: &'static ModelMeta;
 
+    /// False when the model uses the no-op [`Hooks`] (the derive without
+    /// `#[duet(hooks)]`): nothing can follow a write, so a transaction
+    /// around it can commit in the same round trip.
+    const HAS_HOOKS: bool = true;
+
     /// Decodes the model's columns by position: column `i` of the model is
     /// read from `at.get(i)`.
     fn from_row(row: &Row, at: Positions<'_>) -> Result<Self, Error>;

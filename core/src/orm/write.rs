@@ -60,6 +60,12 @@ fn update_sql<M: Model>(m: &M, key: Value) -> Sql {
     s.ident(meta.table);
     s.push(" SET ");
     let cols: Vec<usize> = (0..meta.columns.len()).filter(|&i| meta.columns[i].updated()).collect();
+    if cols.is_empty() {
+        // Nothing to write but the row must still be found and returned.
+        s.ident(meta.pk_column().name);
+        s.push(" = ");
+        s.ident(meta.pk_column().name);
+    }
     s.list(&cols, |s, &i| {
         s.ident(meta.columns[i].name);
         s.push(" = ");
@@ -117,12 +123,10 @@ where
                 insert_sql(&[m], key.is_some(), conflict.as_ref())
             }
         };
-        let before = std::mem::take(&mut ctx.queued);
         let write = Query::values(sql.text, sql.params);
-        Ok(then(pipeline((run_queued(before), write)), move |((), r)| {
-            let fresh = first_model::<M>(r)?;
-            match fresh {
-                Some(f) => *model.borrow_mut() = f,
+        let apply = move |r: QueryResult, model: &mut T| -> Result<(), Error> {
+            match first_model::<M>(r)? {
+                Some(fresh) => *model.borrow_mut() = fresh,
                 None if updating => {
                     return Err(Error::NotFound(
                         format!("{} with key {:?} (save found no row to update)", meta.name, key).into(),
@@ -130,11 +134,29 @@ where
                 }
                 None => {}
             }
+            Ok(())
+        };
+        if !M::HAS_HOOKS {
+            // No hook can queue work behind the write, so the write is the
+            // last request: a transaction around it commits in the same
+            // round trip.
+            let mut model = Some(model);
+            let op: BoxOp<'m, T> = Box::new(write.map(move |r| {
+                let mut m = model.take().ok_or_else(|| Error::misuse("save finished twice"))?;
+                apply(r, &mut m)?;
+                Ok(m)
+            }));
+            return Ok(op);
+        }
+        let before = std::mem::take(&mut ctx.queued);
+        let op: BoxOp<'m, T> = Box::new(then(pipeline((run_queued(before), write)), move |((), r)| {
+            apply(r, &mut model)?;
             model.borrow_mut().after_save(&mut ctx)?;
             let after = std::mem::take(&mut ctx.queued);
             let mut model = Some(model);
             Ok(run_queued(after).map(move |()| model.take().ok_or_else(|| Error::misuse("save finished twice"))))
-        }))
+        }));
+        Ok(op)
     });
     Box::new(op)
 }
@@ -164,14 +186,19 @@ where
         s.ident(M::META.pk_column().name);
         s.push(" = ");
         s.param(std::sync::Arc::new(key));
-        let before = std::mem::take(&mut ctx.queued);
         let write = Query::values(s.text, s.params);
-        Ok(then(pipeline((run_queued(before), write)), move |((), r)| {
+        if !M::HAS_HOOKS {
+            let op: BoxOp<'m, u64> = Box::new(write.map(|r| Ok(r.rows_affected())));
+            return Ok(op);
+        }
+        let before = std::mem::take(&mut ctx.queued);
+        let op: BoxOp<'m, u64> = Box::new(then(pipeline((run_queued(before), write)), move |((), r)| {
             let n = r.rows_affected();
             model.borrow().after_delete(&mut ctx)?;
             let after = std::mem::take(&mut ctx.queued);
             Ok(run_queued(after).map(move |()| Ok(n)))
-        }))
+        }));
+        Ok(op)
     }))
 }
 
@@ -339,11 +366,22 @@ impl<M: Model> BulkInsert<M> {
             ctx.inserting = !M::META.pk_column().auto || m.key().is_none();
             m.before_save(&mut ctx)?;
         }
-        let before = std::mem::take(&mut ctx.queued);
         let writes: Vec<Query<'static>> = Self::statements(&models, conflict.as_ref())
             .into_iter()
             .map(|s| Query::values(s.text, s.params))
             .collect();
+        if !M::HAS_HOOKS {
+            // Nothing can follow the inserts: a transaction around them
+            // commits in the same round trip.
+            return Ok(Box::new(pipeline(writes).map(|results| {
+                let mut stored = Vec::new();
+                for r in results {
+                    stored.extend(decode_models::<M>(r)?);
+                }
+                Ok(stored)
+            })));
+        }
+        let before = std::mem::take(&mut ctx.queued);
         let op =
             then(
                 pipeline((run_queued(before), pipeline(writes))),
