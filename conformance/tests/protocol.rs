@@ -56,6 +56,7 @@ conformance_tests!(
     query_opt_and_prepare_typed,
     interactive_atomic_commits_rolls_back_and_nests,
     interactive_atomic_abandoned_rolls_back,
+    atomic_after_an_application_transaction_is_top_level_again,
 );
 
 fn auth_methods_succeed<D: Driver>() {
@@ -802,4 +803,24 @@ fn interactive_atomic_abandoned_rolls_back<D: Driver>() {
         .unwrap()
         .get::<i64>(0);
     assert_eq!(n, 1);
+}
+
+fn atomic_after_an_application_transaction_is_top_level_again<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE app_then (v int4)").unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    let p: [Param; 1] = [&1i32];
+    c.run(atomic(query("INSERT INTO app_then VALUES ($1)", &p).affected()))
+        .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    // The savepoint used inside the application's transaction must not leave
+    // later transactions nesting into one that no longer exists.
+    let p: [Param; 1] = [&2i32];
+    c.run(atomic(query("INSERT INTO app_then VALUES ($1)", &p).affected()))
+        .unwrap();
+    c.atomic_script(&[TxStep::Execute("INSERT INTO app_then VALUES (3)".into())])
+        .unwrap();
+    assert_usable(&mut c);
+    let n = c.query_one("SELECT count(*) FROM app_then", &[]).unwrap().get::<i64>(0);
+    assert_eq!(n, 3);
 }

@@ -668,15 +668,31 @@ impl<O: Operation> Slot<O> {
             .take()
             .unwrap_or_else(|| Err(Error::misuse("pipeline result taken twice")))
     }
+    /// This child's own failure, the one to report.
     fn first_error(&self) -> Option<&Error> {
         match &self.result {
-            Some(Err(e)) if !matches!(e, Error::Skipped) => Some(e),
+            Some(Err(e)) if !is_consequence(e) => Some(e),
             _ => None,
         }
     }
-    fn skipped(&self) -> bool {
-        matches!(&self.result, Some(Err(Error::Skipped)))
+    /// A failure caused by another child's (see [`is_consequence`]).
+    fn skipped(&self) -> Option<&Error> {
+        match &self.result {
+            Some(Err(e)) if is_consequence(e) => Some(e),
+            _ => None,
+        }
     }
+}
+
+/// An error that only follows from an earlier failure: a statement the
+/// server skipped in the failed sync group, or one a child sent after the
+/// group (an `after_save` hook's insert, say) into a transaction a sibling's
+/// failure had already aborted (25P02). Children are polled in order, so
+/// such a follow-up can fail before the sibling that caused it is looked at:
+/// reporting it would hide the cause (a unique violation behind "current
+/// transaction is aborted").
+fn is_consequence(e: &Error) -> bool {
+    matches!(e, Error::Skipped) || e.code() == Some(sqlstate::IN_FAILED_SQL_TRANSACTION)
 }
 
 impl<P: PipelineOps> Operation for Pipeline<P> {
@@ -718,7 +734,7 @@ macro_rules! tuple_pipeline {
             fn finish(s: &mut Self::State) -> Result<Self::Output, Error> {
                 // Report the statement that failed, not the ones it skipped.
                 $( if let Some(e) = s.$idx.first_error() { return Err(e.clone()); } )+
-                $( if s.$idx.skipped() { return Err(Error::Skipped); } )+
+                $( if let Some(e) = s.$idx.skipped() { return Err(e.clone()); } )+
                 Ok(($(s.$idx.take()?,)+))
             }
             fn abandon(s: &mut Self::State, conn: &mut Connection) {
@@ -759,8 +775,8 @@ impl<O: Operation> PipelineOps for Vec<O> {
         if let Some(e) = s.iter().find_map(|x| x.first_error()) {
             return Err(e.clone());
         }
-        if s.iter().any(|x| x.skipped()) {
-            return Err(Error::Skipped);
+        if let Some(e) = s.iter().find_map(|x| x.skipped()) {
+            return Err(e.clone());
         }
         s.iter_mut().map(|x| x.take()).collect()
     }
@@ -828,17 +844,22 @@ pub struct TxGuard<'c, C: HasConnection> {
     /// The client, for the closure to run statements on.
     pub client: &'c mut C,
     scope: Option<Scope>,
+    /// The nesting depth to restore when this scope ends (not `scope - 1`:
+    /// inside an application's own transaction the first scope is level 1).
+    prev_depth: u32,
 }
 
 impl<'c, C: HasConnection> TxGuard<'c, C> {
     pub fn begin(client: &'c mut C) -> Self {
         let conn = client.connection_mut();
         let scope = Scope::next(conn);
+        let prev_depth = conn.atomic_depth();
         conn.submit_detached(&scope.begin_sql());
         conn.set_atomic_depth(scope.0 + 1);
         TxGuard {
             client,
             scope: Some(scope),
+            prev_depth,
         }
     }
 
@@ -847,7 +868,8 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
     /// worked; a failed commit (a deferred constraint, say) is an error.
     pub fn finish(mut self, commit: bool) -> impl Operation<Output = ()> + Send + 'static {
         let scope = self.scope.take().unwrap_or(Scope(0));
-        self.client.connection_mut().set_atomic_depth(scope.0);
+        let prev = self.prev_depth;
+        self.client.connection_mut().set_atomic_depth(prev);
         let sql = if commit {
             scope.commit_sql()
         } else {
@@ -869,7 +891,7 @@ impl<C: HasConnection> Drop for TxGuard<'_, C> {
     fn drop(&mut self) {
         if let Some(scope) = self.scope.take() {
             let conn = self.client.connection_mut();
-            conn.set_atomic_depth(scope.0);
+            conn.set_atomic_depth(self.prev_depth);
             conn.submit_detached(&scope.rollback_sql());
         }
     }
@@ -906,6 +928,7 @@ pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
     Atomic {
         op,
         depth: 0,
+        prev_depth: 0,
         begin: None,
         begin_result: None,
         output: None,
@@ -921,6 +944,8 @@ pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
 pub struct Atomic<O: Operation> {
     op: O,
     depth: u32,
+    /// The depth to restore when this transaction ends.
+    prev_depth: u32,
     begin: Option<Ticket>,
     begin_result: Option<Result<(), Error>>,
     output: Option<Result<O::Output, Error>>,
@@ -938,7 +963,7 @@ impl<O: Operation> Atomic<O> {
 
     fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
         self.commit = Some(self.submit_sql(conn, &Scope(self.depth).commit_sql(), now)?);
-        conn.set_atomic_depth(self.depth);
+        conn.set_atomic_depth(self.prev_depth);
         Ok(())
     }
 
@@ -979,6 +1004,7 @@ impl<O: Operation> Operation for Atomic<O> {
             // Inside a transaction the application opened itself, BEGIN
             // would only warn and COMMIT would end the outer transaction:
             // nest with a savepoint instead.
+            self.prev_depth = conn.atomic_depth();
             self.depth = Scope::next(conn).0;
             match self.submit_sql(conn, &Scope(self.depth).begin_sql(), now) {
                 Ok(t) => self.begin = Some(t),
@@ -1030,7 +1056,7 @@ impl<O: Operation> Operation for Atomic<O> {
             }
             Some(e) => {
                 if self.commit.is_none() {
-                    conn.set_atomic_depth(self.depth);
+                    conn.set_atomic_depth(self.prev_depth);
                 }
                 let committed_or_gone = self.depth == 0
                     && self.commit_result.as_ref().is_some_and(|r| r.is_err())
@@ -1070,7 +1096,7 @@ impl<O: Operation> Operation for Atomic<O> {
             return;
         }
         if self.started {
-            conn.set_atomic_depth(self.depth);
+            conn.set_atomic_depth(self.prev_depth);
             // Roll back whatever this transaction did; harmless (a warning)
             // if its COMMIT already went through.
             conn.submit_detached(&self.rollback_sql());

@@ -212,6 +212,16 @@ impl<M: Model> QuerySet<M> {
         }
     }
 
+    /// `SELECT pk FROM … WHERE …`: the keys of the same rows, for a
+    /// subquery, with the order and limit that choose them. DISTINCT is
+    /// dropped: rows that include the primary key are distinct already, and
+    /// under DISTINCT an ORDER BY on anything but the key is refused (42P10).
+    pub(crate) fn pk_select(&self) -> Select {
+        let mut sel = self.select(vec![Self::pk_expr()]);
+        sel.distinct = false;
+        sel
+    }
+
     /// The SQL `all` would send.
     pub fn to_sql(&self) -> Sql {
         self.select(Self::model_columns()).to_sql()
@@ -273,12 +283,28 @@ impl<M: Model> QuerySet<M> {
     }
 
     /// `COUNT(*)` of the matching rows (of the limited, distinct set if the
-    /// query set has a limit or `distinct`).
+    /// query set has a limit or `distinct`; the number of groups with
+    /// [`group_by`](Self::group_by)).
     pub fn count(self) -> Fetch<i64> {
         let mut s = Sql::new();
-        if self.limit.is_some() || self.offset.is_some() || self.distinct {
+        let limited = self.limit.is_some() || self.offset.is_some();
+        if limited || self.distinct || !self.group_by.is_empty() {
+            // Grouped, the outer COUNT counts groups: the subquery selects
+            // the group keys (model columns would not be grouped).
+            let cols = if self.group_by.is_empty() {
+                Self::model_columns()
+            } else {
+                self.group_by.clone()
+            };
+            let mut sel = self.select(cols);
+            if !limited {
+                // Without a limit the order cannot change the count: skip
+                // the sort.
+                sel.order.clear();
+            }
+            sel.lock = None;
             s.push("SELECT COUNT(*) FROM (");
-            self.select(Self::model_columns()).render(&mut s);
+            sel.render(&mut s);
             s.push(") AS \"duet_counted\"");
         } else {
             let mut sel = self.select(vec![Expr::Func {
@@ -287,6 +313,7 @@ impl<M: Model> QuerySet<M> {
                 cast: None,
             }]);
             sel.order.clear();
+            sel.lock = None;
             sel.render(&mut s);
         }
         Query::values(s.text, s.params).map(|r| one_row(r)?.try_get(0))
@@ -296,7 +323,13 @@ impl<M: Model> QuerySet<M> {
     pub fn exists(self) -> Fetch<bool> {
         let mut s = Sql::new();
         s.push("SELECT EXISTS (");
-        let mut sel = self.select(vec![Expr::Star]);
+        // Grouped, `*` would name ungrouped columns: select the group keys.
+        let cols = if self.group_by.is_empty() {
+            vec![Expr::Star]
+        } else {
+            self.group_by.clone()
+        };
+        let mut sel = self.select(cols);
         sel.order.clear();
         sel.render(&mut s);
         s.push(")");
@@ -315,12 +348,30 @@ impl<M: Model> QuerySet<M> {
     }
 
     /// Aggregates over the whole query set, one row:
-    /// `aggregate((count(), sum(User::LOGINS)))`.
+    /// `aggregate((count(), sum(User::LOGINS)))`. For one row per group use
+    /// [`values`](Self::values) with [`group_by`](Self::group_by).
     pub fn aggregate<S: Selection>(self, selection: S) -> Fetch<S::Out> {
         let mut cols = Vec::new();
         selection.exprs(&mut cols);
+        if self.limit.is_some() || self.offset.is_some() {
+            // LIMIT applies to the rows aggregated, not to the one result
+            // row: aggregate over the limited set, aliased as the table so
+            // the column references still resolve.
+            let mut inner = self.select(Self::model_columns());
+            inner.lock = None;
+            let mut s = Sql::new();
+            s.push("SELECT ");
+            s.list(&cols, |s, c| s.expr(c));
+            s.push(" FROM (");
+            inner.render(&mut s);
+            s.push(") AS ");
+            s.ident(M::META.table);
+            return Query::values(s.text, s.params).map(|r| S::decode(&one_row(r)?, 0));
+        }
         let mut sel = self.select(cols);
         sel.order.clear();
+        // FOR UPDATE is not allowed with aggregates.
+        sel.lock = None;
         Self::run(sel, |r| S::decode(&one_row(r)?, 0))
     }
 
@@ -362,7 +413,7 @@ impl<M: Model> QuerySet<M> {
             s.push(" WHERE ");
             s.expr(&Expr::InSelect {
                 expr: Box::new(Self::pk_expr()),
-                select: Box::new(self.select(vec![Self::pk_expr()])),
+                select: Box::new(self.pk_select()),
             });
         }
     }

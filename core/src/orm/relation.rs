@@ -246,7 +246,7 @@ impl<M: Model> Fetch for QuerySet<M> {
         *self = std::mem::take(self).filter(c);
     }
     fn key_select(&self) -> Select {
-        self.select(vec![QuerySet::<M>::pk_expr()])
+        self.pk_select()
     }
     fn is_deterministic(&self) -> bool {
         QuerySet::is_deterministic(self)

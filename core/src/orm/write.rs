@@ -213,7 +213,14 @@ pub struct Conflict {
 impl Conflict {
     fn on_pk<M: Model>() -> Conflict {
         let meta = M::META;
-        let update: Vec<&'static str> = meta.columns.iter().filter(|c| c.updated()).map(|c| c.name).collect();
+        // Only what the INSERT supplied: EXCLUDED of a left-out column is its
+        // default, which would overwrite the stored value.
+        let update: Vec<&'static str> = meta
+            .columns
+            .iter()
+            .filter(|c| c.updated() && c.inserted(true))
+            .map(|c| c.name)
+            .collect();
         Conflict {
             target: vec![meta.pk_column().name],
             update: Some(update),
@@ -347,8 +354,10 @@ impl<M: Model> BulkInsert<M> {
         let mut i = 0;
         while i < models.len() {
             let has_key = models[i].key().is_some();
-            let width = M::META.columns.iter().filter(|c| c.inserted(has_key)).count().max(1);
-            let per_statement = MAX_PARAMS / width;
+            let width = M::META.columns.iter().filter(|c| c.inserted(has_key)).count();
+            // Nothing to bind: `DEFAULT VALUES` inserts one row, so each
+            // model needs a statement of its own (all still in one batch).
+            let per_statement = MAX_PARAMS.checked_div(width).unwrap_or(1);
             let mut chunk: Vec<&M> = Vec::new();
             while i < models.len() && chunk.len() < per_statement && models[i].key().is_some() == has_key {
                 chunk.push(&models[i]);
