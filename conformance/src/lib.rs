@@ -58,6 +58,9 @@ pub enum TxStep {
     Nested(Vec<TxStep>),
     /// Returns this error from the closure: the scope rolls back.
     Fail(String),
+    /// Runs a statement and ignores its error (logs `"ignored: …"`): the
+    /// transaction is then failed and must not report a commit.
+    Swallow(String),
 }
 
 fn script_sync(c: &mut duet_sync::Client, script: &[TxStep]) -> Result<Vec<String>, Error> {
@@ -71,6 +74,11 @@ fn script_sync(c: &mut duet_sync::Client, script: &[TxStep]) -> Result<Vec<Strin
                     Err(e) => log.push(format!("nested failed: {e}")),
                 },
                 TxStep::Fail(m) => return Err(Error::invalid(m.clone())),
+                TxStep::Swallow(sql) => {
+                    if let Err(e) = tx.execute(sql, &[]) {
+                        log.push(format!("ignored: {e}"));
+                    }
+                }
             }
         }
         Ok(log)
@@ -92,6 +100,11 @@ fn script_tokio<'a>(
                         Err(e) => log.push(format!("nested failed: {e}")),
                     },
                     TxStep::Fail(m) => return Err(Error::invalid(m.clone())),
+                    TxStep::Swallow(sql) => {
+                        if let Err(e) = tx.execute(sql, &[]).await {
+                            log.push(format!("ignored: {e}"));
+                        }
+                    }
                 }
             }
             Ok(log)

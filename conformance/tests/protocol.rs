@@ -771,6 +771,12 @@ fn interactive_atomic_commits_rolls_back_and_nests<D: Driver>() {
     let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(got, [1, 3], "the failed savepoint's row is gone, the others committed");
 
+    // An error the closure swallows still fails the transaction: COMMIT is
+    // answered with ROLLBACK, which must not read as success.
+    let err = c
+        .atomic_script(&[ins(6), TxStep::Swallow("INSERT INTO itx VALUES ('y')".into())])
+        .unwrap_err();
+    assert_eq!(err.code(), Some("25P02"), "{err}");
     let err = c
         .atomic_script(&[ins(4), TxStep::Fail("outer gives up".into())])
         .unwrap_err();

@@ -904,8 +904,27 @@ fn simple_query_owned(sql: String) -> Single<'static, ()> {
             c.submit(Request::simple(&sql), now)
         })),
         ticket: None,
-        convert: |_| Ok(()),
+        convert: |r| match r {
+            Response::Simple(m)
+                if m.iter()
+                    .any(|m| matches!(m, SimpleMessage::CommandComplete(t) if t == "ROLLBACK")) =>
+            {
+                Err(commit_rolled_back())
+            }
+            _ => Ok(()),
+        },
     }
+}
+
+/// PostgreSQL answers COMMIT in a failed transaction with the tag
+/// `ROLLBACK` and no error: the caller must not hear "committed".
+fn commit_rolled_back() -> Error {
+    Error::Db(Box::new(crate::DbError {
+        severity: "ERROR".into(),
+        code: sqlstate::IN_FAILED_SQL_TRANSACTION.into(),
+        message: "COMMIT rolled the transaction back: a statement in it had failed".into(),
+        ..Default::default()
+    }))
 }
 
 /// Runs `op` in a transaction: `BEGIN`, the work and `COMMIT` go out
@@ -1035,7 +1054,10 @@ impl<O: Operation> Operation for Atomic<O> {
         }
         if let (Some(t), None) = (self.commit, &self.commit_result) {
             if let Some(r) = conn.take_result(t) {
-                self.commit_result = Some(r.map(|_| ()));
+                self.commit_result = Some(r.and_then(|resp| match resp {
+                    Response::Rows(q) if q.tag.as_deref() == Some("ROLLBACK") => Err(commit_rolled_back()),
+                    _ => Ok(()),
+                }));
             }
         }
         let (Some(begin), Some(output)) = (&self.begin_result, &self.output) else {

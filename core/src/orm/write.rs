@@ -438,6 +438,13 @@ impl<M: Model> Operation for BulkInsert<M> {
     }
 }
 
+fn insert_one<M: Model>(m: M) -> impl Operation<Output = M> + Send {
+    BulkInsert::new([m]).map(|mut v| {
+        v.pop()
+            .ok_or_else(|| Error::protocol("INSERT … RETURNING returned no row"))
+    })
+}
+
 fn is_unique_violation(e: &Error) -> bool {
     e.code() == Some(sqlstate::UNIQUE_VIOLATION)
 }
@@ -472,7 +479,9 @@ impl<M: Model> QuerySet<M> {
                 if let Some(m) = found {
                     return Ok(Box::new(ready(Ok((m, false)))));
                 }
-                let insert = atomic(save::<M, M>(make()));
+                // A plain INSERT even for a given key (save would upsert and never
+                // see the concurrent row).
+                let insert = atomic(insert_one(make()));
                 Ok(Box::new(then_result(
                     insert,
                     move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
@@ -508,7 +517,9 @@ impl<M: Model> QuerySet<M> {
                 if let Some(m) = found {
                     return Ok(update_found(m, update));
                 }
-                let insert = atomic(save::<M, M>(make()));
+                // A plain INSERT even for a given key (save would upsert and never
+                // see the concurrent row).
+                let insert = atomic(insert_one(make()));
                 Ok(Box::new(then_result(
                     insert,
                     move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
