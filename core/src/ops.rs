@@ -1083,7 +1083,9 @@ impl<O: Operation> Operation for Atomic<O> {
                 let committed_or_gone = self.depth == 0
                     && self.commit_result.as_ref().is_some_and(|r| r.is_err())
                     && conn.transaction_status() == TransactionStatus::Idle;
-                if committed_or_gone || e.is_fatal() {
+                // Only a closed socket makes the rollback pointless: a client-side
+                // error of a fatal-looking kind still leaves a live transaction.
+                if committed_or_gone || conn.closed_reason().is_some() {
                     return self.done(Err(e));
                 }
                 let sql = self.rollback_sql();
