@@ -161,6 +161,23 @@ fn default_table_name(name: &str) -> String {
     }
 }
 
+/// `i16`/`i32`/`i64`, or `Option` of one: what an identity column holds.
+fn is_integer_key(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    if last.ident == "Option" {
+        if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+            if let Some(syn::GenericArgument::Type(inner)) = args.args.first() {
+                return is_integer_key(inner);
+            }
+        }
+        return false;
+    }
+    ["i16", "i32", "i64"].iter().any(|t| last.ident == t)
+}
+
 fn is_option(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.segments.last().is_some_and(|s| s.ident == "Option"))
 }
@@ -200,6 +217,12 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 return Err(syn::Error::new_spanned(
                     ident,
                     "a model has one primary_key (composite keys are not supported)",
+                ));
+            }
+            if a.auto && !is_integer_key(ty) {
+                return Err(syn::Error::new_spanned(
+                    ty,
+                    "auto (a database-assigned identity) needs an integer key: i16, i32, i64 or an Option of one",
                 ));
             }
             pk = Some((i, ident, ty, a.auto));

@@ -198,11 +198,18 @@ given_keys!(String, uuid::Uuid);
 /// Struct attributes: `table = "name"` (default: the snake_case plural of
 /// the struct's name), `hooks` (the model implements [`Hooks`] itself;
 /// otherwise the derive adds the no-op impl). Field attributes:
-/// `primary_key`, `auto` (the database assigns it), `column = "name"`,
+/// `primary_key`, `auto` (the database assigns it; integer keys only),
+/// `column = "name"`,
 /// `default = "SQL"` (left out of inserts, declared in `create_table`),
 /// `skip_insert`, `generated = "SQL"` (never written), `unique`,
 /// `sql_type = "varchar(40)"`, `references = OtherModel` with
 /// `on_delete = "cascade"`.
+///
+/// ```compile_fail
+/// use duet_core::orm::prelude::*;
+/// #[derive(Model)]
+/// struct Badge { #[duet(primary_key, auto)] code: String } // auto needs an integer key
+/// ```
 pub trait Model: Hooks + Sized + Send + Sync + 'static {
     /// The primary key's type (without `Option`).
     type Key: Key;
