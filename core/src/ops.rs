@@ -231,6 +231,45 @@ where
     }
 }
 
+/// The inner operation of a builder that is itself an operation (an
+/// `Update`, a `BulkInsert`): built from the builder on the first poll, then
+/// polled. What [`lazy`] does for a closure, for a struct that keeps its
+/// builder methods.
+pub struct Deferred<O>(Option<O>);
+
+impl<O: Operation> Default for Deferred<O> {
+    fn default() -> Self {
+        Deferred(None)
+    }
+}
+
+impl<O: Operation> Deferred<O> {
+    /// Builds the operation if this is the first poll (`build` may finish
+    /// early with an output or an error), then polls it.
+    pub fn poll_with(
+        &mut self,
+        conn: &mut Connection,
+        now: Instant,
+        build: impl FnOnce() -> Result<O, Step<O::Output>>,
+    ) -> Step<O::Output> {
+        if self.0.is_none() {
+            match build() {
+                Ok(op) => self.0 = Some(op),
+                Err(early) => return early,
+            }
+        }
+        self.0.as_mut().expect("built above").poll(conn, now)
+    }
+    pub fn submitted_all(&self) -> bool {
+        self.0.as_ref().is_some_and(|o| o.submitted_all())
+    }
+    pub fn abandon(&mut self, conn: &mut Connection) {
+        if let Some(op) = &mut self.0 {
+            op.abandon(conn);
+        }
+    }
+}
+
 /// An operation behind a box, when branches build different operations.
 pub type BoxOp<'a, T> = Box<dyn Operation<Output = T> + Send + 'a>;
 

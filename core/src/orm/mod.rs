@@ -43,7 +43,7 @@ pub use expr::{
     SqlType, Typed, Value,
 };
 pub use model::{ColumnDef, HookCtx, Hooks, Key, KeyField, Model, ModelMeta, Positions};
-pub use queryset::{value, Fetch as FetchOp, QuerySet, Update};
+pub use queryset::{value, FetchOp, QuerySet, Update};
 pub use raw::Raw;
 pub use relation::{Fetch, FkField, ForeignKey, Joined, Prefetch, PrefetchMode};
 pub use render::{Select, Sql};

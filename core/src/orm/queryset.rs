@@ -238,7 +238,7 @@ impl<M: Model> QuerySet<M> {
         matches!(self.order.last(), Some(o) if matches!(o.expr, Expr::Column { table, name } if table == M::META.table && name == pk))
     }
 
-    fn run<T: Send + 'static>(select: Select, decode: fn(QueryResult) -> Result<T, Error>) -> Fetch<T> {
+    fn run<T: Send + 'static>(select: Select, decode: fn(QueryResult) -> Result<T, Error>) -> FetchOp<T> {
         let sql = select.to_sql();
         Query::values(sql.text, sql.params).map(decode)
     }
@@ -246,13 +246,13 @@ impl<M: Model> QuerySet<M> {
     // ---- finishing methods ----
 
     /// Every matching row.
-    pub fn all(self) -> Fetch<Vec<M>> {
+    pub fn all(self) -> FetchOp<Vec<M>> {
         Self::run(self.select(Self::model_columns()), decode_models::<M>)
     }
 
     /// Exactly one row: [`Error::NotFound`] if none matches,
     /// [`Error::MultipleFound`] if several do.
-    pub fn get(mut self) -> Fetch<M> {
+    pub fn get(mut self) -> FetchOp<M> {
         self.limit = Some(self.limit.map_or(GET_LIMIT, |l| l.min(GET_LIMIT)));
         Self::run(self.select(Self::model_columns()), |r| {
             exactly_one(decode_models::<M>(r)?)
@@ -261,7 +261,7 @@ impl<M: Model> QuerySet<M> {
 
     /// At most one row: `None` if none matches, [`Error::MultipleFound`] if
     /// several do.
-    pub fn get_opt(mut self) -> Fetch<Option<M>> {
+    pub fn get_opt(mut self) -> FetchOp<Option<M>> {
         self.limit = Some(self.limit.map_or(GET_LIMIT, |l| l.min(GET_LIMIT)));
         Self::run(self.select(Self::model_columns()), |r| {
             at_most_one(decode_models::<M>(r)?)
@@ -270,7 +270,7 @@ impl<M: Model> QuerySet<M> {
 
     /// The first row in the query set's order (by primary key if it has
     /// none), or `None`.
-    pub fn first(mut self) -> Fetch<Option<M>> {
+    pub fn first(mut self) -> FetchOp<Option<M>> {
         if self.order.is_empty() {
             self.order.push(Order {
                 expr: Self::pk_expr(),
@@ -285,7 +285,7 @@ impl<M: Model> QuerySet<M> {
     /// `COUNT(*)` of the matching rows (of the limited, distinct set if the
     /// query set has a limit or `distinct`; the number of groups with
     /// [`group_by`](Self::group_by)).
-    pub fn count(self) -> Fetch<i64> {
+    pub fn count(self) -> FetchOp<i64> {
         let mut s = Sql::new();
         let limited = self.limit.is_some() || self.offset.is_some();
         if limited || self.distinct || !self.group_by.is_empty() {
@@ -320,7 +320,7 @@ impl<M: Model> QuerySet<M> {
     }
 
     /// Whether any row matches.
-    pub fn exists(self) -> Fetch<bool> {
+    pub fn exists(self) -> FetchOp<bool> {
         let mut s = Sql::new();
         s.push("SELECT EXISTS (");
         // Grouped, `*` would name ungrouped columns: select the group keys.
@@ -339,7 +339,7 @@ impl<M: Model> QuerySet<M> {
     /// Some columns or expressions of every matching row, as tuples:
     /// `values((User::ID, User::NAME))` gives `Vec<(i32, String)>`. With
     /// [`group_by`](Self::group_by), one tuple per group.
-    pub fn values<S: Selection>(self, selection: S) -> Fetch<Vec<S::Out>> {
+    pub fn values<S: Selection>(self, selection: S) -> FetchOp<Vec<S::Out>> {
         let mut cols = Vec::new();
         selection.exprs(&mut cols);
         Self::run(self.select(cols), |r| {
@@ -350,7 +350,7 @@ impl<M: Model> QuerySet<M> {
     /// Aggregates over the whole query set, one row:
     /// `aggregate((count(), sum(User::LOGINS)))`. For one row per group use
     /// [`values`](Self::values) with [`group_by`](Self::group_by).
-    pub fn aggregate<S: Selection>(self, selection: S) -> Fetch<S::Out> {
+    pub fn aggregate<S: Selection>(self, selection: S) -> FetchOp<S::Out> {
         let mut cols = Vec::new();
         selection.exprs(&mut cols);
         if self.limit.is_some() || self.offset.is_some() {
@@ -381,13 +381,13 @@ impl<M: Model> QuerySet<M> {
         Update {
             qs: self,
             sets: Vec::new(),
-            op: None,
+            op: Default::default(),
         }
     }
 
     /// `DELETE` of every matching row; the number deleted. Model hooks do
     /// not run (no model is loaded).
-    pub fn delete(self) -> Fetch<u64> {
+    pub fn delete(self) -> FetchOp<u64> {
         let mut s = Sql::new();
         s.push("DELETE FROM ");
         s.ident(M::META.table);
@@ -428,7 +428,7 @@ fn one_row(r: QueryResult) -> Result<Row, Error> {
 
 /// The operation a query set's finishing method returns: one statement and
 /// how to decode its rows.
-pub type Fetch<T> = crate::ops::Map<Query<'static>, fn(QueryResult) -> Result<T, Error>>;
+pub type FetchOp<T> = crate::ops::Map<Query<'static>, fn(QueryResult) -> Result<T, Error>>;
 
 /// `UPDATE … SET …` on a query set. It is itself the operation (the number
 /// of rows updated).
@@ -448,7 +448,7 @@ pub type Fetch<T> = crate::ops::Map<Query<'static>, fn(QueryResult) -> Result<T,
 pub struct Update<M> {
     qs: QuerySet<M>,
     sets: Vec<(&'static str, Expr)>,
-    op: Option<Fetch<u64>>,
+    op: crate::ops::Deferred<FetchOp<u64>>,
 }
 
 impl<M: Model> Update<M> {
@@ -460,39 +460,41 @@ impl<M: Model> Update<M> {
     }
 
     pub fn to_sql(&self) -> Sql {
-        let mut s = Sql::new();
-        s.push("UPDATE ");
-        s.ident(M::META.table);
-        s.push(" SET ");
-        s.list(&self.sets, |s, (name, e)| {
-            s.ident(name);
-            s.push(" = ");
-            s.expr(e);
-        });
-        self.qs.render_where(&mut s);
-        s
+        render_update(&self.qs, &self.sets)
     }
+}
+
+fn render_update<M: Model>(qs: &QuerySet<M>, sets: &[(&'static str, Expr)]) -> Sql {
+    let mut s = Sql::new();
+    s.push("UPDATE ");
+    s.ident(M::META.table);
+    s.push(" SET ");
+    s.list(sets, |s, (name, e)| {
+        s.ident(name);
+        s.push(" = ");
+        s.expr(e);
+    });
+    qs.render_where(&mut s);
+    s
 }
 
 impl<M: Model> Operation for Update<M> {
     type Output = u64;
     fn poll(&mut self, conn: &mut crate::Connection, now: std::time::Instant) -> crate::Step<u64> {
-        if self.op.is_none() {
-            if self.sets.is_empty() {
-                return crate::Step::Ready(Err(Error::misuse("update() without any set()")));
+        let Update { qs, sets, op } = self;
+        op.poll_with(conn, now, || {
+            if sets.is_empty() {
+                return Err(crate::Step::Ready(Err(Error::misuse("update() without any set()"))));
             }
-            let s = self.to_sql();
-            self.op = Some(Query::values(s.text, s.params).map(|r| Ok(r.rows_affected())));
-        }
-        self.op.as_mut().expect("built above").poll(conn, now)
+            let s = render_update(qs, sets);
+            Ok(Query::values(s.text, s.params).map(|r| Ok(r.rows_affected())))
+        })
     }
     fn submitted_all(&self) -> bool {
-        self.op.as_ref().is_some_and(|o| o.submitted_all())
+        self.op.submitted_all()
     }
     fn abandon(&mut self, conn: &mut crate::Connection) {
-        if let Some(op) = &mut self.op {
-            op.abandon(conn);
-        }
+        self.op.abandon(conn)
     }
 }
 

@@ -46,7 +46,7 @@ impl<M: Model> Raw<M> {
 
     /// Every row, as models.
     pub fn all(self) -> impl Operation<Output = Vec<M>> + Send {
-        let op: super::queryset::Fetch<Vec<M>> = Query::values(self.sql, self.params).map(decode_by_name::<M>);
+        let op: super::queryset::FetchOp<Vec<M>> = Query::values(self.sql, self.params).map(decode_by_name::<M>);
         op
     }
 }

@@ -296,7 +296,7 @@ column_tuples!(A 0, B 1, C 2, D 3);
 pub struct BulkInsert<M: Model> {
     models: Vec<M>,
     conflict: Option<Conflict>,
-    op: Option<BoxOp<'static, Vec<M>>>,
+    op: crate::ops::Deferred<BoxOp<'static, Vec<M>>>,
 }
 
 /// The first half of an upsert: the conflict target is chosen, the action
@@ -331,7 +331,7 @@ impl<M: Model> BulkInsert<M> {
         BulkInsert {
             models: models.into_iter().collect(),
             conflict: None,
-            op: None,
+            op: Default::default(),
         }
     }
 
@@ -417,24 +417,19 @@ impl<M: Model> BulkInsert<M> {
 impl<M: Model> Operation for BulkInsert<M> {
     type Output = Vec<M>;
     fn poll(&mut self, conn: &mut crate::Connection, now: std::time::Instant) -> crate::Step<Vec<M>> {
-        if self.op.is_none() {
-            if self.models.is_empty() {
-                return crate::Step::Ready(Ok(Vec::new()));
+        let BulkInsert { models, conflict, op } = self;
+        op.poll_with(conn, now, || {
+            if models.is_empty() {
+                return Err(crate::Step::Ready(Ok(Vec::new())));
             }
-            match Self::build(std::mem::take(&mut self.models), self.conflict.take()) {
-                Ok(op) => self.op = Some(op),
-                Err(e) => return crate::Step::Ready(Err(e)),
-            }
-        }
-        self.op.as_mut().expect("built above").poll(conn, now)
+            Self::build(std::mem::take(models), conflict.take()).map_err(|e| crate::Step::Ready(Err(e)))
+        })
     }
     fn submitted_all(&self) -> bool {
-        self.op.as_ref().is_some_and(|o| o.submitted_all())
+        self.op.submitted_all()
     }
     fn abandon(&mut self, conn: &mut crate::Connection) {
-        if let Some(op) = &mut self.op {
-            op.abandon(conn);
-        }
+        self.op.abandon(conn)
     }
 }
 
@@ -443,6 +438,27 @@ fn insert_one<M: Model>(m: M) -> impl Operation<Output = M> + Send {
         v.pop()
             .ok_or_else(|| Error::protocol("INSERT … RETURNING returned no row"))
     })
+}
+
+/// Inserts `model` under a savepoint: `(model, true)`, or, if a concurrent
+/// writer got the same unique key in first (23505), what `recover` fetches.
+/// A plain INSERT even for a given key: `save` would upsert and never see
+/// the concurrent row.
+fn insert_or_recover<M, R>(model: M, recover: R) -> BoxOp<'static, (M, bool)>
+where
+    M: Model,
+    R: FnOnce() -> BoxOp<'static, (M, bool)> + Send + 'static,
+{
+    Box::new(then_result(
+        atomic(insert_one(model)),
+        move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
+            match r {
+                Ok(m) => Ok(Box::new(ready(Ok((m, true))))),
+                Err(e) if is_unique_violation(&e) => Ok(recover()),
+                Err(e) => Err(e),
+            }
+        },
+    ))
 }
 
 fn is_unique_violation(e: &Error) -> bool {
@@ -476,22 +492,10 @@ impl<M: Model> QuerySet<M> {
         then(
             self.get_opt(),
             move |found| -> Result<BoxOp<'static, (M, bool)>, Error> {
-                if let Some(m) = found {
-                    return Ok(Box::new(ready(Ok((m, false)))));
-                }
-                // A plain INSERT even for a given key (save would upsert and never
-                // see the concurrent row).
-                let insert = atomic(insert_one(make()));
-                Ok(Box::new(then_result(
-                    insert,
-                    move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
-                        match r {
-                            Ok(m) => Ok(Box::new(ready(Ok((m, true))))),
-                            Err(e) if is_unique_violation(&e) => Ok(Box::new(again.get().map(|m| Ok((m, false))))),
-                            Err(e) => Err(e),
-                        }
-                    },
-                )))
+                Ok(match found {
+                    Some(m) => Box::new(ready(Ok((m, false)))),
+                    None => insert_or_recover(make(), move || Box::new(again.get().map(|m| Ok((m, false))))),
+                })
             },
         )
     }
@@ -514,24 +518,12 @@ impl<M: Model> QuerySet<M> {
         atomic(then(
             locked.get_opt(),
             move |found| -> Result<BoxOp<'static, (M, bool)>, Error> {
-                if let Some(m) = found {
-                    return Ok(update_found(m, update));
-                }
-                // A plain INSERT even for a given key (save would upsert and never
-                // see the concurrent row).
-                let insert = atomic(insert_one(make()));
-                Ok(Box::new(then_result(
-                    insert,
-                    move |r| -> Result<BoxOp<'static, (M, bool)>, Error> {
-                        match r {
-                            Ok(m) => Ok(Box::new(ready(Ok((m, true))))),
-                            Err(e) if is_unique_violation(&e) => {
-                                Ok(Box::new(then(again.get(), move |m| Ok(update_found(m, update)))))
-                            }
-                            Err(e) => Err(e),
-                        }
-                    },
-                )))
+                Ok(match found {
+                    Some(m) => update_found(m, update),
+                    None => insert_or_recover(make(), move || {
+                        Box::new(then(again.get(), move |m| Ok(update_found(m, update))))
+                    }),
+                })
             },
         ))
     }
