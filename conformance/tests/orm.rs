@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use duet_conformance::server::TestServer;
 use duet_conformance::{conformance_tests, Driver};
-use duet_core::ops::{then_result, Query};
+use duet_core::ops::{ready, then, then_result, Query};
 use duet_core::orm::prelude::*;
 use duet_core::orm::{Cond, HookCtx, Hooks};
 use duet_core::{Error, Operation, TransactionStatus};
@@ -421,6 +421,8 @@ conformance_tests!(
     before_save_queued_work_shares_the_write_batch,
     derive_attributes_generated_skip_insert_sql_type_set_null,
     for_update_locks_the_rows,
+    failed_pipeline_runs_no_after_hooks,
+    pipelined_transactions_keep_their_own_outcome,
 );
 
 // ---- 1. save / delete ----
@@ -697,6 +699,17 @@ fn filters_combinators_exclude_and_expressions<D: Driver>() {
         .order_by(User::ID)
         .values(User::NAME);
     assert_eq!(run(&mut c, q), [BOB, PCT]);
+    // exclude drops what matches and keeps rows whose column is NULL;
+    // `not` follows SQL and drops those too.
+    let but_red = |q: QuerySet<User>| q.order_by(User::ID).values(User::NAME);
+    assert_eq!(
+        run(&mut c, but_red(User::objects().exclude(User::HAIR_COLOR.eq("red")))),
+        [BOB, CY, PCT, WILD]
+    );
+    assert_eq!(
+        run(&mut c, but_red(User::objects().filter(not(User::HAIR_COLOR.eq("red"))))),
+        [CY, WILD]
+    );
     // Expressions.
     assert_eq!(names(&mut c, (User::LOGINS + 1).eq(3)), [BOB, CY]);
     assert_eq!(names(&mut c, (User::LOGINS * 2).gt(User::LOGINS + 3)), [PCT, WILD]);
@@ -1779,8 +1792,8 @@ fn pipeline_and_atomic_at_orm_level<D: Driver>() {
     assert_eq!(user_count(&mut c), 2);
 
     // A failing pipeline outside a transaction: one sync group, so the
-    // statement before the failure is rolled back too. (Its after_save
-    // still runs: see `failed_pipeline_runs_no_after_hooks`.)
+    // statement before the failure is rolled back too, and its after_save
+    // does not run (see `failed_pipeline_runs_no_after_hooks`).
     let mut cy = User::new("cy@x", "Cy");
     let mut dup = User::new("ada@x", "Dup");
     let e = fails(&mut c, pipeline((cy.save(), dup.save())));
@@ -1868,38 +1881,99 @@ fn pipeline_and_atomic_at_orm_level<D: Driver>() {
 }
 
 /// A save whose sync group fails after it (outside a transaction) is
-/// rolled back by the server, so its `after_save` must not run: today it
-/// does, and the audit row it queues commits on its own, naming a user that
-/// does not exist. The connection hands over the earlier statement's
-/// result as a success although the group's implicit transaction rolled it
-/// back. Run by hand (`--ignored`) until that is settled.
+/// rolled back by the server, so it reports [`Error::RolledBack`] and its
+/// `after_save` does not run: no audit row names a user never stored.
 fn failed_pipeline_runs_no_after_hooks<D: Driver>() {
     let mut c: D = setup("orphan_hooks");
     run(&mut c, User::new("ada@x", "Ada").into_save());
     let mut cy = User::new("cy@x", "Cy");
     let mut dup = User::new("ada@x", "Dup");
     let e = fails(&mut c, pipeline((cy.save(), dup.save())));
-    assert_eq!(e.code(), Some("23505"), "{e}");
+    assert_eq!(
+        e.code(),
+        Some("23505"),
+        "the cause is reported, not the consequence: {e}"
+    );
     assert_eq!(user_count(&mut c), 1);
-    let users: HashSet<i32> = run(&mut c, User::objects().values(User::ID)).into_iter().collect();
-    let orphans: Vec<(i32, String)> = audit(&mut c)
-        .into_iter()
-        .filter(|(id, _)| !users.contains(id))
-        .collect();
+    assert_no_orphan_audit(&mut c);
+    // The undone save itself says so.
+    let (first, _) = run(
+        &mut c,
+        pipeline((
+            then_result(User::new("cy@x", "Cy").into_save(), |r| Ok(ready(Ok(r.err())))),
+            then_result(User::new("ada@x", "Dup").into_save(), |r| Ok(ready(Ok(r.err())))),
+        )),
+    );
+    assert!(matches!(first, Some(Error::RolledBack)), "{first:?}");
+    assert_idle(&mut c);
+}
+
+fn assert_no_orphan_audit<D: Driver>(c: &mut D) {
+    let users: HashSet<i32> = run(c, User::objects().values(User::ID)).into_iter().collect();
+    let orphans: Vec<(i32, String)> = audit(c).into_iter().filter(|(id, _)| !users.contains(id)).collect();
     assert_eq!(orphans, [], "audit rows for users that were never stored");
 }
 
-mod failed_pipeline_runs_no_after_hooks {
-    #[test]
-    #[ignore = "known issue: after_save runs for a write its failed sync group rolled back"]
-    fn sync() {
-        super::failed_pipeline_runs_no_after_hooks::<duet_conformance::Sync>();
-    }
-    #[test]
-    #[ignore = "known issue: after_save runs for a write its failed sync group rolled back"]
-    fn tokio() {
-        super::failed_pipeline_runs_no_after_hooks::<duet_conformance::Tokio>();
-    }
+/// Transactions pipelined beside other work keep their own outcome: a
+/// sibling never runs inside a transaction that has not sent its COMMIT,
+/// and a write that a failing transaction's BEGIN took over is reported
+/// undone.
+fn pipelined_transactions_keep_their_own_outcome<D: Driver>() {
+    let mut c: D = setup("sibling_tx");
+    run(&mut c, User::new("ada@x", "Ada").into_save());
+    // Two steps, the second failing: its COMMIT cannot go out with the work.
+    let failing = || {
+        atomic(then(User::objects().count(), |_| {
+            Ok(User::new("ada@x", "Dup").into_save())
+        }))
+    };
+    let exists = |c: &mut D, email: &str| run(c, User::objects().filter(User::EMAIL.eq(email)).exists());
+
+    let e = fails(
+        &mut c,
+        pipeline((failing(), atomic(User::new("bo@x", "Bo").into_save()))),
+    );
+    assert_eq!(e.code(), Some("23505"), "{e}");
+    assert!(exists(&mut c, "bo@x"), "the sibling transaction committed on its own");
+    assert_idle(&mut c);
+
+    let e = fails(&mut c, pipeline((failing(), User::new("cy@x", "Cy").into_save())));
+    assert_eq!(e.code(), Some("23505"), "{e}");
+    assert!(
+        exists(&mut c, "cy@x"),
+        "a plain write beside it is not rolled back with it"
+    );
+    assert_idle(&mut c);
+
+    // Sent before the BEGIN in one sync group, a plain write joins the
+    // transaction that BEGIN opens, and is rolled back with it.
+    let e = fails(
+        &mut c,
+        pipeline((
+            User::new("di@x", "Di").into_save(),
+            atomic(User::new("ada@x", "Dup").into_save()),
+        )),
+    );
+    assert_eq!(e.code(), Some("23505"), "{e}");
+    assert!(!exists(&mut c, "di@x"));
+    assert_no_orphan_audit(&mut c);
+    assert_idle(&mut c);
+
+    // Work after a transaction that committed, failing later in the same
+    // group: the committed part stays, the rest is undone.
+    let e = fails(
+        &mut c,
+        pipeline((
+            atomic(User::new("ed@x", "Ed").into_save()),
+            User::new("fay@x", "Fay").into_save(),
+            User::new("ada@x", "Dup").into_save(),
+        )),
+    );
+    assert_eq!(e.code(), Some("23505"), "{e}");
+    assert!(exists(&mut c, "ed@x"));
+    assert!(!exists(&mut c, "fay@x"));
+    assert_no_orphan_audit(&mut c);
+    assert_idle(&mut c);
 }
 
 // ---- 15. raw SQL ----

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use duet_conformance::server::{AuthRole, TestServer};
 use duet_conformance::{conformance_tests, Driver, TxStep};
-use duet_core::ops::{atomic, pipeline, query, simple_query};
+use duet_core::ops::{atomic, pipeline, query, simple_query, then, Ready};
 use duet_core::{Error, Event, Operation, Param, SimpleMessage, TransactionStatus};
 
 fn server() -> &'static TestServer {
@@ -56,6 +56,8 @@ conformance_tests!(
     query_opt_and_prepare_typed,
     interactive_atomic_commits_rolls_back_and_nests,
     interactive_atomic_abandoned_rolls_back,
+    panic_inside_an_operation_abandons_it,
+    stale_statement_in_a_pipeline_is_not_retried_alone,
     atomic_after_an_application_transaction_is_top_level_again,
 );
 
@@ -295,6 +297,29 @@ fn cached_statement_after_alter_table<D: Driver>() {
     assert_eq!(err.code(), Some("0A000"), "{err}");
     c.batch_execute("ROLLBACK").unwrap();
     assert_eq!(c.query("SELECT * FROM shape", &[]).unwrap()[0].len(), 3);
+}
+
+fn stale_statement_in_a_pipeline_is_not_retried_alone<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE shape2 (a int4); INSERT INTO shape2 VALUES (1)")
+        .unwrap();
+    c.query("SELECT * FROM shape2", &[]).unwrap();
+    c.batch_execute("ALTER TABLE shape2 ADD COLUMN b text DEFAULT 'x'")
+        .unwrap();
+    // The stale plan fails the first statement and the server skips the
+    // second: retrying the first alone would leave the pipeline half done,
+    // so the error surfaces as it is...
+    let two = || {
+        pipeline((
+            query("SELECT * FROM shape2", &[]).rows(),
+            query("SELECT * FROM shape2", &[]).rows(),
+        ))
+    };
+    let err = c.run(two()).unwrap_err();
+    assert_eq!(err.code(), Some("0A000"), "{err}");
+    // ...and the statement is prepared afresh next time.
+    let (a, b) = c.run(two()).unwrap();
+    assert_eq!((a[0].len(), b[0].len()), (2, 2));
 }
 
 fn untyped_text_parameters_reach_any_type<D: Driver>() {
@@ -795,20 +820,56 @@ fn interactive_atomic_abandoned_rolls_back<D: Driver>() {
     let mut c = connect::<D>();
     c.batch_execute("CREATE TEMP TABLE itx_abandon (v int4)").unwrap();
     c.atomic_abandoned("INSERT INTO itx_abandon VALUES (1)");
+    // The rollback is queued, not answered yet: a transaction started now
+    // must open with BEGIN, not with a savepoint of the dying one.
+    let p: [Param; 1] = [&3i32];
+    c.run(atomic(query("INSERT INTO itx_abandon VALUES ($1)", &p).affected()))
+        .unwrap();
     assert_usable(&mut c);
-    let n = c
-        .query_one("SELECT count(*) FROM itx_abandon", &[])
+    let vs: Vec<i32> = c
+        .query("SELECT v FROM itx_abandon ORDER BY v", &[])
         .unwrap()
-        .get::<i64>(0);
-    assert_eq!(n, 0, "the abandoned transaction rolled back");
-    // And the next transaction starts clean.
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(vs, [3], "the abandoned transaction rolled back, the next one committed");
+    // And the next interactive transaction starts clean.
     c.atomic_script(&[TxStep::Execute("INSERT INTO itx_abandon VALUES (2)".into())])
         .unwrap();
     let n = c
         .query_one("SELECT count(*) FROM itx_abandon", &[])
         .unwrap()
         .get::<i64>(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
+}
+
+fn panic_inside_an_operation_abandons_it<D: Driver>() {
+    let mut c = connect::<D>();
+    c.batch_execute("CREATE TEMP TABLE op_panic (v int4)").unwrap();
+    let p: [Param; 1] = [&1i32];
+    // The panic strikes between two steps, inside the batch the
+    // transaction opened, before its COMMIT could go out.
+    let op = atomic(pipeline((
+        query("SELECT 1", &[]).rows(),
+        then(
+            query("INSERT INTO op_panic VALUES ($1)", &p).affected(),
+            |_| -> Result<Ready<()>, Error> { panic!("a bug in a step") },
+        ),
+    )));
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run(op)));
+    assert!(unwound.is_err(), "the step panicked");
+    // The transaction it opened is rolled back and the connection in sync.
+    assert_usable(&mut c);
+    let n = c.query_one("SELECT count(*) FROM op_panic", &[]).unwrap().get::<i64>(0);
+    assert_eq!(n, 0);
+    c.run(atomic(query("INSERT INTO op_panic VALUES ($1)", &p).affected()))
+        .unwrap();
+    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
+    let n = c.query_one("SELECT count(*) FROM op_panic", &[]).unwrap().get::<i64>(0);
+    assert_eq!(
+        n, 1,
+        "the next transaction is top level, not a savepoint of the dead one"
+    );
 }
 
 fn atomic_after_an_application_transaction_is_top_level_again<D: Driver>() {

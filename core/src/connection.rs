@@ -287,6 +287,18 @@ pub struct Connection {
     batch_depth: u32,
     unsynced: bool,
     atomic_depth: u32,
+    /// The nesting depth owned by the operation being polled (or by an open
+    /// interactive transaction): statements may go out only while it equals
+    /// `atomic_depth`, else they would run inside a sibling's transaction.
+    active_depth: u32,
+    /// An ErrorResponse (not one raised at Sync) failed the current group.
+    group_failed: bool,
+    /// A queued COMMIT or ROLLBACK of the outermost transaction: until it
+    /// is answered, `tx_status` is stale.
+    ending_tx: Option<Ticket>,
+    /// Requests that failed with a stale-statement error alone in their
+    /// sync group, so a retry cannot change what their siblings saw.
+    failed_alone: Vec<Ticket>,
     default_deadline: Option<Instant>,
     /// Statements whose Close the request being encoded carries.
     closing: Vec<String>,
@@ -338,6 +350,10 @@ impl Connection {
             batch_depth: 0,
             unsynced: false,
             atomic_depth: 0,
+            active_depth: 0,
+            group_failed: false,
+            ending_tx: None,
+            failed_alone: Vec::new(),
             default_deadline: None,
             closing: Vec::new(),
         }
@@ -366,6 +382,13 @@ impl Connection {
 
     pub fn transaction_status(&self) -> TransactionStatus {
         self.tx_status
+    }
+
+    /// Whether the statements submitted next will run inside a transaction
+    /// block that is already open: the last status, unless a rollback of
+    /// the outermost transaction is queued and not yet answered.
+    pub fn transaction_open(&self) -> bool {
+        self.tx_status != TransactionStatus::Idle && self.ending_tx.is_none()
     }
 
     /// A server parameter as last reported (`server_version`, `TimeZone`, …).
@@ -602,9 +625,28 @@ impl Connection {
     /// Queues a simple query whose result nobody waits for (the rollback of
     /// an abandoned transaction). Errors are dropped with the result.
     pub fn submit_detached(&mut self, sql: &str) {
-        if let Ok(t) = self.submit_request(&Request::simple(sql)) {
-            self.abandon(t);
+        self.submit_detached_ticket(sql);
+    }
+
+    /// [`Connection::submit_detached`] for the statement that ends the
+    /// outermost transaction, so [`Connection::transaction_open`] is right
+    /// before its answer arrives.
+    pub fn submit_detached_end(&mut self, sql: &str) {
+        if let Some(t) = self.submit_detached_ticket(sql) {
+            self.ending_tx = Some(t);
         }
+    }
+
+    /// Tells the connection that `t` ends the outermost transaction, so
+    /// [`Connection::transaction_open`] is right before its answer arrives.
+    pub(crate) fn ends_transaction(&mut self, t: Ticket) {
+        self.ending_tx = Some(t);
+    }
+
+    fn submit_detached_ticket(&mut self, sql: &str) -> Option<Ticket> {
+        let t = self.submit_request(&Request::simple(sql)).ok()?;
+        self.abandon(t);
+        Some(t)
     }
 
     /// Submits a statement whose parameters are already encoded (the path
@@ -648,6 +690,15 @@ impl Connection {
         }
     }
 
+    /// Ends every open batch: for a driver whose operation was dropped
+    /// (or panicked) between `begin_batch` and `end_batch`.
+    pub fn close_batches(&mut self) {
+        if self.batch_depth > 0 {
+            self.batch_depth = 1;
+            self.end_batch();
+        }
+    }
+
     /// A deadline given to every request submitted without one, until
     /// cleared: how a driver puts one time limit on a whole operation.
     pub fn set_default_deadline(&mut self, at: Option<Instant>) {
@@ -661,6 +712,35 @@ impl Connection {
 
     pub fn set_atomic_depth(&mut self, d: u32) {
         self.atomic_depth = d;
+    }
+
+    /// The depth owned by whoever is submitting now (see
+    /// [`Connection::foreign_transaction_open`]).
+    pub fn active_depth(&self) -> u32 {
+        self.active_depth
+    }
+
+    pub fn set_active_depth(&mut self, d: u32) {
+        self.active_depth = d;
+    }
+
+    /// True when a transaction opened by an operation that is not being
+    /// polled now (a sibling in a pipeline) has not sent its end yet: a new
+    /// statement must wait, or it would run, and roll back, inside it.
+    pub fn foreign_transaction_open(&self) -> bool {
+        self.atomic_depth > self.active_depth
+    }
+
+    /// Whether `t` failed with a stale-statement error while alone in its
+    /// sync group (asked once: the answer is forgotten).
+    pub(crate) fn failed_alone(&mut self, t: Ticket) -> bool {
+        match self.failed_alone.iter().position(|x| *x == t) {
+            Some(i) => {
+                self.failed_alone.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     // ---- submitting ----
@@ -877,6 +957,8 @@ impl Connection {
         }
         self.deadlines.clear();
         self.cancel_grace_until = None;
+        self.group_failed = false;
+        self.ending_tx = None;
         self.phase = Phase::Closed(e.clone());
         e
     }
@@ -1055,6 +1137,12 @@ impl Connection {
                         self.group.push((s.ticket, r));
                     }
                     _ => return Err(Error::protocol("ReadyForQuery with no sync point pending")),
+                }
+                if self.ending_tx.is_some_and(|e| self.group.iter().any(|(t, _)| *t == e)) {
+                    self.ending_tx = None;
+                }
+                if std::mem::take(&mut self.group_failed) {
+                    self.void_rolled_back();
                 }
                 for (t, r) in std::mem::take(&mut self.group) {
                     self.finish(t, r);
@@ -1247,6 +1335,18 @@ impl Connection {
                 }
             }
             Some(_) => {
+                self.group_failed = true;
+                let stale = matches!(
+                    e.code(),
+                    Some(crate::error::sqlstate::FEATURE_NOT_SUPPORTED)
+                        | Some(crate::error::sqlstate::INVALID_SQL_STATEMENT_NAME)
+                );
+                if stale && self.group.is_empty() && matches!(self.queue.get(1), Some(Entry::Sync)) {
+                    if let Some(t) = self.queue.front().and_then(entry_ticket) {
+                        self.failed_alone.truncate(15);
+                        self.failed_alone.push(t);
+                    }
+                }
                 let mut first = Some(e);
                 while let Some(entry) = self.queue.front() {
                     if matches!(entry, Entry::Sync | Entry::Simple(_)) {
@@ -1267,6 +1367,45 @@ impl Connection {
                         _ => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// A statement of this group failed, so the server rolled back the
+    /// transaction that statement ran in, with the statements of the group
+    /// that shared it. Their results said "done": writes must say "undone".
+    ///
+    /// The failed transaction began after the group's last COMMIT or
+    /// ROLLBACK. Ended idle, it was the implicit one the group ran in: all
+    /// of it is void. Ended in a failed block, an explicit BEGIN in the
+    /// group took over the implicit transaction, statements before it
+    /// included, and its owner rolls it back: those earlier statements are
+    /// void; the block's own are its owner's to report.
+    fn void_rolled_back(&mut self) {
+        let tag_of = |r: &Result<Response, Error>| match r {
+            Ok(Response::Rows(q)) => q.tag.as_deref().map(|t| t.split(' ').next().unwrap_or(t).to_string()),
+            _ => None,
+        };
+        let start = self
+            .group
+            .iter()
+            .rposition(|(_, r)| matches!(tag_of(r).as_deref(), Some("COMMIT" | "ROLLBACK")))
+            .map_or(0, |i| i + 1);
+        let end = match self.tx_status {
+            TransactionStatus::Idle => self.group.len(),
+            TransactionStatus::Failed => self.group[start..]
+                .iter()
+                .position(|(_, r)| matches!(tag_of(r).as_deref(), Some("BEGIN" | "START")))
+                .map_or(start, |i| start + i),
+            TransactionStatus::InTransaction => start,
+        };
+        for (_, r) in &mut self.group[start..end] {
+            // A read's rows stay true of the snapshot it saw; only writes
+            // were undone. (A SELECT calling a function that writes is
+            // taken for a read: its tag cannot tell.)
+            let read = matches!(tag_of(r).as_deref(), Some("SELECT" | "SHOW" | "FETCH"));
+            if matches!(r, Ok(Response::Rows(_))) && !read {
+                *r = Err(Error::RolledBack);
             }
         }
     }

@@ -100,6 +100,10 @@ pub enum Error {
     /// An earlier statement in the same pipeline (sync group) failed, so the
     /// server skipped this one. The connection is still usable.
     Skipped,
+    /// The statement wrote, but a later statement of the same pipeline
+    /// failed in the same (implicit) transaction, so the server undid the
+    /// write. Reads keep their rows. The connection is still usable.
+    RolledBack,
     /// The request's deadline passed; the server was asked to cancel it.
     /// The connection is still usable unless the server did not answer.
     Timeout,
@@ -189,6 +193,9 @@ impl fmt::Display for Error {
         match self {
             Error::Db(e) => write!(f, "database error: {e}"),
             Error::Skipped => f.write_str("skipped: an earlier statement in this pipeline failed"),
+            Error::RolledBack => {
+                f.write_str("rolled back: a later statement in this pipeline failed, which undid this one's work")
+            }
             Error::Timeout => f.write_str("timed out: the request's deadline passed and it was cancelled"),
             Error::Closed(m) => write!(f, "connection closed: {m}"),
             Error::Protocol(m) => write!(f, "protocol error: {m}"),

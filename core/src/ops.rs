@@ -32,8 +32,9 @@ pub trait Operation {
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<Self::Output>;
 
     /// True once every request this operation will ever send has been
-    /// submitted: a transaction around it may then queue its `COMMIT`
-    /// behind it without waiting for results.
+    /// submitted and nothing it already knows of has failed: a transaction
+    /// around it may then queue its `COMMIT` behind it without waiting for
+    /// results.
     fn submitted_all(&self) -> bool {
         false
     }
@@ -462,6 +463,9 @@ impl Operation for Query<'_> {
         loop {
             match &self.state {
                 QueryState::Start => {
+                    if conn.foreign_transaction_open() {
+                        return Step::Pending;
+                    }
                     if let Err(e) = self.start(conn, now) {
                         self.state = QueryState::Done;
                         return Step::Ready(Err(e));
@@ -469,6 +473,9 @@ impl Operation for Query<'_> {
                     return Step::Pending;
                 }
                 QueryState::Describing(t) => {
+                    if conn.foreign_transaction_open() {
+                        return Step::Pending;
+                    }
                     let Some(r) = conn.take_result(*t) else {
                         return Step::Pending;
                     };
@@ -496,17 +503,26 @@ impl Operation for Query<'_> {
                     let Some(r) = conn.take_result(*ticket) else {
                         return Step::Pending;
                     };
+                    let ticket = *ticket;
                     let r = expect_rows(r);
                     if let Err(e) = &r {
                         let stale = matches!(
                             e.code(),
                             Some(sqlstate::FEATURE_NOT_SUPPORTED) | Some(sqlstate::INVALID_SQL_STATEMENT_NAME)
                         );
-                        if stale && !self.retried && conn.transaction_status() == TransactionStatus::Idle {
-                            self.retried = true;
+                        if stale {
+                            // The next run prepares afresh either way; this one is
+                            // retried only when the failure touched nothing else
+                            // (alone in its sync group, outside a transaction).
                             conn.forget_statement(&self.sql);
-                            self.state = QueryState::Start;
-                            continue;
+                            if conn.failed_alone(ticket)
+                                && !self.retried
+                                && conn.transaction_status() == TransactionStatus::Idle
+                            {
+                                self.retried = true;
+                                self.state = QueryState::Start;
+                                continue;
+                            }
                         }
                     }
                     return self.finish(r);
@@ -566,6 +582,9 @@ pub struct Single<'a, T> {
 impl<T> Operation for Single<'_, T> {
     type Output = T;
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<T> {
+        if self.request.is_some() && conn.foreign_transaction_open() {
+            return Step::Pending;
+        }
         if let Some(submit) = self.request.take() {
             match submit(conn, now) {
                 Ok(t) => self.ticket = Some(t),
@@ -695,7 +714,10 @@ impl<O: Operation> Slot<O> {
         self.result.is_some()
     }
     fn submitted_all(&self) -> bool {
-        self.result.is_some() || self.op.submitted_all()
+        match &self.result {
+            Some(r) => r.is_ok(),
+            None => self.op.submitted_all(),
+        }
     }
     fn abandon(&mut self, conn: &mut Connection) {
         if self.result.is_none() {
@@ -731,7 +753,7 @@ impl<O: Operation> Slot<O> {
 /// reporting it would hide the cause (a unique violation behind "current
 /// transaction is aborted").
 fn is_consequence(e: &Error) -> bool {
-    matches!(e, Error::Skipped) || e.code() == Some(sqlstate::IN_FAILED_SQL_TRANSACTION)
+    matches!(e, Error::Skipped | Error::RolledBack) || e.code() == Some(sqlstate::IN_FAILED_SQL_TRANSACTION)
 }
 
 impl<P: PipelineOps> Operation for Pipeline<P> {
@@ -839,8 +861,7 @@ impl Scope {
     /// the application opened itself, BEGIN would only warn and COMMIT would
     /// end the outer transaction: nest with a savepoint instead.
     fn next(conn: &Connection) -> Scope {
-        let outer_open = conn.transaction_status() != TransactionStatus::Idle;
-        Scope(conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && outer_open))
+        Scope(conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && conn.transaction_open()))
     }
     fn savepoint(self) -> String {
         format!("duet_sp_{}", self.0)
@@ -867,11 +888,57 @@ impl Scope {
             format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
         }
     }
+    /// Queues the rollback for work nobody waits for any more.
+    fn submit_detached_rollback(self, conn: &mut Connection) {
+        if self.0 == 0 {
+            conn.submit_detached_end(&self.rollback_sql());
+        } else {
+            conn.submit_detached(&self.rollback_sql());
+        }
+    }
 }
 
 /// Something that owns a [`Connection`]: a driver's `Client`.
 pub trait HasConnection {
     fn connection_mut(&mut self) -> &mut Connection;
+}
+
+/// An operation a driver is running. Dropped before it finishes (a dropped
+/// future, a panic unwinding through the loop, an I/O error), it abandons
+/// the operation, so the connection discards its responses, rolls back a
+/// transaction it opened and stays usable.
+pub struct Running<'c, C: HasConnection, O: Operation> {
+    /// The client, for the driver's I/O between polls.
+    pub client: &'c mut C,
+    op: Option<O>,
+}
+
+impl<'c, C: HasConnection, O: Operation> Running<'c, C, O> {
+    pub fn new(client: &'c mut C, op: O) -> Self {
+        Running { client, op: Some(op) }
+    }
+
+    pub fn poll(&mut self, now: Instant) -> Step<O::Output> {
+        let Some(op) = self.op.as_mut() else {
+            return Step::Ready(Err(Error::misuse("operation polled after it completed")));
+        };
+        let step = op.poll(self.client.connection_mut(), now);
+        if let Step::Ready(_) = step {
+            self.op = None;
+        }
+        step
+    }
+}
+
+impl<C: HasConnection, O: Operation> Drop for Running<'_, C, O> {
+    fn drop(&mut self) {
+        if let Some(mut op) = self.op.take() {
+            let conn = self.client.connection_mut();
+            // A panic may have unwound out of a batch the operation opened.
+            conn.close_batches();
+            op.abandon(conn);
+        }
+    }
 }
 
 /// An interactive transaction a driver's `atomic(|tx| …)` holds open while
@@ -894,7 +961,9 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
         let scope = Scope::next(conn);
         let prev_depth = conn.atomic_depth();
         conn.submit_detached(&scope.begin_sql());
+        // Everything the closure runs belongs to this scope.
         conn.set_atomic_depth(scope.0 + 1);
+        conn.set_active_depth(scope.0 + 1);
         TxGuard {
             client,
             scope: Some(scope),
@@ -908,7 +977,9 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
     pub fn finish(mut self, commit: bool) -> impl Operation<Output = ()> + Send + 'static {
         let scope = self.scope.take().unwrap_or(Scope(0));
         let prev = self.prev_depth;
-        self.client.connection_mut().set_atomic_depth(prev);
+        let conn = self.client.connection_mut();
+        conn.set_atomic_depth(prev);
+        conn.set_active_depth(prev);
         let sql = if commit {
             scope.commit_sql()
         } else {
@@ -931,7 +1002,8 @@ impl<C: HasConnection> Drop for TxGuard<'_, C> {
         if let Some(scope) = self.scope.take() {
             let conn = self.client.connection_mut();
             conn.set_atomic_depth(self.prev_depth);
-            conn.submit_detached(&scope.rollback_sql());
+            conn.set_active_depth(self.prev_depth);
+            scope.submit_detached_rollback(conn);
         }
     }
 }
@@ -971,6 +1043,16 @@ fn commit_rolled_back() -> Error {
 /// On error the transaction is rolled back and the error returned. Nested
 /// inside another `atomic`, it uses a savepoint instead, queued with the
 /// work, so nesting adds no round trip.
+///
+/// Beside other operations in a [`pipeline`], a transaction keeps its own
+/// outcome: what the pipeline submits while its COMMIT has not gone out
+/// waits until it has, so nothing runs (and rolls back) inside it by
+/// accident.
+///
+/// The COMMIT goes out as soon as the work has submitted all its statements
+/// and none has failed; a step that fails later in the client (`get` finding
+/// no row, a value that does not decode) is still returned as the error,
+/// although the statements committed.
 ///
 /// ```
 /// use duet_core::ops::{atomic, pipeline, query};
@@ -1020,7 +1102,11 @@ impl<O: Operation> Atomic<O> {
     }
 
     fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
-        self.commit = Some(self.submit_sql(conn, &Scope(self.depth).commit_sql(), now)?);
+        let t = self.submit_sql(conn, &Scope(self.depth).commit_sql(), now)?;
+        if self.depth == 0 {
+            conn.ends_transaction(t);
+        }
+        self.commit = Some(t);
         conn.set_atomic_depth(self.prev_depth);
         Ok(())
     }
@@ -1056,6 +1142,9 @@ impl<O: Operation> Operation for Atomic<O> {
                 }
             };
         }
+        if !self.started && conn.foreign_transaction_open() {
+            return Step::Pending;
+        }
         conn.begin_batch();
         if !self.started {
             self.started = true;
@@ -1074,7 +1163,11 @@ impl<O: Operation> Operation for Atomic<O> {
             conn.set_atomic_depth(self.depth + 1);
         }
         if self.output.is_none() {
-            if let Step::Ready(r) = self.op.poll(conn, now) {
+            let outer = conn.active_depth();
+            conn.set_active_depth(self.depth + 1);
+            let step = self.op.poll(conn, now);
+            conn.set_active_depth(outer);
+            if let Step::Ready(r) = step {
                 self.output = Some(r);
             }
         }
@@ -1130,6 +1223,9 @@ impl<O: Operation> Operation for Atomic<O> {
                 let sql = self.rollback_sql();
                 match conn.submit(Request::simple(&sql), now) {
                     Ok(t) => {
+                        if self.depth == 0 {
+                            conn.ends_transaction(t);
+                        }
                         self.rollback = Some((t, e));
                         Step::Pending
                     }
@@ -1160,9 +1256,14 @@ impl<O: Operation> Operation for Atomic<O> {
         }
         if self.started {
             conn.set_atomic_depth(self.prev_depth);
-            // Roll back whatever this transaction did; harmless (a warning)
-            // if its COMMIT already went through.
-            conn.submit_detached(&self.rollback_sql());
+            conn.set_active_depth(self.prev_depth);
+            // Roll back whatever this transaction did: harmless (a warning)
+            // after a COMMIT. After a RELEASE the savepoint is gone and the
+            // work belongs to the enclosing transaction; a rollback to it
+            // would fail that transaction, so leave the work to its owner.
+            if self.depth == 0 || self.commit.is_none() {
+                Scope(self.depth).submit_detached_rollback(conn);
+            }
         }
     }
 }

@@ -138,7 +138,7 @@ fn null_like_between_not_and_exclude() {
     let w = s.text.split(" WHERE ").nth(1).unwrap();
     assert_eq!(
         w,
-        r#"((((((("users"."hair_color" IS NULL) AND ("users"."hair_color" IS NOT NULL)) AND ("users"."name" LIKE $1 ESCAPE E'\\')) AND ("users"."name" ILIKE $2 ESCAPE E'\\')) AND ("users"."logins" BETWEEN $3 AND $4)) AND (NOT ("users"."id" = $5))) AND (NOT ("users"."email" = $6)))"#
+        r#"((((((("users"."hair_color" IS NULL) AND ("users"."hair_color" IS NOT NULL)) AND ("users"."name" LIKE $1 ESCAPE E'\\')) AND ("users"."name" ILIKE $2 ESCAPE E'\\')) AND ("users"."logins" BETWEEN $3 AND $4)) AND (NOT ("users"."id" = $5))) AND (("users"."email" = $6) IS NOT TRUE))"#
     );
     assert_eq!(params(&s), r#"["a%", "B%", 1, 9, 7, "x"]"#);
 }

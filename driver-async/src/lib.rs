@@ -124,20 +124,6 @@ async fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Erro
     Ok(())
 }
 
-/// Abandons the operation if its future is dropped before completion.
-struct Running<'c, O: Operation> {
-    client: &'c mut Client,
-    op: Option<O>,
-}
-
-impl<O: Operation> Drop for Running<'_, O> {
-    fn drop(&mut self) {
-        if let Some(mut op) = self.op.take() {
-            op.abandon(&mut self.client.conn);
-        }
-    }
-}
-
 impl ops::HasConnection for Client {
     fn connection_mut(&mut self) -> &mut Connection {
         &mut self.conn
@@ -190,18 +176,12 @@ impl Client {
 
     /// Runs any operation to completion: the whole I/O loop of this driver.
     pub async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
-        let mut running = Running {
-            client: self,
-            op: Some(op),
-        };
+        let mut running = ops::Running::new(self, op);
         loop {
-            let client = &mut *running.client;
-            let op = running.op.as_mut().expect("op present until it completes");
-            if let Step::Ready(out) = op.poll(&mut client.conn, Instant::now()) {
-                running.op = None;
+            if let Step::Ready(out) = running.poll(Instant::now()) {
                 return out;
             }
-            client.pump().await?;
+            running.client.pump().await?;
         }
     }
 

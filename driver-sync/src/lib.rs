@@ -218,11 +218,13 @@ impl Client {
     }
 
     /// Runs any operation to completion: the whole I/O loop of this driver.
-    pub fn run<O: Operation>(&mut self, mut op: O) -> Result<O::Output, Error> {
+    pub fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
+        let mut running = ops::Running::new(self, op);
         loop {
-            if let Some(out) = self.step(&mut op) {
+            if let Step::Ready(out) = running.poll(Instant::now()) {
                 return out;
             }
+            running.client.pump()?;
         }
     }
 
@@ -230,28 +232,17 @@ impl Client {
     /// has not finished by then (what dropping a future does in the async
     /// driver). `None` when it was abandoned.
     #[doc(hidden)]
-    pub fn run_steps<O: Operation>(&mut self, mut op: O, steps: usize) -> Option<Result<O::Output, Error>> {
+    pub fn run_steps<O: Operation>(&mut self, op: O, steps: usize) -> Option<Result<O::Output, Error>> {
+        let mut running = ops::Running::new(self, op);
         for _ in 0..steps {
-            if let Some(out) = self.step(&mut op) {
+            if let Step::Ready(out) = running.poll(Instant::now()) {
                 return Some(out);
             }
-        }
-        op.abandon(&mut self.conn);
-        None
-    }
-
-    /// Polls the operation once and, if it waits, moves bytes once.
-    fn step<O: Operation>(&mut self, op: &mut O) -> Option<Result<O::Output, Error>> {
-        if let Step::Ready(out) = op.poll(&mut self.conn, Instant::now()) {
-            return Some(out);
-        }
-        match self.pump() {
-            Ok(()) => None,
-            Err(e) => {
-                op.abandon(&mut self.conn);
-                Some(Err(e))
+            if let Err(e) = running.client.pump() {
+                return Some(Err(e));
             }
         }
+        None
     }
 
     /// Runs an operation with a time limit on every request it sends.

@@ -31,6 +31,8 @@ pub enum Expr {
         right: Box<Expr>,
     },
     Not(Box<Expr>),
+    /// `(cond) IS NOT TRUE`: false or NULL.
+    NotTrue(Box<Expr>),
     Neg(Box<Expr>),
     IsNull {
         expr: Box<Expr>,

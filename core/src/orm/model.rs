@@ -322,8 +322,11 @@ impl HookCtx {
         self.queued.push(Box::new(op.map(|_| Ok(()))));
     }
 
-    /// True when the write is an `INSERT` (a new row), false for an update
-    /// or delete.
+    /// True when the write is a plain `INSERT` of a new row: a `save` of an
+    /// auto-key model without a key, a `bulk_insert`. False for updates and
+    /// deletes, and for upserts, where the row may already exist: a `save`
+    /// of a model whose key the application gives, a `bulk_insert` with
+    /// `on_conflict`.
     pub fn inserting(&self) -> bool {
         self.inserting
     }

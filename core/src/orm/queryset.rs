@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::expr::{not, BinOp, Cond, Expr, GroupKey, IntoExpr, Order, Selection, Value};
+use super::expr::{BinOp, Cond, Expr, GroupKey, IntoExpr, Order, Selection, Value};
 use super::model::{Model, Positions};
 use super::render::{Join, Lock, Select, Sql};
 use crate::connection::QueryResult;
@@ -26,7 +26,7 @@ use crate::{Error, Row};
 /// let sql = active.to_sql();
 /// assert_eq!(
 ///     sql.text,
-///     r#"SELECT "users"."id", "users"."name", "users"."logins" FROM "users" WHERE (("users"."logins" >= $1) AND (NOT ("users"."name" LIKE $2 ESCAPE E'\\'))) ORDER BY "users"."name" LIMIT $3"#
+///     r#"SELECT "users"."id", "users"."name", "users"."logins" FROM "users" WHERE (("users"."logins" >= $1) AND (("users"."name" LIKE $2 ESCAPE E'\\') IS NOT TRUE)) ORDER BY "users"."name" LIMIT $3"#
 /// );
 /// ```
 pub struct QuerySet<M> {
@@ -123,9 +123,11 @@ impl<M: Model> QuerySet<M> {
         self
     }
 
-    /// Drops the rows matching `cond`.
+    /// Drops the rows matching `cond`, and only those: a row for which
+    /// `cond` is NULL (a comparison with a NULL column) stays, as in
+    /// Django, where `filter(not(cond))` would drop it too (SQL's `NOT`).
     pub fn exclude(self, cond: Cond) -> Self {
-        self.filter(not(cond))
+        self.filter(Cond(Expr::NotTrue(Box::new(cond.0))))
     }
 
     /// Adds an ordering term: a column (ascending) or `col.desc()`,

@@ -79,6 +79,11 @@ impl Sql {
                 self.expr(e);
                 self.push(")");
             }
+            Expr::NotTrue(e) => {
+                self.push("(");
+                self.expr(e);
+                self.push(" IS NOT TRUE)");
+            }
             Expr::Neg(e) => {
                 self.push("(- ");
                 self.expr(e);

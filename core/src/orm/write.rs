@@ -372,7 +372,7 @@ impl<M: Model> BulkInsert<M> {
         let mut models = models;
         let mut ctx = HookCtx::default();
         for m in models.iter_mut() {
-            ctx.inserting = !M::META.pk_column().auto || m.key().is_none();
+            ctx.inserting = conflict.is_none();
             m.before_save(&mut ctx)?;
         }
         let writes: Vec<Query<'static>> = Self::statements(&models, conflict.as_ref())
@@ -391,6 +391,7 @@ impl<M: Model> BulkInsert<M> {
             })));
         }
         let before = std::mem::take(&mut ctx.queued);
+        let plain_insert = conflict.is_none();
         let op =
             then(
                 pipeline((run_queued(before), pipeline(writes))),
@@ -401,7 +402,7 @@ impl<M: Model> BulkInsert<M> {
                     }
                     let mut ctx = HookCtx::default();
                     for m in stored.iter_mut() {
-                        ctx.inserting = true;
+                        ctx.inserting = plain_insert;
                         m.after_save(&mut ctx)?;
                     }
                     let after = std::mem::take(&mut ctx.queued);
