@@ -421,6 +421,7 @@ conformance_tests!(
     before_save_queued_work_shares_the_write_batch,
     derive_attributes_generated_skip_insert_sql_type_set_null,
     for_update_locks_the_rows,
+    queryset_for_each_streams_models,
     failed_pipeline_runs_no_after_hooks,
     pipelined_transactions_keep_their_own_outcome,
 );
@@ -963,6 +964,30 @@ fn values_typed_tuples<D: Driver>() {
 }
 
 // ---- 7. get, get_opt, first ----
+
+fn queryset_for_each_streams_models<D: Driver>() {
+    let mut c: D = setup("for_each");
+    let users = seed(&mut c);
+    let q = User::objects().filter(User::LOGINS.ge(2)).order_by(User::ID);
+    let mut streamed = Vec::new();
+    let n = run(
+        &mut c,
+        q.clone().for_each(|u: User| {
+            streamed.push(u);
+            Ok(())
+        }),
+    );
+    assert_eq!(n, 4);
+    assert_eq!(streamed, run(&mut c, q.all()));
+    assert_eq!(streamed[0], users[1]);
+    // An error from the callback ends the stream and is the result.
+    let e = fails(
+        &mut c,
+        User::objects().for_each(|_: User| Err(Error::invalid("stop here"))),
+    );
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    assert_idle(&mut c);
+}
 
 fn get_get_opt_first<D: Driver>() {
     let mut c: D = setup("get");

@@ -58,6 +58,7 @@ conformance_tests!(
     interactive_atomic_abandoned_rolls_back,
     panic_inside_an_operation_abandons_it,
     stale_statement_in_a_pipeline_is_not_retried_alone,
+    for_each_streams_rows_and_reports_errors,
     atomic_after_an_application_transaction_is_top_level_again,
 );
 
@@ -297,6 +298,55 @@ fn cached_statement_after_alter_table<D: Driver>() {
     assert_eq!(err.code(), Some("0A000"), "{err}");
     c.batch_execute("ROLLBACK").unwrap();
     assert_eq!(c.query("SELECT * FROM shape", &[]).unwrap()[0].len(), 3);
+}
+
+fn for_each_streams_rows_and_reports_errors<D: Driver>() {
+    let mut c = connect::<D>();
+    let n = 200_000i64;
+    let p: [Param; 1] = [&n];
+    let (mut count, mut sum) = (0i64, 0i64);
+    let rows = c
+        .run(
+            query("SELECT i, 'row ' || i FROM generate_series(1, $1) i", &p).for_each(|r| {
+                count += 1;
+                sum += r.get::<i64>(0);
+                assert_eq!(r.get::<&str>(1), format!("row {}", r.get::<i64>(0)));
+                Ok(())
+            }),
+        )
+        .unwrap();
+    assert_eq!((rows, count), (200_000, 200_000));
+    assert_eq!(sum, n * (n + 1) / 2);
+
+    // A statement failing part-way: the rows before the failure were
+    // handed over, the error is the server's, the connection stays usable.
+    let mut seen = 0i64;
+    let err = c
+        .run(
+            query("SELECT 1 / (i - 150000) FROM generate_series(1, $1) i", &p).for_each(|_| {
+                seen += 1;
+                Ok(())
+            }),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some("22012"), "{err}");
+    assert!(seen < 150_000, "no row past the failing one: {seen}");
+    assert_usable(&mut c);
+
+    // The callback's own error stops the stream; the rest is discarded.
+    let mut calls = 0;
+    let err = c
+        .run(query("SELECT i FROM generate_series(1, $1) i", &p).for_each(|_| {
+            calls += 1;
+            if calls == 10 {
+                return Err(Error::invalid("seen enough"));
+            }
+            Ok(())
+        }))
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert_eq!(calls, 10);
+    assert_usable(&mut c);
 }
 
 fn stale_statement_in_a_pipeline_is_not_retried_alone<D: Driver>() {

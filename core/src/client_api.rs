@@ -13,6 +13,19 @@ macro_rules! client_api {
             self.run($crate::ops::query(sql, params).rows())$($await)*
         }
 
+        /// Hands the rows of a statement to `f` one by one as they arrive,
+        /// without collecting them, so memory stays bounded however many
+        /// rows come back; returns how many there were. See
+        /// [`Query::for_each`]($crate::ops::Query::for_each).
+        pub $($async)? fn query_for_each(
+            &mut self,
+            sql: &str,
+            params: &[$crate::Param<'_>],
+            f: impl FnMut($crate::Row) -> Result<(), $crate::Error>,
+        ) -> Result<u64, $crate::Error> {
+            self.run($crate::ops::query(sql, params).for_each(f))$($await)*
+        }
+
         /// Exactly one row; [`Error::NoRows`]($crate::Error::NoRows) or
         /// [`Error::TooManyRows`]($crate::Error::TooManyRows) otherwise.
         pub $($async)? fn query_one(&mut self, sql: &str, params: &[$crate::Param<'_>]) -> Result<$crate::Row, $crate::Error> {

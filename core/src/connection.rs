@@ -514,6 +514,20 @@ impl Connection {
         }
     }
 
+    /// Moves the rows that have arrived so far for the statement `t` into
+    /// `out`, while it is still running: how a streaming operation keeps
+    /// memory bounded. The rest come with its result.
+    pub fn take_rows(&mut self, t: Ticket, out: &mut Vec<Row>) {
+        for e in &mut self.queue {
+            if let Entry::Stmt(s) = e {
+                if s.ticket == t {
+                    out.append(&mut s.rows);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Takes the result of a finished request; `None` while it is pending.
     pub fn take_result(&mut self, t: Ticket) -> Option<Result<Response, Error>> {
         if let Some(r) = self.done.remove(&t) {

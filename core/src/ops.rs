@@ -408,6 +408,38 @@ impl<'a> Query<'a> {
         &self.sql
     }
 
+    /// Hands each row to `f` as it arrives instead of collecting them: the
+    /// memory a result takes stays bounded (about one socket read's worth
+    /// of rows) however many rows come back. Outputs the number of rows.
+    ///
+    /// Rows handed to `f` before an error (a later failing row, a
+    /// cancelled statement) are not taken back; an error from `f` fails the
+    /// operation and the rest of the rows are discarded as they arrive.
+    ///
+    /// ```
+    /// use duet_core::ops::query;
+    /// let limit = 1_000_000i64;
+    /// let params: [duet_core::Param; 1] = [&limit];
+    /// let mut total = 0i64;
+    /// let op = query("SELECT i FROM generate_series(1, $1) i", &params).for_each(|row| {
+    ///     total += row.get::<i64>(0);
+    ///     Ok(())
+    /// });
+    /// # let _ = op;
+    /// ```
+    pub fn for_each<F>(self, f: F) -> ForEach<'a, F>
+    where
+        F: FnMut(Row) -> Result<(), Error>,
+    {
+        ForEach {
+            query: self,
+            f,
+            rows: 0,
+            batch: Vec::new(),
+            failed: None,
+        }
+    }
+
     /// All rows.
     pub fn rows(self) -> Map<Self, Convert<Vec<Row>>> {
         self.map(|r| Ok(r.rows))
@@ -541,6 +573,64 @@ impl Operation for Query<'_> {
             QueryState::Describing(t) | QueryState::Running { ticket: t, .. } => conn.abandon(t),
             _ => {}
         }
+    }
+}
+
+/// See [`Query::for_each`].
+pub struct ForEach<'a, F> {
+    query: Query<'a>,
+    f: F,
+    rows: u64,
+    batch: Vec<Row>,
+    /// The callback's error: the statement runs on, its rows are dropped.
+    failed: Option<Error>,
+}
+
+impl<F: FnMut(Row) -> Result<(), Error>> ForEach<'_, F> {
+    fn feed(&mut self) {
+        for row in self.batch.drain(..) {
+            if self.failed.is_some() {
+                break;
+            }
+            self.rows += 1;
+            if let Err(e) = (self.f)(row) {
+                self.failed = Some(e);
+            }
+        }
+        self.batch.clear();
+    }
+}
+
+impl<F: FnMut(Row) -> Result<(), Error>> Operation for ForEach<'_, F> {
+    type Output = u64;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<u64> {
+        if let QueryState::Running { ticket, .. } = &self.query.state {
+            conn.take_rows(*ticket, &mut self.batch);
+            self.feed();
+        }
+        match self.query.poll(conn, now) {
+            Step::Pending => Step::Pending,
+            Step::Ready(r) => {
+                let r = r.map(|mut q| {
+                    self.batch.append(&mut q.rows);
+                    self.feed();
+                    self.rows
+                });
+                match self.failed.take() {
+                    Some(e) => Step::Ready(Err(e)),
+                    None => Step::Ready(r),
+                }
+            }
+        }
+    }
+
+    fn submitted_all(&self) -> bool {
+        self.query.submitted_all()
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        self.query.abandon(conn)
     }
 }
 

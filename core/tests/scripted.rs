@@ -2149,3 +2149,79 @@ fn abandon_after_close_queues_nothing() {
         "a detached ROLLBACK was queued on a closed connection"
     );
 }
+
+#[test]
+fn for_each_hands_rows_over_while_the_statement_runs() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut op = ops::query("SELECT $1::int4", &[&1i32]).for_each(|row| {
+        seen.borrow_mut().push(row.get::<i32>(0));
+        Ok(())
+    });
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    conn.handle_input(
+        &Backend::new()
+            .parse_complete()
+            .bind_complete()
+            .row_description(&[Field::int4("v")])
+            .int4_row(1)
+            .int4_row(2)
+            .build(),
+        now,
+    )
+    .unwrap();
+    pending(&mut op, &mut conn, now);
+    assert_eq!(
+        *seen.borrow(),
+        [1, 2],
+        "rows are handed over before the statement completes"
+    );
+    conn.handle_input(&Backend::new().int4_row(3).build(), now).unwrap();
+    pending(&mut op, &mut conn, now);
+    assert_eq!(*seen.borrow(), [1, 2, 3]);
+    conn.handle_input(
+        &Backend::new()
+            .int4_row(4)
+            .command_complete("SELECT 4")
+            .ready_for_query(b'I')
+            .build(),
+        now,
+    )
+    .unwrap();
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap(), 4);
+    assert_eq!(*seen.borrow(), [1, 2, 3, 4]);
+    assert!(conn.is_idle());
+}
+
+#[test]
+fn for_each_callback_error_drops_the_remaining_rows() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut calls = 0;
+    let mut op = ops::query("SELECT $1::int4", &[&1i32]).for_each(|_| {
+        calls += 1;
+        Err(duet_core::Error::invalid("enough"))
+    });
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    conn.handle_input(
+        &Backend::new()
+            .parse_complete()
+            .bind_complete()
+            .row_description(&[Field::int4("v")])
+            .int4_row(1)
+            .int4_row(2)
+            .command_complete("SELECT 2")
+            .ready_for_query(b'I')
+            .build(),
+        now,
+    )
+    .unwrap();
+    let e = ready(&mut op, &mut conn, now).unwrap_err();
+    assert!(matches!(e, duet_core::Error::Invalid(_)), "{e:?}");
+    drop(op);
+    assert_eq!(calls, 1);
+    assert!(conn.is_idle());
+}

@@ -252,6 +252,28 @@ impl<M: Model> QuerySet<M> {
         Self::run(self.select(Self::model_columns()), decode_models::<M>)
     }
 
+    /// Hands each matching model to `f` as its row arrives, without
+    /// collecting them: memory stays bounded however many rows match (see
+    /// [`Query::for_each`]). Outputs the number of models.
+    ///
+    /// ```
+    /// use duet_core::orm::prelude::*;
+    /// # #[derive(Model)] struct User { #[duet(primary_key, auto)] id: i32, name: String, logins: i32 }
+    /// let mut logins = 0i64;
+    /// let op = User::objects().for_each(|u: User| {
+    ///     logins += i64::from(u.logins);
+    ///     Ok(())
+    /// });
+    /// # let _ = op;
+    /// ```
+    pub fn for_each<F>(self, mut f: F) -> crate::ops::ForEach<'static, impl FnMut(Row) -> Result<(), Error>>
+    where
+        F: FnMut(M) -> Result<(), Error>,
+    {
+        let sql = self.select(Self::model_columns()).to_sql();
+        Query::values(sql.text, sql.params).for_each(move |row| f(M::from_row(&row, Positions::From(0))?))
+    }
+
     /// Exactly one row: [`Error::NotFound`] if none matches,
     /// [`Error::MultipleFound`] if several do.
     pub fn get(mut self) -> FetchOp<M> {

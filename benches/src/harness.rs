@@ -1,0 +1,312 @@
+//! Timing, CPU accounting, statistics and reporting. Nothing here knows a
+//! database client: contenders are closures that run a batch of operations.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// Client CPU time (user + system) of this process so far, or of the
+/// children it has waited for (pgbench).
+pub fn cpu_time(children: bool) -> Duration {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: getrusage writes into the struct we own; it has no other effect.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss() -> u64 {
+    // SAFETY: as in `cpu_time`.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    u.ru_maxrss as u64 * 1024
+}
+
+/// Current resident set size of this process, in bytes (from /proc).
+pub fn current_rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no side effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
+}
+
+/// One timed batch: `ops` operations took `wall` and `cpu`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub ops: u64,
+}
+
+impl Sample {
+    pub fn wall_per_op(&self) -> f64 {
+        self.wall.as_secs_f64() / self.ops.max(1) as f64
+    }
+    pub fn cpu_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.ops.max(1) as f64
+    }
+}
+
+/// Times `f`, which runs a batch of `ops` operations in this process.
+pub fn measure<E>(ops: u64, f: impl FnOnce() -> Result<u64, E>) -> Result<(Sample, u64), E> {
+    let cpu0 = cpu_time(false);
+    let t0 = Instant::now();
+    let check = f()?;
+    let wall = t0.elapsed();
+    let cpu = cpu_time(false).saturating_sub(cpu0);
+    Ok((Sample { wall, cpu, ops }, check))
+}
+
+/// Median and spread of per-operation figures over repetitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub median: f64,
+    /// Interquartile range / median over the repetitions: how noisy the
+    /// figure is (robust to the odd stalled repetition on a shared machine).
+    pub spread: f64,
+}
+
+pub fn stats(values: &[f64]) -> Stats {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return Stats {
+            median: f64::NAN,
+            spread: f64::NAN,
+        };
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let q = |p: f64| {
+        let x = p * (n - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    let median = q(0.5);
+    let spread = if median > 0.0 {
+        (q(0.75) - q(0.25)) / median
+    } else {
+        0.0
+    };
+    Stats { median, spread }
+}
+
+/// The figures of one contender on one workload.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub contender: String,
+    pub wall: Stats,
+    pub cpu: Stats,
+    pub samples: Vec<Sample>,
+    /// For memory workloads: peak RSS growth in bytes.
+    pub rss_growth: Option<u64>,
+    /// Why there is no figure (an error, or the workload is not expressible).
+    pub failed: Option<String>,
+}
+
+impl Outcome {
+    pub fn from_samples(contender: &str, samples: Vec<Sample>) -> Outcome {
+        let wall: Vec<f64> = samples.iter().map(Sample::wall_per_op).collect();
+        let cpu: Vec<f64> = samples.iter().map(Sample::cpu_per_op).collect();
+        Outcome {
+            contender: contender.to_string(),
+            wall: stats(&wall),
+            cpu: stats(&cpu),
+            samples,
+            rss_growth: None,
+            failed: None,
+        }
+    }
+
+    pub fn failed(contender: &str, why: String) -> Outcome {
+        let mut o = Outcome::from_samples(contender, Vec::new());
+        o.failed = Some(why);
+        o
+    }
+}
+
+/// Anchors every row is also compared with, when they ran.
+pub const ANCHORS: [&str; 5] = ["floor", "postgres", "tokio-postgres", "sqlx", "pgbench"];
+
+/// Formats seconds per operation with a unit that keeps 3–4 digits.
+pub fn time(s: f64) -> String {
+    if !s.is_finite() {
+        "-".into()
+    } else if s >= 1.0 {
+        format!("{s:.2}s")
+    } else if s >= 1e-3 {
+        format!("{:.2}ms", s * 1e3)
+    } else {
+        format!("{:.1}µs", s * 1e6)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+/// The table of one workload: one row per contender, wall and CPU time
+/// per operation, and wall-time ratios to each anchor that ran (a ratio
+/// below 1 is faster than the anchor).
+pub fn table(title: &str, outcomes: &[Outcome]) -> String {
+    let find = |name: &str| outcomes.iter().find(|o| o.contender == name && o.failed.is_none());
+    let anchors: Vec<&str> = ANCHORS.iter().copied().filter(|a| find(a).is_some()).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "\n{title}");
+    let mut header = format!(
+        "  {:<22} {:>9} {:>7} {:>9} {:>7}",
+        "contender", "wall/op", "spread", "cpu/op", "cpu×fl"
+    );
+    for a in &anchors {
+        let _ = write!(header, " {:>9}", format!("×{}", short(a)));
+    }
+    let _ = writeln!(out, "{header}");
+    let floor_cpu = find("floor").map(|f| f.cpu.median).unwrap_or(f64::NAN);
+    for o in outcomes {
+        if let Some(why) = &o.failed {
+            let _ = writeln!(out, "  {:<22} {why}", o.contender);
+            continue;
+        }
+        if let Some(g) = o.rss_growth {
+            let _ = writeln!(
+                out,
+                "  {:<22} {:>9} {:>6.0}% {:>9}   peak RSS growth {:.1} MiB",
+                o.contender,
+                time(o.wall.median),
+                o.wall.spread * 100.0,
+                time(o.cpu.median),
+                g as f64 / (1024.0 * 1024.0)
+            );
+            continue;
+        }
+        let mut line = format!(
+            "  {:<22} {:>9} {:>6.0}% {:>9} {:>7}",
+            o.contender,
+            time(o.wall.median),
+            o.wall.spread * 100.0,
+            time(o.cpu.median),
+            ratio(o.cpu.median, floor_cpu)
+        );
+        for a in &anchors {
+            let base = find(a).map(|f| f.wall.median).unwrap_or(f64::NAN);
+            let _ = write!(line, " {:>9}", ratio(o.wall.median, base));
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+fn short(anchor: &str) -> &str {
+    match anchor {
+        "tokio-postgres" => "tokio-pg",
+        other => other,
+    }
+}
+
+/// All results as JSON, for comparing runs over time.
+pub fn json(machine: &str, results: &[(String, Vec<Outcome>)]) -> serde_json::Value {
+    use serde_json::json;
+    let workloads: Vec<_> = results
+        .iter()
+        .map(|(w, outcomes)| {
+            let rows: Vec<_> = outcomes
+                .iter()
+                .map(|o| {
+                    json!({
+                        "contender": o.contender,
+                        "wall_per_op_s": finite(o.wall.median),
+                        "wall_spread": finite(o.wall.spread),
+                        "cpu_per_op_s": finite(o.cpu.median),
+                        "cpu_spread": finite(o.cpu.spread),
+                        "repetitions": o.samples.len(),
+                        "ops_per_repetition": o.samples.first().map(|s| s.ops),
+                        "peak_rss_growth_bytes": o.rss_growth,
+                        "failed": o.failed,
+                    })
+                })
+                .collect();
+            json!({ "workload": w, "results": rows })
+        })
+        .collect();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({ "unix_time": unix, "machine": machine, "workloads": workloads })
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// A one-line description of the machine the run was made on.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores, {mem}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = stats(&[3.0, 1.0, 2.0]);
+        assert_eq!(s.median, 2.0);
+        assert_eq!(s.spread, 0.5);
+        let s = stats(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(s.median, 2.5);
+        assert!(stats(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn ratios_are_to_the_anchors_that_ran() {
+        let o = |name: &str, wall: f64| {
+            Outcome::from_samples(
+                name,
+                vec![Sample {
+                    wall: Duration::from_secs_f64(wall),
+                    cpu: Duration::from_secs_f64(wall / 2.0),
+                    ops: 1,
+                }],
+            )
+        };
+        let t = table("t", &[o("floor", 1.0), o("duet-sync", 1.5), o("postgres", 3.0)]);
+        assert!(t.contains("×floor"), "{t}");
+        assert!(t.contains("×postgres"), "{t}");
+        assert!(!t.contains("×sqlx"), "{t}");
+        let duet = t.lines().find(|l| l.contains("duet-sync")).unwrap();
+        assert!(duet.contains("1.50") && duet.contains("0.50"), "{duet}");
+    }
+}
