@@ -370,6 +370,12 @@ macro_rules! duet_workload {
     }};
 }
 
+/// TCP figures must be TCP's: duet would otherwise take a local Unix
+/// socket it finds (`local_socket`), which the other clients do not.
+fn duet_url(t: &Target) -> String {
+    format!("{} local_socket=disable", t.key_value())
+}
+
 pub struct DuetSync {
     client: duet_sync::Client,
     level: Level,
@@ -378,7 +384,7 @@ pub struct DuetSync {
 impl DuetSync {
     pub fn connect(t: &Target, level: Level) -> Result<Self, BenchError> {
         Ok(DuetSync {
-            client: duet_sync::Client::connect(&t.key_value())?,
+            client: duet_sync::Client::connect(&duet_url(t))?,
             level,
         })
     }
@@ -399,7 +405,7 @@ pub struct DuetAsync {
 impl DuetAsync {
     pub fn connect(t: &Target, level: Level) -> Result<Self, BenchError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = rt.block_on(duet_async::Client::connect(&t.key_value()))?;
+        let client = rt.block_on(duet_async::Client::connect(&duet_url(t)))?;
         Ok(DuetAsync { client, level, rt })
     }
 }

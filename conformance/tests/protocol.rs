@@ -28,6 +28,7 @@ conformance_tests!(
     missing_password_is_named,
     connection_string_forms,
     unix_socket,
+    local_host_prefers_the_unix_socket,
     scalar_round_trips,
     temporal_uuid_json_array_round_trips,
     nulls_and_typed_errors,
@@ -138,6 +139,37 @@ fn unix_socket<D: Driver>() {
     let mut c = D::connect(&format!("host={} port={} user=postgres", dir.display(), s.port())).unwrap();
     let addr: Option<String> = c.query_one("SELECT inet_client_addr()::text", &[]).unwrap().get(0);
     assert_eq!(addr, None, "a Unix-socket session has no client address");
+}
+
+fn local_host_prefers_the_unix_socket<D: Driver>() {
+    let s = server();
+    let Some(dir) = s.socket_dir() else { return };
+    let client_addr = |opts: &str| -> Option<String> {
+        let url = format!("host=127.0.0.1 port={} user=postgres {opts}", s.port());
+        let mut c = D::connect(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        c.query_one("SELECT inet_client_addr()::text", &[]).unwrap().get(0)
+    };
+    // The harness's socket lives in its own directory: name it.
+    assert_eq!(
+        client_addr(&format!("local_socket={}", dir.display())),
+        None,
+        "went over the socket"
+    );
+    assert_eq!(client_addr("local_socket=disable").as_deref(), Some("127.0.0.1/32"));
+    // No socket there: TCP as configured.
+    assert_eq!(
+        client_addr("local_socket=/nonexistent").as_deref(),
+        Some("127.0.0.1/32")
+    );
+    // A socket the session cannot start on (a wrong user for it): TCP is
+    // tried next, and its answer is the one reported.
+    let url = format!(
+        "host=127.0.0.1 port={} user=nobody_here local_socket={}",
+        s.port(),
+        dir.display()
+    );
+    let err = D::connect(&url).err().expect("no such role");
+    assert_eq!(err.code(), Some("28000"), "{err}");
 }
 
 fn scalar_round_trips<D: Driver>() {

@@ -41,7 +41,19 @@ pub struct Config {
     /// Notices, notifications and parameter changes kept until the
     /// application takes them; the oldest are dropped past this.
     pub event_capacity: usize,
+    /// Where to look for the server's Unix socket when `host` names this
+    /// machine (`localhost`, `127.0.0.1`, `::1`): a socket file for the
+    /// port found there is used instead of TCP, which saves the TCP stack's
+    /// work on every round trip; if it is missing or the session cannot
+    /// start over it, TCP is used as configured. Empty: always TCP
+    /// (`local_socket=disable`). Beware a server reached through a port
+    /// mapping (a container) while another listens on the local socket:
+    /// disable this there.
+    pub local_socket_dirs: Vec<String>,
 }
+
+/// Where Debian, Red Hat and source builds of PostgreSQL put the socket.
+const LOCAL_SOCKET_DIRS: [&str; 3] = ["/run/postgresql", "/var/run/postgresql", "/tmp"];
 
 impl Default for Config {
     fn default() -> Config {
@@ -58,6 +70,7 @@ impl Default for Config {
             max_message_size: 256 << 20,
             cancel_grace: Duration::from_secs(5),
             event_capacity: 1024,
+            local_socket_dirs: LOCAL_SOCKET_DIRS.iter().map(|d| d.to_string()).collect(),
         }
     }
 }
@@ -104,6 +117,38 @@ impl Config {
         format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), self.port)
     }
 
+    /// The ways to reach the server, in the order a driver tries them: the
+    /// local Unix socket (see [`Config::local_socket_dirs`]) when `host`
+    /// names this machine and `socket_exists` finds its file — the driver
+    /// checks, the core does no I/O — then the configured host. A driver
+    /// moves on to the next when connecting or starting the session fails.
+    ///
+    /// ```
+    /// use duet_core::{Config, Host};
+    /// let c = Config::parse("host=localhost port=5433").unwrap();
+    /// let routes = c.routes(|path| path == "/var/run/postgresql/.s.PGSQL.5433");
+    /// assert_eq!(routes[0].host, Host::Unix("/var/run/postgresql".into()));
+    /// assert_eq!(routes[1].host, Host::Tcp("localhost".into()));
+    /// let off = Config::parse("host=localhost local_socket=disable").unwrap();
+    /// assert_eq!(off.routes(|_| true).len(), 1);
+    /// ```
+    pub fn routes(&self, socket_exists: impl Fn(&str) -> bool) -> Vec<Config> {
+        let local =
+            matches!(&self.host, Host::Tcp(h) if matches!(h.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]"));
+        let unix = local
+            .then(|| {
+                self.local_socket_dirs
+                    .iter()
+                    .find(|d| socket_exists(&self.unix_socket_path(d)))
+            })
+            .flatten()
+            .map(|dir| Config {
+                host: Host::Unix(dir.clone()),
+                ..self.clone()
+            });
+        unix.into_iter().chain(std::iter::once(self.clone())).collect()
+    }
+
     /// The settings a cancel connection uses: the same server, and a connect
     /// time limit even when the session has none (a cancel must not hang).
     pub fn for_cancel(&self) -> Config {
@@ -148,6 +193,18 @@ impl Config {
                 self.statement_cache_capacity = value
                     .parse()
                     .map_err(|_| Error::config(format!("statement_cache_capacity {value:?} is not a whole number")))?
+            }
+            "local_socket" => {
+                self.local_socket_dirs = match value {
+                    "disable" => Vec::new(),
+                    "prefer" => LOCAL_SOCKET_DIRS.iter().map(|d| d.to_string()).collect(),
+                    dir if dir.starts_with('/') => vec![dir.to_string()],
+                    _ => {
+                        return Err(Error::config(format!(
+                            "local_socket {value:?} is not disable, prefer or a directory"
+                        )))
+                    }
+                }
             }
             "max_message_size" => {
                 self.max_message_size = value

@@ -564,6 +564,19 @@ impl Connection {
                         self.config.max_message_size
                     ))));
                 }
+                // Rows are most of the traffic: a statement's DataRow becomes
+                // a Row over its own bytes, without the general parser.
+                if self.input[0] == b'D'
+                    && self.input.len() > len as usize
+                    && matches!(self.phase, Phase::Ready)
+                    && matches!(self.queue.front(), Some(Entry::Stmt(_)))
+                {
+                    let frame = self.input.split_to(len as usize + 1);
+                    if let Err(e) = self.data_row(frame) {
+                        return Err(self.fail(e));
+                    }
+                    continue;
+                }
             }
             let msg = match Message::parse(&mut self.input) {
                 Ok(Some(m)) => m,
@@ -1199,14 +1212,6 @@ impl Connection {
                 }
                 s.columns = Some(columns);
             }
-            (Entry::Stmt(s), Message::DataRow(body)) => {
-                let columns = s
-                    .columns
-                    .clone()
-                    .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
-                let ranges = body.ranges().collect::<Vec<_>>().map_err(proto)?;
-                s.rows.push(Row::new(columns, body.buffer_bytes().clone(), ranges)?);
-            }
             (Entry::Stmt(_), Message::CommandComplete(body)) => {
                 let tag = body.tag().map_err(proto)?.to_string();
                 self.complete_stmt(Some(tag));
@@ -1294,6 +1299,26 @@ impl Connection {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// A whole DataRow frame (tag and length included) for the statement at
+    /// the front of the queue.
+    fn data_row(&mut self, mut frame: BytesMut) -> Result<(), Error> {
+        let Some(Entry::Stmt(s)) = self.queue.front_mut() else {
+            return Err(Error::protocol("DataRow with no statement in flight"));
+        };
+        if frame.len() < 7 {
+            return Err(Error::protocol("DataRow shorter than its header"));
+        }
+        let count = i16::from_be_bytes([frame[5], frame[6]]);
+        let count = usize::try_from(count).map_err(|_| Error::protocol("DataRow with a negative value count"))?;
+        let columns = s
+            .columns
+            .clone()
+            .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
+        frame.advance(7);
+        s.rows.push(Row::new(columns, frame.freeze(), count)?);
         Ok(())
     }
 

@@ -1,7 +1,6 @@
 //! Typed rows: columns from `RowDescription`, values from `DataRow`, decoded
 //! on demand with `postgres-types`' `FromSql`.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,12 +27,19 @@ pub fn type_from_oid(oid: u32) -> Type {
     Type::from_oid(oid).unwrap_or_else(|| Type::new(format!("oid{oid}"), oid, Kind::Simple, "unknown".into()))
 }
 
+/// Values whose positions a row keeps; later ones are found by walking on
+/// from the last kept one. Keeping them inline spares every row an
+/// allocation, which is most of the cost of a decode-bound fetch.
+const KEPT: usize = 8;
+
 /// One row of a result, decoded lazily column by column.
 #[derive(Clone)]
 pub struct Row {
     columns: Arc<[Column]>,
+    /// The DataRow's values: for each, a 4-byte length (-1: NULL) and the bytes.
     body: Bytes,
-    ranges: Vec<Option<Range<usize>>>,
+    /// Where each of the first `KEPT` values starts in `body`.
+    starts: [u32; KEPT],
 }
 
 impl std::fmt::Debug for Row {
@@ -62,15 +68,41 @@ impl RowIndex for &str {
 }
 
 impl Row {
-    pub(crate) fn new(columns: Arc<[Column]>, body: Bytes, ranges: Vec<Option<Range<usize>>>) -> Result<Row, Error> {
-        if ranges.len() != columns.len() {
+    /// A row from a DataRow's values (`count` of them), checked once here
+    /// so that reading a value later needs no bounds errors.
+    pub(crate) fn new(columns: Arc<[Column]>, body: Bytes, count: usize) -> Result<Row, Error> {
+        if count != columns.len() {
             return Err(Error::protocol(format!(
-                "DataRow has {} values but RowDescription announced {} columns",
-                ranges.len(),
+                "DataRow has {count} values but RowDescription announced {} columns",
                 columns.len()
             )));
         }
-        Ok(Row { columns, body, ranges })
+        let mut starts = [0u32; KEPT];
+        let mut at = 0usize;
+        for i in 0..count {
+            if let Some(start) = starts.get_mut(i) {
+                *start = u32::try_from(at).map_err(|_| Error::protocol("DataRow too large"))?;
+            }
+            let len = read_len(&body, at).ok_or_else(|| Error::protocol("DataRow value length out of bounds"))?;
+            at += 4 + len.unwrap_or(0);
+            if at > body.len() {
+                return Err(Error::protocol("DataRow value runs past the message"));
+            }
+        }
+        if at != body.len() {
+            return Err(Error::protocol("DataRow has bytes after its last value"));
+        }
+        Ok(Row { columns, body, starts })
+    }
+
+    /// The bytes of value `i` (`None` for NULL); `i` is below `len()`.
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        let mut at = self.starts[i.min(KEPT - 1)] as usize;
+        for _ in KEPT - 1..i {
+            at += 4 + read_len(&self.body, at).flatten().unwrap_or(0);
+        }
+        let len = read_len(&self.body, at).flatten()?;
+        self.body.get(at + 4..at + 4 + len)
     }
 
     pub fn columns(&self) -> &[Column] {
@@ -78,16 +110,20 @@ impl Row {
     }
 
     pub fn len(&self) -> usize {
-        self.ranges.len()
+        self.columns.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.columns.is_empty()
     }
 
     /// The raw binary value of a column (`None` for NULL).
     pub fn raw(&self, idx: usize) -> Option<&[u8]> {
-        self.ranges.get(idx).and_then(|r| r.clone()).map(|r| &self.body[r])
+        if idx < self.len() {
+            self.value(idx)
+        } else {
+            None
+        }
     }
 
     /// Decodes a column, panicking with the reason if it cannot be decoded.
@@ -131,7 +167,7 @@ impl Row {
                 std::any::type_name::<T>()
             )));
         }
-        let value = self.ranges[i].clone().map(|r| &self.body[r]);
+        let value = self.value(i);
         let decoded = match value {
             Some(bytes) => T::from_sql(&col.type_, bytes),
             None => T::from_sql_null(&col.type_),
@@ -145,6 +181,15 @@ impl Row {
             Error::decode(format!("column {} ({:?}) {}", i, col.name, what))
         })
     }
+}
+
+/// The length word at `at`: `Some(None)` for NULL (any negative length, as
+/// the protocol has it), `None` when `at` is out of bounds.
+#[inline]
+fn read_len(body: &[u8], at: usize) -> Option<Option<usize>> {
+    let word = body.get(at..at + 4)?;
+    let len = i32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+    Some(usize::try_from(len).ok())
 }
 
 /// A row from the simple query protocol: every value is text.
@@ -168,4 +213,65 @@ pub enum SimpleMessage {
     CommandComplete(String),
     /// The query string was empty.
     Empty,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(n: usize) -> Arc<[Column]> {
+        (0..n)
+            .map(|i| Column {
+                name: format!("c{i}"),
+                type_: Type::TEXT,
+                table_oid: 0,
+                column_id: 0,
+            })
+            .collect()
+    }
+
+    fn body(values: &[Option<&str>]) -> Bytes {
+        let mut b = Vec::new();
+        for v in values {
+            match v {
+                Some(s) => {
+                    b.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                    b.extend_from_slice(s.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.into()
+    }
+
+    #[test]
+    fn values_past_the_kept_positions_are_found_by_walking() {
+        let values: Vec<Option<String>> = (0..13).map(|i| (i % 4 != 2).then(|| "x".repeat(i))).collect();
+        let refs: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+        let row = Row::new(columns(13), body(&refs), 13).unwrap();
+        for (i, v) in refs.iter().enumerate() {
+            assert_eq!(row.raw(i), v.map(str::as_bytes), "value {i}");
+            assert_eq!(row.get::<Option<String>>(i).as_deref(), *v, "value {i}");
+        }
+        assert_eq!(row.raw(13), None);
+        assert_eq!(row.get::<Option<String>>("c12").as_deref(), refs[12]);
+    }
+
+    #[test]
+    fn malformed_rows_are_refused() {
+        let ok = body(&[Some("ab"), None]);
+        assert!(Row::new(columns(2), ok.clone(), 2).is_ok());
+        assert!(
+            Row::new(columns(3), ok.clone(), 2).is_err(),
+            "count differs from the columns"
+        );
+        assert!(Row::new(columns(2), ok.slice(..ok.len() - 1), 2).is_err(), "truncated");
+        let mut long = ok.to_vec();
+        long.push(0);
+        assert!(Row::new(columns(2), long.into(), 2).is_err(), "trailing bytes");
+        let huge = body(&[Some("ab")]);
+        let mut lying = huge.to_vec();
+        lying[..4].copy_from_slice(&1000i32.to_be_bytes());
+        assert!(Row::new(columns(1), lying.into(), 1).is_err(), "length past the end");
+    }
 }

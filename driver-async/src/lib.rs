@@ -136,7 +136,20 @@ impl Client {
         Client::connect_config(&Config::parse(params)?).await
     }
 
+    /// Connects by the first route that works (see [`Config::routes`]:
+    /// the local Unix socket, when there is one, before TCP).
     pub async fn connect_config(config: &Config) -> Result<Client, Error> {
+        let mut last = None;
+        for route in config.routes(|path| std::path::Path::new(path).exists()) {
+            match Client::connect_route(&route).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::closed("no route to the server")))
+    }
+
+    async fn connect_route(config: &Config) -> Result<Client, Error> {
         let sock = Socket::connect(config).await.map_err(|e| config.connect_error(e))?;
         let mut client = Client {
             conn: Connection::new(config, Instant::now()),
