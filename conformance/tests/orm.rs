@@ -404,6 +404,7 @@ conformance_tests!(
     get_get_opt_first,
     queryset_update_and_delete,
     bulk_insert_order_empty_and_chunking,
+    bulk_insert_execute_counts_and_keeps_hooks,
     upsert_do_nothing_do_update_and_given_key_save,
     get_or_create_and_update_or_create,
     get_or_create_recovers_from_concurrent_insert,
@@ -1229,6 +1230,43 @@ fn bulk_insert_order_empty_and_chunking<D: Driver>() {
     assert!(stamps.iter().all(|s| s.label == "stamped"), "{stamps:?}");
     assert_eq!(stamps.iter().map(|s| s.id).collect::<HashSet<_>>().len(), 3);
     assert_eq!(run(&mut c, Stamp::objects().count()), 3);
+}
+
+fn bulk_insert_execute_counts_and_keeps_hooks<D: Driver>() {
+    let mut c: D = setup("bulk_exec");
+    // No hooks: no RETURNING, the output is the row count.
+    let tags = ["a", "b", "c"].map(|n| Tag {
+        name: n.into(),
+        uses: 2,
+    });
+    assert_eq!(run(&mut c, Tag::bulk_insert(tags.clone()).execute()), 3);
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(2)).count()), 3);
+    // An upsert that skips every row counts none.
+    assert_eq!(
+        run(
+            &mut c,
+            Tag::bulk_insert(tags).on_conflict(Tag::NAME).do_nothing().execute()
+        ),
+        0
+    );
+    assert_eq!(run(&mut c, Tag::bulk_insert(Vec::new()).execute()), 0);
+    // Over the parameter limit: two statements, both counted.
+    let many: Vec<Tag> = (0..40_000)
+        .map(|i| Tag {
+            name: format!("t{i}"),
+            uses: 1,
+        })
+        .collect();
+    assert_eq!(run(&mut c, Tag::bulk_insert(many).execute()), 40_000);
+    assert_eq!(run(&mut c, Tag::objects().count()), 40_003);
+
+    // With hooks: before_save and after_save still run for every model.
+    let users = ["x", "y"].map(|n| User::new(&format!("{n}@exec"), n));
+    assert_eq!(run(&mut c, User::bulk_insert(users).execute()), 2);
+    let stored = run(&mut c, User::objects().filter(User::EMAIL.like("%@exec")).all());
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|u| u.version == 1), "before_save ran: {stored:?}");
+    assert_eq!(run(&mut c, AuditLog::objects().count()), 2, "after_save ran");
 }
 
 // ---- 10. upserts ----

@@ -678,6 +678,12 @@ impl Connection {
 
     /// Submits a statement whose parameters are already encoded (the path
     /// [`crate::ops::Query`] takes after inferring the parameter types).
+    /// The parameter OIDs `sql` was last prepared with (see
+    /// `params::encode_inferred`).
+    pub(crate) fn param_hint(&self, sql: &str) -> &[u32] {
+        self.cache.param_hint(sql)
+    }
+
     pub(crate) fn submit_encoded(
         &mut self,
         sql: &str,
@@ -824,7 +830,7 @@ impl Connection {
                 return Ok(());
             }
             RequestKind::Query(sql, params) => {
-                let enc = match params::encode_inferred(params)? {
+                let enc = match params::encode_inferred(params, self.cache.param_hint(sql))? {
                     Some(e) => e,
                     None => {
                         return Err(Error::misuse(

@@ -40,7 +40,7 @@ pub use connection::{
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};
 pub use orm::Model;
-pub use params::Param;
+pub use params::{Param, ParamSource};
 pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
 
 /// What an application needs from the core; each driver's `prelude`

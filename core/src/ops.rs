@@ -11,7 +11,7 @@ use postgres_types::Type;
 use crate::connection::{QueryResult, Request, Response, Statement, Ticket, TransactionStatus};
 use crate::error::sqlstate;
 use crate::orm::Value;
-use crate::params::{self, Param};
+use crate::params::{self, Param, ParamSource};
 use crate::row::{Row, SimpleMessage};
 use crate::{Connection, Error};
 
@@ -396,6 +396,17 @@ impl<'a> Query<'a> {
         }
     }
 
+    /// Same, its parameters lent by `source` whenever it is encoded.
+    pub fn from_source(sql: impl Into<Cow<'a, str>>, source: Box<dyn ParamSource>) -> Query<'a> {
+        Query {
+            sql: sql.into(),
+            params: Params::Source(source),
+            deadline: None,
+            retried: false,
+            state: QueryState::Start,
+        }
+    }
+
     /// Gives up at `deadline`: the server is asked to cancel and the query
     /// fails with [`Error::Timeout`].
     pub fn deadline(mut self, deadline: Option<Instant>) -> Self {
@@ -474,7 +485,8 @@ impl<'a> Query<'a> {
     }
 
     fn start(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
-        match self.params.with(params::encode_inferred)? {
+        let hint = conn.param_hint(&self.sql);
+        match self.params.with(|p| params::encode_inferred(p, hint))? {
             Some(enc) => {
                 let t = conn.submit_encoded(&self.sql, enc, self.deadline, now)?;
                 self.state = QueryState::Running { ticket: t, _stmt: None };
@@ -639,6 +651,7 @@ enum Params<'a> {
     Borrowed(&'a [Param<'a>]),
     Owned(Vec<Param<'a>>),
     Values(Vec<Value>),
+    Source(Box<dyn ParamSource>),
 }
 
 impl Params<'_> {
@@ -650,6 +663,7 @@ impl Params<'_> {
                 let refs: Vec<Param<'_>> = v.iter().map(|v| &**v as Param<'_>).collect();
                 f(&refs)
             }
+            Params::Source(s) => f(&s.params()),
         }
     }
 }

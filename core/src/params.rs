@@ -20,6 +20,14 @@ use crate::Error;
 /// A parameter, as the statements' callers pass it.
 pub type Param<'a> = &'a (dyn ToSql + Sync);
 
+/// Values a statement owns and lends out as its parameters each time it is
+/// encoded: the ORM's bulk insert hands its models to the statement whole
+/// instead of cloning every field into a boxed [`Value`](crate::orm::Value).
+pub trait ParamSource: Send + Sync {
+    /// The parameters, in `$1, $2, …` order.
+    fn params(&self) -> Vec<Param<'_>>;
+}
+
 /// Candidate types for inference, most common first.
 const CANDIDATES: &[Type] = &[
     Type::INT4,
@@ -97,50 +105,64 @@ fn encode_one(
 
 /// Encodes parameters with types inferred from the values. `Ok(None)` means
 /// some value fits no candidate type: the caller must describe first.
-pub(crate) fn encode_inferred(params: &[Param<'_>]) -> Result<Option<Encoded>, Error> {
+///
+/// `hint` holds the OIDs this statement's parameters were sent with last
+/// time (empty if none): each value is offered its hinted type first,
+/// because every candidate a value refuses costs a boxed error. A value
+/// that accepts several candidates may so take the hinted one rather than
+/// the first: the type the statement was last prepared with, which the
+/// server took.
+pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Option<Encoded>, Error> {
     check_count(params.len())?;
     let mut enc = Encoded {
-        buf: BytesMut::new(),
+        // Most values are a few bytes; growing from empty reallocates.
+        buf: BytesMut::with_capacity(params.len() * 16),
         items: Vec::with_capacity(params.len()),
     };
-    'params: for p in params {
-        for ty in CANDIDATES {
-            let start = enc.buf.len();
-            match encode_one(*p, ty, &mut enc.buf) {
-                Ok(range) => {
-                    let item = if *ty == Type::TEXT {
-                        // Untyped text: the server picks the type.
-                        EncodedParam {
-                            oid: 0,
-                            binary: false,
-                            range,
-                        }
-                    } else {
-                        let binary = matches!(p.encode_format(ty), Format::Binary);
-                        EncodedParam {
-                            oid: ty.oid(),
-                            binary,
-                            range,
-                        }
-                    };
-                    enc.items.push(item);
-                    continue 'params;
-                }
-                Err(e) => {
-                    enc.buf.truncate(start);
-                    if !is_wrong_type(&*e) {
-                        return Err(Error::encode(format!(
-                            "parameter ${} as {}: {e}",
-                            enc.items.len() + 1,
-                            ty
-                        )));
-                    }
-                }
+    'params: for (i, p) in params.iter().enumerate() {
+        let hinted = hint.get(i).and_then(|&oid| match oid {
+            0 => Some(Type::TEXT),
+            oid => Type::from_oid(oid),
+        });
+        for ty in hinted
+            .iter()
+            .chain(CANDIDATES.iter().filter(|t| Some(*t) != hinted.as_ref()))
+        {
+            if let Some(item) = offer(i + 1, *p, ty, &mut enc.buf)? {
+                enc.items.push(item);
+                continue 'params;
             }
         }
         return Ok(None);
     }
     Ok(Some(enc))
+}
+
+/// Encodes parameter `$n`, `p`, as `ty` if it accepts that type (`Ok(None)`
+/// if not).
+fn offer(n: usize, p: Param<'_>, ty: &Type, buf: &mut BytesMut) -> Result<Option<EncodedParam>, Error> {
+    let start = buf.len();
+    match encode_one(p, ty, buf) {
+        // Untyped text: the server picks the type.
+        Ok(range) if *ty == Type::TEXT => Ok(Some(EncodedParam {
+            oid: 0,
+            binary: false,
+            range,
+        })),
+        Ok(range) => Ok(Some(EncodedParam {
+            oid: ty.oid(),
+            binary: matches!(p.encode_format(ty), Format::Binary),
+            range,
+        })),
+        Err(e) => {
+            buf.truncate(start);
+            if is_wrong_type(&*e) {
+                Ok(None)
+            } else {
+                Err(Error::encode(format!("parameter ${n} as {ty}: {e}")))
+            }
+        }
+    }
 }
 
 /// Encodes parameters for known types (a described or prepared statement).
@@ -232,4 +254,36 @@ pub(crate) fn write_bind(portal: &str, statement: &str, enc: &Encoded, out: &mut
         postgres_protocol::message::frontend::BindError::Conversion(e) => Error::encode(e.to_string()),
         postgres_protocol::message::frontend::BindError::Serialization(e) => Error::encode(e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oids(params: &[Param<'_>], hint: &[u32]) -> Vec<u32> {
+        let enc = encode_inferred(params, hint).unwrap().expect("inferred");
+        enc.oids().collect()
+    }
+
+    #[test]
+    fn hints_are_tried_first_and_never_change_the_answer() {
+        let name = String::from("x");
+        let none: Option<String> = None;
+        let params: [Param<'_>; 4] = [&name, &5i64, &none, &1.5f64];
+        let inferred = oids(&params, &[]);
+        assert_eq!(inferred, [0, Type::INT8.oid(), 0, Type::FLOAT8.oid()]);
+        // The right hint, a wrong one, a short one, an unknown OID: the
+        // encoding is the same whatever the hint says.
+        for hint in [
+            inferred.clone(),
+            vec![Type::INT4.oid(), 0, Type::BOOL.oid(), Type::INT8.oid()],
+            vec![0],
+            vec![999_999; 4],
+        ] {
+            assert_eq!(oids(&params, &hint), inferred, "hint {hint:?}");
+        }
+        let a = encode_inferred(&params, &[]).unwrap().unwrap();
+        let b = encode_inferred(&params, &inferred).unwrap().unwrap();
+        assert_eq!(a.buf, b.buf, "same bytes with and without the hint");
+    }
 }

@@ -85,6 +85,20 @@ impl Socket {
             Socket::Unix(s) => s.try_read(buf),
         }
     }
+
+    /// Forgets that the socket was readable, without a syscall: after a
+    /// read that did not fill the buffer, the socket is drained, and the
+    /// next wait should go straight to epoll instead of first trying a read
+    /// that can only fail with `WouldBlock` (tokio's own `poll_read` does
+    /// the same). Data arriving later raises a new edge, which tokio counts
+    /// and never loses to this clear.
+    fn forget_readable(&self) {
+        let would_block = || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock));
+        let _ = match self {
+            Socket::Tcp(s) => s.try_io(TokioInterest::READABLE, would_block),
+            Socket::Unix(s) => s.try_io(TokioInterest::READABLE, would_block),
+        };
+    }
 }
 
 /// An asynchronous connection to PostgreSQL.
@@ -249,7 +263,12 @@ impl Client {
 
     fn read_once(&mut self) -> Result<(), Error> {
         match self.sock.try_read(&mut self.buf) {
-            Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
+            Ok(n) => {
+                if n > 0 && n < self.buf.len() {
+                    self.sock.forget_readable();
+                }
+                self.conn.handle_read(&self.buf[..n], Instant::now())
+            }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
             Err(e) => Err(self.fatal(e)),
         }

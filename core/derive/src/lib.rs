@@ -204,6 +204,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     let mut defs = Vec::new();
     let mut decode = Vec::new();
     let mut values = Vec::new();
+    let mut lent = Vec::new();
     let mut consts = Vec::new();
     let mut pk: Option<(usize, &Ident, &Type, bool)> = None;
     for (i, f) in fields.iter().enumerate() {
@@ -268,6 +269,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
         });
         decode.push(quote!(#ident: row.try_get(at.get(#i))?));
         values.push(quote!(#i => ::std::sync::Arc::new(::core::clone::Clone::clone(&self.#ident))));
+        lent.push(quote!(#i => &self.#ident));
         let const_name = format_ident!("{}", field_name.to_uppercase());
         let doc = format!("The `{column}` column.");
         consts.push(quote! {
@@ -324,6 +326,13 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             fn value(&self, i: usize) -> #core::orm::Value {
                 match i {
                     #(#values,)*
+                    _ => panic!("{} has {} columns, not {}", #name_str, #n, i + 1),
+                }
+            }
+
+            fn field(&self, i: usize) -> &(dyn #core::ToSql + ::core::marker::Sync) {
+                match i {
+                    #(#lent,)*
                     _ => panic!("{} has {} columns, not {}", #name_str, #n, i + 1),
                 }
             }

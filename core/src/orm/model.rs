@@ -228,6 +228,10 @@ pub trait Model: Hooks + Sized + Send + Sync + 'static {
     /// The value of column `i`, to be bound.
     fn value(&self, i: usize) -> Value;
 
+    /// Column `i`'s field, lent as a parameter: what a write that owns
+    /// its models binds, with nothing cloned.
+    fn field(&self, i: usize) -> &(dyn ToSql + Sync);
+
     /// The primary key, or `None` while a database-assigned key is unset.
     fn key(&self) -> Option<Self::Key>;
 

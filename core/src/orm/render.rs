@@ -9,11 +9,19 @@ use super::expr::{Expr, Order, Value};
 pub struct Sql {
     pub text: String,
     pub params: Vec<Value>,
+    /// Placeholders written so far; more than `params` when the values are
+    /// bound elsewhere (see [`placeholder`](Self::placeholder)).
+    placeholders: usize,
 }
 
 impl Sql {
     pub fn new() -> Sql {
-        Sql::default()
+        // Most statements fit: growing a String from empty reallocates
+        // several times per statement.
+        Sql {
+            text: String::with_capacity(256),
+            ..Sql::default()
+        }
     }
 
     pub fn push(&mut self, s: &str) {
@@ -23,11 +31,10 @@ impl Sql {
     /// A quoted identifier: `"name"`, with embedded quotes doubled.
     pub fn ident(&mut self, name: &str) {
         self.text.push('"');
-        for c in name.chars() {
-            if c == '"' {
-                self.text.push('"');
-            }
-            self.text.push(c);
+        if name.bytes().any(|b| b == b'"') {
+            self.text.push_str(&name.replace('"', "\"\""));
+        } else {
+            self.text.push_str(name);
         }
         self.text.push('"');
     }
@@ -42,8 +49,15 @@ impl Sql {
     /// A bound value: writes `$n`.
     pub fn param(&mut self, v: Value) {
         self.params.push(v);
+        self.placeholder();
+    }
+
+    /// Writes the next `$n` only: its value is bound by whoever runs the
+    /// statement (a bulk insert lends its models' fields).
+    pub fn placeholder(&mut self) {
+        self.placeholders += 1;
         self.text.push('$');
-        self.text.push_str(&self.params.len().to_string());
+        self.text.push_str(itoa::Buffer::new().format(self.placeholders));
     }
 
     /// Comma-separated items.
@@ -231,5 +245,31 @@ impl Select {
         let mut s = Sql::new();
         self.render(&mut s);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sql;
+
+    #[test]
+    fn identifiers_double_every_quote_and_placeholders_count_on() {
+        let mut s = Sql::new();
+        for name in ["plain", "a\"b", "\"\"", "", "x\"", "; DROP --"] {
+            s.ident(name);
+            s.push(" ");
+        }
+        assert_eq!(s.text, r#""plain" "a""b" """""" "" "x""" "; DROP --" "#);
+
+        let mut s = Sql::new();
+        for _ in 0..12 {
+            s.placeholder();
+        }
+        assert!(
+            s.text.starts_with("$1$2$3") && s.text.ends_with("$9$10$11$12"),
+            "{}",
+            s.text
+        );
+        assert!(s.params.is_empty(), "placeholders bind nothing themselves");
     }
 }

@@ -13,6 +13,7 @@ use super::render::Sql;
 use crate::connection::QueryResult;
 use crate::error::sqlstate;
 use crate::ops::{atomic, lazy, pipeline, ready, then, then_result, BoxOp, Operation, Query};
+use crate::params::{Param, ParamSource};
 use crate::Error;
 
 /// The most parameters one statement may bind (the protocol's limit).
@@ -23,13 +24,24 @@ fn returning_all<M: Model>(s: &mut Sql) {
     s.list(M::META.columns, |s, c| s.ident(c.name));
 }
 
+/// The columns an `INSERT` writes, for models with (or without) a key.
+fn inserted_columns<M: Model>(has_key: bool) -> Vec<usize> {
+    let columns = M::META.columns;
+    (0..columns.len()).filter(|&i| columns[i].inserted(has_key)).collect()
+}
+
 /// `INSERT INTO t (cols) VALUES (…), (…) [ON CONFLICT …] RETURNING *` for
-/// models that all have (or all lack) a key.
-fn insert_sql<M: Model>(models: &[&M], has_key: bool, conflict: Option<&Conflict>) -> Sql {
+/// models that all have (or all lack) a key; `bind` writes the placeholder
+/// of column `i` of a model.
+fn insert_sql<'m, M: Model>(
+    models: impl IntoIterator<Item = &'m M>,
+    has_key: bool,
+    conflict: Option<&Conflict>,
+    returning: bool,
+    mut bind: impl FnMut(&mut Sql, &'m M, usize),
+) -> Sql {
     let meta = M::META;
-    let cols: Vec<usize> = (0..meta.columns.len())
-        .filter(|&i| meta.columns[i].inserted(has_key))
-        .collect();
+    let cols = inserted_columns::<M>(has_key);
     let mut s = Sql::new();
     s.push("INSERT INTO ");
     s.ident(meta.table);
@@ -41,15 +53,33 @@ fn insert_sql<M: Model>(models: &[&M], has_key: bool, conflict: Option<&Conflict
         s.push(") VALUES ");
         s.list(models, |s, m| {
             s.push("(");
-            s.list(&cols, |s, &i| s.param(m.value(i)));
+            s.list(&cols, |s, &i| bind(s, m, i));
             s.push(")");
         });
     }
     if let Some(c) = conflict {
         c.render(&mut s);
     }
-    returning_all::<M>(&mut s);
+    if returning {
+        returning_all::<M>(&mut s);
+    }
     s
+}
+
+/// Models an `INSERT` owns, lending their fields as its parameters.
+struct InsertedModels<M> {
+    models: Vec<M>,
+    cols: Vec<usize>,
+}
+
+impl<M: Model> ParamSource for InsertedModels<M> {
+    fn params(&self) -> Vec<Param<'_>> {
+        let mut out = Vec::with_capacity(self.models.len() * self.cols.len());
+        for m in &self.models {
+            out.extend(self.cols.iter().map(|&i| m.field(i)));
+        }
+        out
+    }
 }
 
 /// `UPDATE t SET … WHERE pk = $n RETURNING *`.
@@ -120,7 +150,9 @@ where
             (Some(k), true) => update_sql(m, std::sync::Arc::new(k.clone())),
             _ => {
                 let conflict = (!auto).then(|| Conflict::on_pk::<M>());
-                insert_sql(&[m], key.is_some(), conflict.as_ref())
+                insert_sql([m], key.is_some(), conflict.as_ref(), true, |s, m, i| {
+                    s.param(m.value(i))
+                })
             }
         };
         let write = Query::values(sql.text, sql.params);
@@ -344,28 +376,80 @@ impl<M: Model> BulkInsert<M> {
         }
     }
 
-    /// The statements, rendered (for tests and logs). Hooks have not run.
-    pub fn to_sql(&self) -> Vec<Sql> {
-        Self::statements(&self.models, self.conflict.as_ref())
+    /// Inserts without bringing the rows back: the output is the number of
+    /// rows written. For a model without hooks nothing is returned or
+    /// decoded (the statements have no `RETURNING`), which is what a bulk
+    /// load wants; a model with hooks is inserted as by the operation
+    /// itself, so `after_save` still sees each stored row.
+    ///
+    /// ```
+    /// use duet_core::orm::prelude::*;
+    /// #[derive(Model, Clone)]
+    /// struct Reading { #[duet(primary_key, auto)] id: i64, sensor: i32, value: f64 }
+    ///
+    /// let batch: Vec<Reading> = (0..3).map(|i| Reading { id: 0, sensor: i, value: 0.5 }).collect();
+    /// let load = Reading::bulk_insert(batch).execute(); // an Operation<Output = u64>
+    /// # let _ = load;
+    /// ```
+    pub fn execute(self) -> BoxOp<'static, u64> {
+        if M::HAS_HOOKS {
+            return Box::new(self.map(|stored| Ok(stored.len() as u64)));
+        }
+        let BulkInsert { models, conflict, .. } = self;
+        Box::new(lazy(move || {
+            let writes = Self::statements(models, conflict.as_ref(), false);
+            Ok(pipeline(writes).map(|results| Ok(results.iter().map(|r| r.rows_affected()).sum())))
+        }))
     }
 
-    fn statements(models: &[M], conflict: Option<&Conflict>) -> Vec<Sql> {
+    /// The statements, rendered (for tests and logs). Hooks have not run.
+    pub fn to_sql(&self) -> Vec<Sql> {
+        let mut rest = &self.models[..];
+        Self::chunks(&self.models)
+            .into_iter()
+            .map(|(len, has_key)| {
+                let (chunk, after) = rest.split_at(len);
+                rest = after;
+                insert_sql(chunk, has_key, self.conflict.as_ref(), true, |s, m, i| {
+                    s.param(m.value(i))
+                })
+            })
+            .collect()
+    }
+
+    /// How the models split into statements: runs of models that all have
+    /// (or all lack) a key, each under the parameter limit.
+    fn chunks(models: &[M]) -> Vec<(usize, bool)> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < models.len() {
             let has_key = models[i].key().is_some();
-            let width = M::META.columns.iter().filter(|c| c.inserted(has_key)).count();
+            let width = inserted_columns::<M>(has_key).len();
             // Nothing to bind: `DEFAULT VALUES` inserts one row, so each
             // model needs a statement of its own (all still in one batch).
             let per_statement = MAX_PARAMS.checked_div(width).unwrap_or(1);
-            let mut chunk: Vec<&M> = Vec::new();
-            while i < models.len() && chunk.len() < per_statement && models[i].key().is_some() == has_key {
-                chunk.push(&models[i]);
+            let start = i;
+            while i < models.len() && i - start < per_statement && models[i].key().is_some() == has_key {
                 i += 1;
             }
-            out.push(insert_sql(&chunk, has_key, conflict));
+            out.push((i - start, has_key));
         }
         out
+    }
+
+    /// One `INSERT` per chunk, each owning its models.
+    fn statements(models: Vec<M>, conflict: Option<&Conflict>, returning: bool) -> Vec<Query<'static>> {
+        let chunks = Self::chunks(&models);
+        let mut models = models.into_iter();
+        chunks
+            .into_iter()
+            .map(|(len, has_key)| {
+                let chunk: Vec<M> = models.by_ref().take(len).collect();
+                let sql = insert_sql(&chunk, has_key, conflict, returning, |s, _, _| s.placeholder());
+                let cols = inserted_columns::<M>(has_key);
+                Query::from_source(sql.text, Box::new(InsertedModels { models: chunk, cols }))
+            })
+            .collect()
     }
 
     fn build(models: Vec<M>, conflict: Option<Conflict>) -> Result<BoxOp<'static, Vec<M>>, Error> {
@@ -375,15 +459,13 @@ impl<M: Model> BulkInsert<M> {
             ctx.inserting = conflict.is_none();
             m.before_save(&mut ctx)?;
         }
-        let writes: Vec<Query<'static>> = Self::statements(&models, conflict.as_ref())
-            .into_iter()
-            .map(|s| Query::values(s.text, s.params))
-            .collect();
+        let count = models.len();
+        let writes = Self::statements(models, conflict.as_ref(), true);
         if !M::HAS_HOOKS {
             // Nothing can follow the inserts: a transaction around them
             // commits in the same round trip.
-            return Ok(Box::new(pipeline(writes).map(|results| {
-                let mut stored = Vec::new();
+            return Ok(Box::new(pipeline(writes).map(move |results| {
+                let mut stored = Vec::with_capacity(count);
                 for r in results {
                     stored.extend(decode_models::<M>(r)?);
                 }
@@ -396,7 +478,7 @@ impl<M: Model> BulkInsert<M> {
             then(
                 pipeline((run_queued(before), pipeline(writes))),
                 move |((), results)| {
-                    let mut stored = Vec::with_capacity(models.len());
+                    let mut stored = Vec::with_capacity(count);
                     for r in results {
                         stored.extend(decode_models::<M>(r)?);
                     }
