@@ -131,7 +131,7 @@ macro_rules! pg_workload {
                     sum += assoc::medium_sum(&rows);
                 }
             }
-            Workload::Associations => {
+            Workload::Associations(_) => {
                 let (su, sp, sc) = (stmt!(w::ASSOC_USERS_SQL), stmt!(w::ASSOC_POSTS_SQL), stmt!(w::ASSOC_COMMENTS_SQL));
                 for _ in 0..iters {
                     let users: Vec<assoc::User> =
@@ -370,7 +370,7 @@ impl Contender for Sqlx {
                         sum += assoc::medium_sum(&out);
                     }
                 }
-                Workload::Associations => {
+                Workload::Associations(_) => {
                     for _ in 0..iters {
                         let rows = sqlx::query(w::ASSOC_USERS_SQL)
                             .bind(w::ASSOC_USERS)

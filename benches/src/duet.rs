@@ -289,7 +289,7 @@ macro_rules! duet_workload {
                     sum += assoc::medium_sum(&rows);
                 }
             }
-            (Workload::Associations, Level::Raw) => {
+            (Workload::Associations(_), Level::Raw) => {
                 // What a raw client does: one query per level, each built
                 // from the previous result.
                 for _ in 0..iters {
@@ -319,8 +319,11 @@ macro_rules! duet_workload {
                     sum += assoc::tree_sum(&assoc::assemble(users, posts, comments));
                 }
             }
-            (Workload::Associations, Level::Orm) => {
-                // The one-round-trip prefetch: every level in one pipeline.
+            (Workload::Associations(trips), Level::Orm) => {
+                let mode = match trips {
+                    w::Trips::One => PrefetchMode::OneTrip,
+                    w::Trips::PerLevel => PrefetchMode::TwoStep,
+                };
                 for _ in 0..iters {
                     let tree = c
                         .run(
@@ -331,8 +334,10 @@ macro_rules! duet_workload {
                                     Post::USER,
                                     Post::objects()
                                         .order_by(Post::ID)
-                                        .prefetch(Comment::POST, Comment::objects().order_by(Comment::ID)),
+                                        .prefetch(Comment::POST, Comment::objects().order_by(Comment::ID))
+                                        .mode(mode),
                                 )
+                                .mode(mode)
                                 .all(),
                         )$($aw)*?;
                     let tree: assoc::Tree = tree

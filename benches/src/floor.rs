@@ -444,7 +444,7 @@ impl Contender for Floor {
                     sum += assoc::medium_sum(&rows);
                 }
             }
-            Workload::Associations => {
+            Workload::Associations(_) => {
                 let p = w::ASSOC_USERS.to_be_bytes();
                 for _ in 0..iters {
                     let users = self.fetch(w::ASSOC_USERS_SQL, &[Some(&p)], |f| f.user())?;

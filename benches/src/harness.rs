@@ -265,7 +265,9 @@ pub fn machine() -> String {
         .and_then(|l| l.split(':').nth(1))
         .map(str::trim)
         .unwrap_or("unknown CPU");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // Not available_parallelism: that counts the CPUs this (pinned)
+    // process may use.
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()

@@ -16,6 +16,7 @@ mod duet;
 mod floor;
 mod harness;
 mod pgbench;
+mod placement;
 mod workload;
 
 #[cfg(feature = "anchors")]
@@ -165,6 +166,7 @@ struct Options {
     scale: u64,
     json: Option<String>,
     only: Option<Vec<String>>,
+    placement: placement::Placement,
 }
 
 fn parse_args() -> Result<Options, BenchError> {
@@ -174,6 +176,7 @@ fn parse_args() -> Result<Options, BenchError> {
         scale: 1,
         json: None,
         only: None,
+        placement: placement::Placement::default_for_machine(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -185,6 +188,10 @@ fn parse_args() -> Result<Options, BenchError> {
                 o.scale = 10;
             }
             "--json" => o.json = Some(args.next().ok_or("--json PATH")?),
+            "--cpus" => {
+                let p = args.next().ok_or("--cpus split|shared|free")?;
+                o.placement = placement::Placement::parse(&p).ok_or("--cpus split|shared|free")?;
+            }
             "--only" => {
                 o.only = Some(
                     args.next()
@@ -196,7 +203,7 @@ fn parse_args() -> Result<Options, BenchError> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: duet-benches [workload…] [--reps N] [--scale N] [--quick] [--json PATH] [--only c1,c2]\n\
+                    "usage: duet-benches [workload…] [--reps N] [--scale N] [--quick] [--json PATH] [--only c1,c2] [--cpus split|shared|free]\n\
                      workloads: {}\ncontenders: {}",
                     Workload::all().iter().map(|w| w.name()).collect::<Vec<_>>().join(" "),
                     CONTENDERS.join(", ")
@@ -438,7 +445,7 @@ fn main() -> Result<(), BenchError> {
     let opts = parse_args()?;
     let started = Instant::now();
     progress("starting PostgreSQL and loading the data…");
-    let server = TestServer::start()?;
+    let server = opts.placement.apply(TestServer::start)??;
     let targets = targets(&server)?;
     let tcp = targets[&Transport::Tcp].clone();
     let names: Vec<&str> = CONTENDERS
@@ -447,7 +454,11 @@ fn main() -> Result<(), BenchError> {
         .filter(|n| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == n)))
         .filter(|n| anchors_built() || !matches!(*n, "postgres" | "tokio-postgres" | "sqlx"))
         .collect();
-    let machine = harness::machine();
+    let machine = format!(
+        "{} ({})",
+        harness::machine(),
+        opts.placement.describe(std::env::var_os("DATABASE_URL").is_none())
+    );
     let mut clients: HashMap<(String, Transport), Box<dyn Contender>> = HashMap::new();
     let mut results: Vec<(String, Vec<Outcome>)> = Vec::new();
     let mut report = format!(
@@ -503,6 +514,7 @@ mod tests {
             scale: 1_000_000,
             json: None,
             only: None,
+            placement: placement::Placement::Free,
         };
         let names: Vec<&str> = CONTENDERS
             .iter()

@@ -37,13 +37,25 @@ pub enum Workload {
     /// 5. diesel: one INSERT of `n` users.
     Insert(i32),
     /// 5. diesel: 100 users, their posts, their comments, assembled.
-    Associations,
+    ///
+    /// The duet ORM sends every level in one round trip (`OneTrip`) or one
+    /// query per level; the other contenders run the same code for both.
+    Associations(Trips),
     /// 6. 1,000,000 rows streamed; peak RSS growth is the figure.
     Stream1M,
 }
 
+/// How the duet ORM loads associations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trips {
+    /// Every level in one pipeline (`PrefetchMode::OneTrip`).
+    One,
+    /// One query per level (`PrefetchMode::TwoStep`).
+    PerLevel,
+}
+
 impl Workload {
-    pub const ALL: [Workload; 16] = [
+    pub const ALL: [Workload; 17] = [
         Workload::Point(Transport::Tcp),
         Workload::Point(Transport::Unix),
         Workload::Pipeline100(Transport::Tcp),
@@ -58,7 +70,8 @@ impl Workload {
         Workload::Insert(1),
         Workload::Insert(100),
         Workload::Insert(1000),
-        Workload::Associations,
+        Workload::Associations(Trips::One),
+        Workload::Associations(Trips::PerLevel),
         Workload::Stream1M,
     ];
 
@@ -78,7 +91,8 @@ impl Workload {
             Workload::Trivial(n) => format!("trivial_{n}"),
             Workload::MediumComplex => "medium_complex".into(),
             Workload::Insert(n) => format!("insert_{n}"),
-            Workload::Associations => "associations".into(),
+            Workload::Associations(Trips::One) => "associations".into(),
+            Workload::Associations(Trips::PerLevel) => "associations_per_level".into(),
             Workload::Stream1M => "stream1m".into(),
         }
     }
@@ -95,7 +109,12 @@ impl Workload {
                 "5. diesel medium complex: users LEFT JOIN posts, black hair, by name desc (per query)"
             }
             Workload::Insert(_) => "5. diesel insert: n users in one INSERT (per insert)",
-            Workload::Associations => "5. diesel loading associations: 100 users × 10 posts × 10 comments (per load)",
+            Workload::Associations(Trips::One) => {
+                "5. diesel loading associations: 100 users × 10 posts × 10 comments; duet ORM: one round trip (per load)"
+            }
+            Workload::Associations(Trips::PerLevel) => {
+                "5. the same; duet ORM: one query per level, as every other contender (per load)"
+            }
             Workload::Stream1M => "6. stream 1,000,000 rows (int8, text); figure: peak RSS growth",
         }
     }
@@ -128,7 +147,7 @@ impl Workload {
             Workload::Insert(1) => 300,
             Workload::Insert(100) => 100,
             Workload::Insert(_) => 15,
-            Workload::Associations => 20,
+            Workload::Associations(_) => 20,
             Workload::Stream1M => 1,
         };
         (n / scale.max(1)).max(1)
