@@ -4,6 +4,12 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+fn rusage(who: libc::c_int) -> Option<libc::rusage> {
+    // SAFETY: getrusage writes into the struct we own; it has no other effect.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    (unsafe { libc::getrusage(who, &mut u) } == 0).then_some(u)
+}
+
 /// Client CPU time (user + system) of this process so far, or of the
 /// children it has waited for (pgbench).
 pub fn cpu_time(children: bool) -> Duration {
@@ -12,23 +18,39 @@ pub fn cpu_time(children: bool) -> Duration {
     } else {
         libc::RUSAGE_SELF
     };
-    // SAFETY: getrusage writes into the struct we own; it has no other effect.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(who, &mut u) } != 0 {
+    let Some(u) = rusage(who) else {
         return Duration::ZERO;
-    }
+    };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// Page faults this process took so far (minor: a fresh page of memory).
+pub fn page_faults() -> u64 {
+    rusage(libc::RUSAGE_SELF).map_or(0, |u| u.ru_minflt as u64 + u.ru_majflt as u64)
+}
+
+/// Fixes glibc's allocator policy for the whole run. By default glibc
+/// serves blocks above a threshold with fresh `mmap`s and returns heap
+/// tops above another to the kernel, and moves both thresholds with what
+/// the process frees: whether a contender's megabyte-sized result reuses
+/// memory or faults in fresh pages then depends on what ran before it, and
+/// page faults (dear in a VM) moved a contender's CPU figure by half
+/// between runs. With both thresholds fixed at 32 MiB every contender
+/// reuses its memory.
+pub fn fix_allocator_policy() {
+    const LIMIT: libc::c_int = 32 << 20;
+    // SAFETY: mallopt only changes allocator parameters; called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LIMIT);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, LIMIT);
+    }
+}
+
 /// Peak resident set size of this process, in bytes.
 pub fn peak_rss() -> u64 {
-    // SAFETY: as in `cpu_time`.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0;
-    }
-    u.ru_maxrss as u64 * 1024
+    rusage(libc::RUSAGE_SELF).map_or(0, |u| u.ru_maxrss as u64 * 1024)
 }
 
 /// Current resident set size of this process, in bytes (from /proc).
@@ -50,6 +72,9 @@ pub struct Sample {
     pub wall: Duration,
     pub cpu: Duration,
     pub ops: u64,
+    /// Page faults the batch took in this process (a sign of memory not
+    /// being reused); `None` when it ran elsewhere (pgbench, a child).
+    pub faults: Option<u64>,
 }
 
 impl Sample {
@@ -63,12 +88,14 @@ impl Sample {
 
 /// Times `f`, which runs a batch of `ops` operations in this process.
 pub fn measure<E>(ops: u64, f: impl FnOnce() -> Result<u64, E>) -> Result<(Sample, u64), E> {
+    let faults0 = page_faults();
     let cpu0 = cpu_time(false);
     let t0 = Instant::now();
     let check = f()?;
     let wall = t0.elapsed();
     let cpu = cpu_time(false).saturating_sub(cpu0);
-    Ok((Sample { wall, cpu, ops }, check))
+    let faults = Some(page_faults().saturating_sub(faults0));
+    Ok((Sample { wall, cpu, ops, faults }, check))
 }
 
 /// Median and spread of per-operation figures over repetitions.
@@ -110,6 +137,7 @@ pub struct Outcome {
     pub contender: String,
     pub wall: Stats,
     pub cpu: Stats,
+    pub faults: Stats,
     pub samples: Vec<Sample>,
     /// For memory workloads: peak RSS growth in bytes.
     pub rss_growth: Option<u64>,
@@ -121,10 +149,15 @@ impl Outcome {
     pub fn from_samples(contender: &str, samples: Vec<Sample>) -> Outcome {
         let wall: Vec<f64> = samples.iter().map(Sample::wall_per_op).collect();
         let cpu: Vec<f64> = samples.iter().map(Sample::cpu_per_op).collect();
+        let faults: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.faults.map(|f| f as f64 / s.ops.max(1) as f64))
+            .collect();
         Outcome {
             contender: contender.to_string(),
             wall: stats(&wall),
             cpu: stats(&cpu),
+            faults: stats(&faults),
             samples,
             rss_growth: None,
             failed: None,
@@ -235,6 +268,7 @@ pub fn json(machine: &str, results: &[(String, Vec<Outcome>)]) -> serde_json::Va
                         "wall_spread": finite(o.wall.spread),
                         "cpu_per_op_s": finite(o.cpu.median),
                         "cpu_spread": finite(o.cpu.spread),
+                        "page_faults_per_op": finite(o.faults.median),
                         "repetitions": o.samples.len(),
                         "ops_per_repetition": o.samples.first().map(|s| s.ops),
                         "peak_rss_growth_bytes": o.rss_growth,
@@ -301,6 +335,7 @@ mod tests {
                     wall: Duration::from_secs_f64(wall),
                     cpu: Duration::from_secs_f64(wall / 2.0),
                     ops: 1,
+                    faults: None,
                 }],
             )
         };

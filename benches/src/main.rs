@@ -279,6 +279,7 @@ fn stream_in_child(name: &str, t: &Target) -> Result<(Sample, u64, u64), BenchEr
         wall: std::time::Duration::from_secs_f64(wall.parse()?),
         cpu: std::time::Duration::from_secs_f64(cpu.parse()?),
         ops: 1,
+        faults: None,
     };
     Ok((sample, growth.parse()?, sum.parse()?))
 }
@@ -442,6 +443,7 @@ fn check_sums(outcomes: &mut Vec<Outcome>, sums: &[(String, u64)]) {
 }
 
 fn main() -> Result<(), BenchError> {
+    harness::fix_allocator_policy();
     let opts = parse_args()?;
     let started = Instant::now();
     progress("starting PostgreSQL and loading the data…");

@@ -85,5 +85,6 @@ pub fn run(bin: &PathBuf, t: &Target, w: Workload, transactions: u64) -> Result<
         wall: std::time::Duration::from_secs_f64(ms / 1000.0 * ops as f64),
         cpu,
         ops,
+        faults: None,
     })
 }

@@ -32,14 +32,20 @@ pub fn type_from_oid(oid: u32) -> Type {
 /// allocation, which is most of the cost of a decode-bound fetch.
 const KEPT: usize = 8;
 
+/// A kept position past `u16::MAX`: found by walking from the first value.
+/// Positions are `u16` so that a row is 64 bytes, one cache line: a fetch
+/// writes one `Row` per DataRow, and the smaller they are the fewer cache
+/// misses filling the result costs.
+const FAR: u16 = u16::MAX;
+
 /// One row of a result, decoded lazily column by column.
 #[derive(Clone)]
 pub struct Row {
     columns: Arc<[Column]>,
     /// The DataRow's values: for each, a 4-byte length (-1: NULL) and the bytes.
     body: Bytes,
-    /// Where each of the first `KEPT` values starts in `body`.
-    starts: [u32; KEPT],
+    /// Where each of the first `KEPT` values starts in `body` (or `FAR`).
+    starts: [u16; KEPT],
 }
 
 impl std::fmt::Debug for Row {
@@ -77,11 +83,11 @@ impl Row {
                 columns.len()
             )));
         }
-        let mut starts = [0u32; KEPT];
+        let mut starts = [0u16; KEPT];
         let mut at = 0usize;
         for i in 0..count {
             if let Some(start) = starts.get_mut(i) {
-                *start = u32::try_from(at).map_err(|_| Error::protocol("DataRow too large"))?;
+                *start = u16::try_from(at).unwrap_or(FAR);
             }
             let len = read_len(&body, at).ok_or_else(|| Error::protocol("DataRow value length out of bounds"))?;
             at += 4 + len.unwrap_or(0);
@@ -97,8 +103,12 @@ impl Row {
 
     /// The bytes of value `i` (`None` for NULL); `i` is below `len()`.
     fn value(&self, i: usize) -> Option<&[u8]> {
-        let mut at = self.starts[i.min(KEPT - 1)] as usize;
-        for _ in KEPT - 1..i {
+        let kept = i.min(KEPT - 1);
+        let (mut at, from) = match self.starts[kept] {
+            FAR => (0, 0),
+            start => (start as usize, kept),
+        };
+        for _ in from..i {
             at += 4 + read_len(&self.body, at).flatten().unwrap_or(0);
         }
         let len = read_len(&self.body, at).flatten()?;
@@ -255,6 +265,17 @@ mod tests {
         }
         assert_eq!(row.raw(13), None);
         assert_eq!(row.get::<Option<String>>("c12").as_deref(), refs[12]);
+    }
+
+    #[test]
+    fn values_past_64_kib_are_found_by_walking_from_the_start() {
+        let big = "y".repeat(70_000);
+        let values: Vec<Option<&str>> = vec![Some(&big), Some("a"), None, Some(&big), Some("b")];
+        let row = Row::new(columns(5), body(&values), 5).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(row.raw(i), v.map(str::as_bytes), "value {i}");
+        }
+        assert_eq!(std::mem::size_of::<Row>(), 64, "a row is one cache line");
     }
 
     #[test]
