@@ -53,7 +53,9 @@ impl StatementCache {
         self.sql_of.len()
     }
 
-    pub fn lookup(&mut self, sql: &str, oids: &[u32]) -> CacheLookup {
+    /// `oids` is an iterator so that a hit, the common case, needs no
+    /// `Vec` of them.
+    pub fn lookup(&mut self, sql: &str, oids: impl Iterator<Item = u32> + Clone) -> CacheLookup {
         if self.capacity == 0 {
             return CacheLookup::Disabled;
         }
@@ -61,7 +63,7 @@ impl StatementCache {
         if let Some(e) = self
             .by_sql
             .get_mut(sql)
-            .and_then(|v| v.iter_mut().find(|e| e.oids == oids))
+            .and_then(|v| v.iter_mut().find(|e| e.oids.iter().copied().eq(oids.clone())))
         {
             e.last_used = self.clock;
             return CacheLookup::Hit {
@@ -157,17 +159,17 @@ mod tests {
     fn evicts_least_recently_used() {
         let mut c = StatementCache::new(2);
         for (sql, name) in [("a", "s1"), ("b", "s2")] {
-            assert!(matches!(c.lookup(sql, &[]), CacheLookup::Miss { ref evicted } if evicted.is_empty()));
+            assert!(matches!(c.lookup(sql, [].into_iter()), CacheLookup::Miss { ref evicted } if evicted.is_empty()));
             c.insert(sql, vec![], name.into());
         }
-        assert!(matches!(c.lookup("a", &[]), CacheLookup::Hit { .. }));
-        match c.lookup("c", &[]) {
+        assert!(matches!(c.lookup("a", [].into_iter()), CacheLookup::Hit { .. }));
+        match c.lookup("c", [].into_iter()) {
             CacheLookup::Miss { evicted } => assert_eq!(evicted, vec![Arc::<str>::from("s2")]),
             _ => panic!("expected a miss"),
         }
         c.insert("c", vec![], "s3".into());
         assert!(
-            matches!(c.lookup("a", &[23]), CacheLookup::Miss { .. }),
+            matches!(c.lookup("a", [23].into_iter()), CacheLookup::Miss { .. }),
             "other param types are another statement"
         );
         assert_eq!(c.len(), 1);
@@ -176,6 +178,6 @@ mod tests {
     #[test]
     fn capacity_zero_disables() {
         let mut c = StatementCache::new(0);
-        assert!(matches!(c.lookup("a", &[]), CacheLookup::Disabled));
+        assert!(matches!(c.lookup("a", [].into_iter()), CacheLookup::Disabled));
     }
 }

@@ -268,7 +268,9 @@ pub struct Connection {
     queue: VecDeque<Entry>,
     /// Results of the current sync group, finished at its ReadyForQuery.
     group: Vec<(Ticket, Result<Response, Error>)>,
-    done: HashMap<Ticket, Result<Response, Error>>,
+    /// Finished results by ticket; looked up once per request, so hashed
+    /// with foldhash rather than SipHash (tickets are not attacker input).
+    done: HashMap<Ticket, Result<Response, Error>, foldhash::fast::RandomState>,
     abandoned: Vec<Ticket>,
     deadlines: Vec<(Ticket, Instant)>,
     timed_out: Vec<Ticket>,
@@ -333,7 +335,7 @@ impl Connection {
             input: BytesMut::new(),
             queue: VecDeque::new(),
             group: Vec::new(),
-            done: HashMap::new(),
+            done: HashMap::default(),
             abandoned: Vec::new(),
             deadlines: Vec::new(),
             timed_out: Vec::new(),
@@ -875,8 +877,7 @@ impl Connection {
     }
 
     fn encode_query(&mut self, sql: &str, enc: &Encoded, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
-        let oids: Vec<u32> = enc.oids().collect();
-        let (name, parses, columns) = match self.cache.lookup(sql, &oids) {
+        let (name, parses, columns) = match self.cache.lookup(sql, enc.oids()) {
             CacheLookup::Hit { name, columns } => {
                 self.close_dropped_statements(buf);
                 (name, None, columns)
@@ -898,7 +899,7 @@ impl Connection {
             }
         };
         if parses.is_some() {
-            frontend::parse(&name, sql, oids.iter().copied(), buf).map_err(io_to_encode)?;
+            frontend::parse(&name, sql, enc.oids(), buf).map_err(io_to_encode)?;
         }
         params::write_bind("", &name, enc, buf)?;
         if columns.is_none() {
@@ -910,7 +911,7 @@ impl Connection {
         let parse_sent = parses.is_some();
         let parses = parses.filter(|n| !n.is_empty());
         if let Some(name) = &parses {
-            self.cache.insert(sql, oids, name.clone());
+            self.cache.insert(sql, enc.oids().collect(), name.clone());
         }
         self.queue.push_back(Entry::Stmt(Box::new(StmtState {
             ticket,

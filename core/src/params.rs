@@ -80,7 +80,7 @@ pub(crate) struct EncodedParam {
 }
 
 impl Encoded {
-    pub fn oids(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn oids(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.items.iter().map(|p| p.oid)
     }
     pub fn value(&self, i: usize) -> Option<&[u8]> {
@@ -226,15 +226,16 @@ fn is_wrong_type(e: &(dyn std::error::Error + Sync + Send + 'static)) -> bool {
 
 /// Writes a `Bind` message for already-encoded parameters; binary results.
 pub(crate) fn write_bind(portal: &str, statement: &str, enc: &Encoded, out: &mut BytesMut) -> Result<(), Error> {
-    // Format codes: one per parameter (only when some are text).
+    // Format codes: none without parameters, one for all when every one is
+    // binary, else one per parameter. Iterators, not a Vec: a Bind is
+    // written per request.
     let all_binary = enc.items.iter().all(|p| p.binary);
-    let formats: Vec<i16> = if enc.items.is_empty() {
-        Vec::new()
-    } else if all_binary {
-        vec![1]
+    let count = if all_binary {
+        enc.items.len().min(1)
     } else {
-        enc.items.iter().map(|p| p.binary as i16).collect()
+        enc.items.len()
     };
+    let formats = enc.items.iter().take(count).map(|p| p.binary as i16);
     let r = postgres_protocol::message::frontend::bind(
         portal,
         statement,
