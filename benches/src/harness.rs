@@ -246,6 +246,61 @@ pub fn table(title: &str, outcomes: &[Outcome]) -> String {
     out
 }
 
+/// One line per workload with the figures the targets are stated in:
+/// duet's wall and CPU time over the floor's, its wall time over the
+/// fastest other client's, and its ORM level over its raw level.
+pub fn summary(results: &[(String, Vec<Outcome>)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nsummary — duet's wall time (and client CPU) ÷ the floor's; ÷ the fastest other client's; ORM level ÷ raw level (wall)"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>15} {:>15} {:>22} {:>9} {:>9}",
+        "workload", "sync ×floor", "async ×floor", "×fastest other", "orm sync", "orm async"
+    );
+    for (work, outcomes) in results {
+        let find = |name: &str| outcomes.iter().find(|o| o.contender == name && o.failed.is_none());
+        if outcomes.iter().any(|o| o.rss_growth.is_some()) {
+            continue;
+        }
+        let median = |name: &str| find(name).map(|o| (o.wall.median, o.cpu.median));
+        let floor = median("floor");
+        let vs_floor = |name: &str| match (median(name), floor) {
+            (Some((w, c)), Some((fw, fc))) => format!("{} ({})", ratio(w, fw), ratio(c, fc)),
+            _ => "-".into(),
+        };
+        let fastest = ["postgres", "tokio-postgres", "sqlx", "pgbench"]
+            .iter()
+            .filter_map(|a| median(a).map(|(w, _)| (*a, w)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let best_duet = ["duet-sync", "duet-async"]
+            .iter()
+            .filter_map(|d| median(d).map(|(w, _)| w))
+            .min_by(|a, b| a.total_cmp(b));
+        let vs_fastest = match (best_duet, fastest) {
+            (Some(d), Some((name, w))) => format!("{} ({})", ratio(d, w), short(name)),
+            _ => "-".into(),
+        };
+        let orm = |raw: &str, orm: &str| match (median(raw), median(orm)) {
+            (Some((r, _)), Some((o, _))) => ratio(o, r),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>15} {:>15} {:>22} {:>9} {:>9}",
+            work,
+            vs_floor("duet-sync"),
+            vs_floor("duet-async"),
+            vs_fastest,
+            orm("duet-sync", "duet-sync orm"),
+            orm("duet-async", "duet-async orm")
+        );
+    }
+    out
+}
+
 fn short(anchor: &str) -> &str {
     match anchor {
         "tokio-postgres" => "tokio-pg",
@@ -345,5 +400,16 @@ mod tests {
         assert!(!t.contains("×sqlx"), "{t}");
         let duet = t.lines().find(|l| l.contains("duet-sync")).unwrap();
         assert!(duet.contains("1.50") && duet.contains("0.50"), "{duet}");
+
+        // The summary: duet ÷ floor (wall, CPU), ÷ the fastest anchor, and
+        // no ORM figure when the ORM did not run.
+        let s = summary(&[(
+            "w".into(),
+            vec![o("floor", 1.0), o("duet-sync", 1.5), o("postgres", 3.0), o("sqlx", 2.0)],
+        )]);
+        let line = s.lines().find(|l| l.trim_start().starts_with("w ")).unwrap();
+        assert!(line.contains("1.50 (1.50)"), "{line}");
+        assert!(line.contains("0.75 (sqlx)"), "{line}");
+        assert!(line.trim_end().ends_with("-         -"), "{line}");
     }
 }

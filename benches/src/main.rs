@@ -482,6 +482,7 @@ fn main() -> Result<(), BenchError> {
         results.push((work.name(), outcomes));
     }
     drop(clients);
+    print!("{}", harness::summary(&results));
     let json = harness::json(&machine, &results);
     let path = opts.json.clone().unwrap_or_else(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/duet-benches");
