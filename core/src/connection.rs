@@ -22,7 +22,7 @@ use postgres_types::Type;
 
 use crate::cache::{CacheLookup, StatementCache};
 use crate::params::{self, Encoded, Param};
-use crate::row::{type_from_oid, Column, Row, SimpleMessage, SimpleRow};
+use crate::row::{type_from_oid, Column, Row, RowBlock, SimpleMessage, SimpleRow};
 use crate::{Config, DbError, Error};
 
 /// Names a request in flight; the key to its result.
@@ -566,15 +566,14 @@ impl Connection {
                         self.config.max_message_size
                     ))));
                 }
-                // Rows are most of the traffic: a statement's DataRow becomes
-                // a Row over its own bytes, without the general parser.
+                // Rows are most of the traffic: a statement's DataRows become
+                // Rows over their own bytes, without the general parser.
                 if self.input[0] == b'D'
                     && self.input.len() > len as usize
                     && matches!(self.phase, Phase::Ready)
                     && matches!(self.queue.front(), Some(Entry::Stmt(_)))
                 {
-                    let frame = self.input.split_to(len as usize + 1);
-                    if let Err(e) = self.data_row(frame) {
+                    if let Err(e) = self.data_rows() {
                         return Err(self.fail(e));
                     }
                     continue;
@@ -1311,21 +1310,49 @@ impl Connection {
 
     /// A whole DataRow frame (tag and length included) for the statement at
     /// the front of the queue.
-    fn data_row(&mut self, mut frame: BytesMut) -> Result<(), Error> {
+    /// Turns the complete DataRow frames at the front of the input (the
+    /// first one is known to be whole and of a sane length) into rows of
+    /// the statement in flight, all sharing one block of bytes.
+    fn data_rows(&mut self) -> Result<(), Error> {
+        let max = self.config.max_message_size.min(u32::MAX as usize);
+        let input = &self.input[..];
+        let mut total = 0;
+        // Frames the general path must judge (an insane length, another
+        // message) end the batch; so does a block reaching 4 GiB.
+        while input.len() >= total + 5 && input[total] == b'D' {
+            let len = i32::from_be_bytes([input[total + 1], input[total + 2], input[total + 3], input[total + 4]]);
+            let Ok(len) = usize::try_from(len) else { break };
+            let end = total + 1 + len;
+            if len < 4 || len + 1 > max || end > input.len() || end > u32::MAX as usize {
+                break;
+            }
+            total = end;
+        }
+        if total == 0 {
+            // The caller checked the first frame; never loop on nothing.
+            return Err(Error::protocol("internal: no whole DataRow to take"));
+        }
         let Some(Entry::Stmt(s)) = self.queue.front_mut() else {
             return Err(Error::protocol("DataRow with no statement in flight"));
         };
-        if frame.len() < 7 {
-            return Err(Error::protocol("DataRow shorter than its header"));
-        }
-        let count = i16::from_be_bytes([frame[5], frame[6]]);
-        let count = usize::try_from(count).map_err(|_| Error::protocol("DataRow with a negative value count"))?;
         let columns = s
             .columns
             .clone()
             .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
-        frame.advance(7);
-        s.rows.push(Row::new(columns, frame.freeze(), count)?);
+        let block = RowBlock::new(columns, self.input.split_to(total).freeze());
+        let data = block.data();
+        let mut at = 0;
+        while at < total {
+            let len = u32::from_be_bytes([data[at + 1], data[at + 2], data[at + 3], data[at + 4]]) as usize;
+            let end = at + 1 + len;
+            if len < 6 {
+                return Err(Error::protocol("DataRow shorter than its header"));
+            }
+            let count = i16::from_be_bytes([data[at + 5], data[at + 6]]);
+            let count = usize::try_from(count).map_err(|_| Error::protocol("DataRow with a negative value count"))?;
+            s.rows.push(Row::new(&block, at + 7..end, count)?);
+            at = end;
+        }
         Ok(())
     }
 
