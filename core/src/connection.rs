@@ -677,14 +677,14 @@ impl Connection {
         Some(t)
     }
 
-    /// Submits a statement whose parameters are already encoded (the path
-    /// [`crate::ops::Query`] takes after inferring the parameter types).
     /// The parameter OIDs `sql` was last prepared with (see
     /// `params::encode_inferred`).
     pub(crate) fn param_hint(&self, sql: &str) -> &[u32] {
         self.cache.param_hint(sql)
     }
 
+    /// Submits a statement whose parameters are already encoded (the path
+    /// [`crate::ops::Query`] takes after inferring the parameter types).
     pub(crate) fn submit_encoded(
         &mut self,
         sql: &str,
@@ -1308,8 +1308,6 @@ impl Connection {
         Ok(())
     }
 
-    /// A whole DataRow frame (tag and length included) for the statement at
-    /// the front of the queue.
     /// Turns the complete DataRow frames at the front of the input (the
     /// first one is known to be whole and of a sane length) into rows of
     /// the statement in flight, all sharing one block of bytes.

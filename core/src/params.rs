@@ -108,10 +108,11 @@ fn encode_one(
 ///
 /// `hint` holds the OIDs this statement's parameters were sent with last
 /// time (empty if none): each value is offered its hinted type first,
-/// because every candidate a value refuses costs a boxed error. A value
-/// that accepts several candidates may so take the hinted one rather than
-/// the first: the type the statement was last prepared with, which the
-/// server took.
+/// because every candidate a value refuses costs a boxed error. A hint is
+/// only followed where it cannot change the answer for the library's own
+/// types: never for a type that some `ToSql` impl accepts together with an
+/// earlier candidate (see [`hint_is_unambiguous`]). A hinted attempt that
+/// fails in any way just falls through to the ordinary order.
 pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Option<Encoded>, Error> {
     check_count(params.len())?;
     let mut enc = Encoded {
@@ -120,14 +121,20 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Opti
         items: Vec::with_capacity(params.len()),
     };
     'params: for (i, p) in params.iter().enumerate() {
-        let hinted = hint.get(i).and_then(|&oid| match oid {
-            0 => Some(Type::TEXT),
-            oid => Type::from_oid(oid),
-        });
-        for ty in hinted
-            .iter()
-            .chain(CANDIDATES.iter().filter(|t| Some(*t) != hinted.as_ref()))
-        {
+        let hinted = hint
+            .get(i)
+            .and_then(|&oid| match oid {
+                0 => Some(Type::TEXT),
+                oid => Type::from_oid(oid),
+            })
+            .filter(hint_is_unambiguous);
+        if let Some(ty) = &hinted {
+            if let Ok(Some(item)) = offer(i + 1, *p, ty, &mut enc.buf) {
+                enc.items.push(item);
+                continue 'params;
+            }
+        }
+        for ty in CANDIDATES.iter().filter(|t| Some(*t) != hinted.as_ref()) {
             if let Some(item) = offer(i + 1, *p, ty, &mut enc.buf)? {
                 enc.items.push(item);
                 continue 'params;
@@ -136,6 +143,15 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Opti
         return Ok(None);
     }
     Ok(Some(enc))
+}
+
+/// Whether a value accepting `ty` is known to accept no earlier candidate.
+/// postgres-types' `SystemTime` takes `timestamp` and `timestamptz`, and
+/// `serde_json::Value` and `Json<T>` take `json` and `jsonb`; inference
+/// offers the second of each pair first, so a hint of the first could turn
+/// a `timestamptz` parameter into a `timestamp` one.
+fn hint_is_unambiguous(ty: &Type) -> bool {
+    !matches!(*ty, Type::TIMESTAMP | Type::TIMESTAMP_ARRAY | Type::JSON)
 }
 
 /// Encodes parameter `$n`, `p`, as `ty` if it accepts that type (`Ok(None)`
@@ -264,6 +280,21 @@ mod tests {
     fn oids(params: &[Param<'_>], hint: &[u32]) -> Vec<u32> {
         let enc = encode_inferred(params, hint).unwrap().expect("inferred");
         enc.oids().collect()
+    }
+
+    #[test]
+    fn ambiguous_hints_are_not_followed() {
+        // SystemTime takes timestamp and timestamptz; inference says
+        // timestamptz, and a hint of timestamp (from a NaiveDateTime bound
+        // to the same SQL before) must not change that.
+        let now = std::time::SystemTime::now();
+        let json = serde_json::json!({"a": 1});
+        let params: [Param<'_>; 2] = [&now, &json];
+        assert_eq!(oids(&params, &[]), [Type::TIMESTAMPTZ.oid(), Type::JSONB.oid()]);
+        assert_eq!(
+            oids(&params, &[Type::TIMESTAMP.oid(), Type::JSON.oid()]),
+            [Type::TIMESTAMPTZ.oid(), Type::JSONB.oid()]
+        );
     }
 
     #[test]

@@ -79,25 +79,33 @@ impl Socket {
         }
     }
 
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => s.try_read(buf),
-            Socket::Unix(s) => s.try_read(buf),
-        }
-    }
-
-    /// Forgets that the socket was readable, without a syscall: after a
-    /// read that did not fill the buffer, the socket is drained, and the
-    /// next wait should go straight to epoll instead of first trying a read
-    /// that can only fail with `WouldBlock` (tokio's own `poll_read` does
-    /// the same). Data arriving later raises a new edge, which tokio counts
-    /// and never loses to this clear.
-    fn forget_readable(&self) {
-        let would_block = || Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock));
-        let _ = match self {
-            Socket::Tcp(s) => s.try_io(TokioInterest::READABLE, would_block),
-            Socket::Unix(s) => s.try_io(TokioInterest::READABLE, would_block),
+    /// Reads what the socket has. A read that does not fill `buf` drained
+    /// the socket, so its readiness is cleared too: the next wait goes
+    /// straight to epoll instead of first trying a read that can only fail
+    /// with `WouldBlock` (tokio's own `poll_read` does the same). The clear
+    /// is made by the `try_io` that did the read, with the readiness it saw
+    /// before reading: readiness raised by data arriving after the read is
+    /// newer, and tokio keeps it.
+    fn read_draining(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        let mut got = 0;
+        let read = |r: io::Result<usize>, got: &mut usize| -> io::Result<usize> {
+            let n = r?;
+            *got = n;
+            if n > 0 && n < len {
+                // Not an error: tells try_io to clear the readiness it saw.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
         };
+        let r = match self {
+            Socket::Tcp(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read(buf), &mut got)),
+            Socket::Unix(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read(buf), &mut got)),
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            r => r,
+        }
     }
 }
 
@@ -262,13 +270,8 @@ impl Client {
     }
 
     fn read_once(&mut self) -> Result<(), Error> {
-        match self.sock.try_read(&mut self.buf) {
-            Ok(n) => {
-                if n > 0 && n < self.buf.len() {
-                    self.sock.forget_readable();
-                }
-                self.conn.handle_read(&self.buf[..n], Instant::now())
-            }
+        match self.sock.read_draining(&mut self.buf) {
+            Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
             Err(e) => Err(self.fatal(e)),
         }
