@@ -117,36 +117,35 @@ impl Config {
         format!("{}/.s.PGSQL.{}", dir.trim_end_matches('/'), self.port)
     }
 
-    /// The ways to reach the server, in the order a driver tries them: the
-    /// local Unix socket (see [`Config::local_socket_dirs`]) when `host`
-    /// names this machine and `socket_exists` finds its file — the driver
-    /// checks, the core does no I/O — then the configured host. A driver
-    /// moves on to the next when connecting or starting the session fails.
+    /// The local Unix socket to try before the configured host (see
+    /// [`Config::local_socket_dirs`]): when `host` names this machine and
+    /// `socket_exists` finds the socket file — the driver checks, the core
+    /// does no I/O. A driver that cannot connect or start the session over
+    /// it falls back to this configuration unchanged.
     ///
     /// ```
     /// use duet_core::{Config, Host};
     /// let c = Config::parse("host=localhost port=5433").unwrap();
-    /// let routes = c.routes(|path| path == "/var/run/postgresql/.s.PGSQL.5433");
-    /// assert_eq!(routes[0].host, Host::Unix("/var/run/postgresql".into()));
-    /// assert_eq!(routes[1].host, Host::Tcp("localhost".into()));
+    /// let local = c.local_route(|path| path == "/var/run/postgresql/.s.PGSQL.5433").unwrap();
+    /// assert_eq!(local.host, Host::Unix("/var/run/postgresql".into()));
+    /// assert_eq!(c.host, Host::Tcp("localhost".into()));
     /// let off = Config::parse("host=localhost local_socket=disable").unwrap();
-    /// assert_eq!(off.routes(|_| true).len(), 1);
+    /// assert!(off.local_route(|_| true).is_none());
     /// ```
-    pub fn routes(&self, socket_exists: impl Fn(&str) -> bool) -> Vec<Config> {
+    pub fn local_route(&self, socket_exists: impl Fn(&str) -> bool) -> Option<Config> {
         let local =
             matches!(&self.host, Host::Tcp(h) if matches!(h.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]"));
-        let unix = local
-            .then(|| {
-                self.local_socket_dirs
-                    .iter()
-                    .find(|d| socket_exists(&self.unix_socket_path(d)))
-            })
-            .flatten()
-            .map(|dir| Config {
-                host: Host::Unix(dir.clone()),
-                ..self.clone()
-            });
-        unix.into_iter().chain(std::iter::once(self.clone())).collect()
+        if !local {
+            return None;
+        }
+        let dir = self
+            .local_socket_dirs
+            .iter()
+            .find(|d| socket_exists(&self.unix_socket_path(d)))?;
+        Some(Config {
+            host: Host::Unix(dir.clone()),
+            ..self.clone()
+        })
     }
 
     /// The settings a cancel connection uses: the same server, and a connect

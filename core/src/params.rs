@@ -287,9 +287,9 @@ mod tests {
         // SystemTime takes timestamp and timestamptz; inference says
         // timestamptz, and a hint of timestamp (from a NaiveDateTime bound
         // to the same SQL before) must not change that.
-        let now = std::time::SystemTime::now();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let json = serde_json::json!({"a": 1});
-        let params: [Param<'_>; 2] = [&now, &json];
+        let params: [Param<'_>; 2] = [&at, &json];
         assert_eq!(oids(&params, &[]), [Type::TIMESTAMPTZ.oid(), Type::JSONB.oid()]);
         assert_eq!(
             oids(&params, &[Type::TIMESTAMP.oid(), Type::JSON.oid()]),

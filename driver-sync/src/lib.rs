@@ -184,17 +184,15 @@ impl Client {
         Client::connect_config(&Config::parse(params)?)
     }
 
-    /// Connects by the first route that works (see [`Config::routes`]:
-    /// the local Unix socket, when there is one, before TCP).
+    /// Connects over the local Unix socket when there is one (see
+    /// [`Config::local_route`]), else as configured.
     pub fn connect_config(config: &Config) -> Result<Client, Error> {
-        let mut last = None;
-        for route in config.routes(|path| std::path::Path::new(path).exists()) {
-            match Client::connect_route(&route) {
-                Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
+        if let Some(local) = config.local_route(|path| std::path::Path::new(path).exists()) {
+            if let Ok(client) = Client::connect_route(&local) {
+                return Ok(client);
             }
         }
-        Err(last.unwrap_or_else(|| Error::closed("no route to the server")))
+        Client::connect_route(config)
     }
 
     fn connect_route(config: &Config) -> Result<Client, Error> {

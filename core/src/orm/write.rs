@@ -31,17 +31,17 @@ fn inserted_columns<M: Model>(has_key: bool) -> Vec<usize> {
 }
 
 /// `INSERT INTO t (cols) VALUES (…), (…) [ON CONFLICT …] RETURNING *` for
-/// models that all have (or all lack) a key; `bind` writes the placeholder
-/// of column `i` of a model.
+/// models that all have (or all lack) a key, writing `cols` (their
+/// [`inserted_columns`]); `bind` writes the placeholder of column `i` of a
+/// model.
 fn insert_sql<'m, M: Model>(
     models: impl IntoIterator<Item = &'m M>,
-    has_key: bool,
+    cols: &[usize],
     conflict: Option<&Conflict>,
     returning: bool,
     mut bind: impl FnMut(&mut Sql, &'m M, usize),
 ) -> Sql {
     let meta = M::META;
-    let cols = inserted_columns::<M>(has_key);
     let mut s = Sql::new();
     s.push("INSERT INTO ");
     s.ident(meta.table);
@@ -49,11 +49,11 @@ fn insert_sql<'m, M: Model>(
         s.push(" DEFAULT VALUES");
     } else {
         s.push(" (");
-        s.list(&cols, |s, &i| s.ident(meta.columns[i].name));
+        s.list(cols, |s, &i| s.ident(meta.columns[i].name));
         s.push(") VALUES ");
         s.list(models, |s, m| {
             s.push("(");
-            s.list(&cols, |s, &i| bind(s, m, i));
+            s.list(cols, |s, &i| bind(s, m, i));
             s.push(")");
         });
     }
@@ -150,9 +150,8 @@ where
             (Some(k), true) => update_sql(m, std::sync::Arc::new(k.clone())),
             _ => {
                 let conflict = (!auto).then(|| Conflict::on_pk::<M>());
-                insert_sql([m], key.is_some(), conflict.as_ref(), true, |s, m, i| {
-                    s.param(m.value(i))
-                })
+                let cols = inserted_columns::<M>(key.is_some());
+                insert_sql([m], &cols, conflict.as_ref(), true, |s, m, i| s.param(m.value(i)))
             }
         };
         let write = Query::values(sql.text, sql.params);
@@ -410,7 +409,8 @@ impl<M: Model> BulkInsert<M> {
             .map(|(len, has_key)| {
                 let (chunk, after) = rest.split_at(len);
                 rest = after;
-                insert_sql(chunk, has_key, self.conflict.as_ref(), true, |s, m, i| {
+                let cols = inserted_columns::<M>(has_key);
+                insert_sql(chunk, &cols, self.conflict.as_ref(), true, |s, m, i| {
                     s.param(m.value(i))
                 })
             })
@@ -445,8 +445,8 @@ impl<M: Model> BulkInsert<M> {
             .into_iter()
             .map(|(len, has_key)| {
                 let chunk: Vec<M> = models.by_ref().take(len).collect();
-                let sql = insert_sql(&chunk, has_key, conflict, returning, |s, _, _| s.placeholder());
                 let cols = inserted_columns::<M>(has_key);
+                let sql = insert_sql(&chunk, &cols, conflict, returning, |s, _, _| s.placeholder());
                 Query::from_source(sql.text, Box::new(InsertedModels { models: chunk, cols }))
             })
             .collect()
