@@ -148,12 +148,26 @@ impl Config {
         })
     }
 
-    /// The settings a cancel connection uses: the same server, and a connect
-    /// time limit even when the session has none (a cancel must not hang).
+    /// The settings a side connection uses (a cancel, the lookup of a lost
+    /// commit): the same server, and a connect time limit even when the
+    /// session has none (a side connection must not hang).
     pub fn for_cancel(&self) -> Config {
         let mut c = self.clone();
-        c.connect_timeout.get_or_insert(Duration::from_secs(10));
+        c.connect_timeout = Some(self.side_limit());
         c
+    }
+
+    /// The time limit on a side connection's whole work: `connect_timeout`,
+    /// or 10 seconds when none is set.
+    pub fn side_limit(&self) -> Duration {
+        self.connect_timeout.unwrap_or(Duration::from_secs(10))
+    }
+
+    /// The limit on each step of a cancel sent for a timed-out request
+    /// (connect, write, wait for the server to close): within the grace
+    /// period, which ends the call anyway.
+    pub fn cancel_limit(&self) -> Duration {
+        self.side_limit().min(self.cancel_grace).max(Duration::from_millis(1))
     }
 
     /// The error a driver reports when the socket cannot be opened.

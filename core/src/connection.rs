@@ -241,6 +241,12 @@ struct StmtState {
     columns: Option<Arc<[Column]>>,
     rows: Vec<Row>,
     copy_out: bool,
+    /// Where this statement's messages sit in the send stream (absolute
+    /// byte offset, length), so an unsent one can be taken back
+    /// ([`Connection::retract`]) and a lost connection can tell whether
+    /// any of it left. `None` for requests held back before the session
+    /// was ready.
+    span: Option<(u64, u64)>,
 }
 
 struct PrepareState {
@@ -304,6 +310,27 @@ pub struct Connection {
     default_deadline: Option<Instant>,
     /// Statements whose Close the request being encoded carries.
     closing: Vec<String>,
+    /// Bytes of the send stream already handed to the socket: the absolute
+    /// offset of `out[0]`, which statement spans are measured against.
+    sent: u64,
+    /// Statements in flight when the connection closed none of whose bytes
+    /// had left: the server never saw them.
+    never_sent: Vec<Ticket>,
+    /// A transaction id whose fate a driver should look up on a new
+    /// connection (see [`Connection::poll_outcome_query`]).
+    outcome_wanted: Option<i64>,
+    outcome: Option<Result<TxOutcome, Error>>,
+}
+
+/// What became of a transaction whose COMMIT was sent on a connection that
+/// was lost before the answer came back, as another session sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOutcome {
+    Committed,
+    Aborted,
+    /// The server no longer knows (the id is too old), or the lookup could
+    /// not finish in time.
+    Unknown,
 }
 
 impl Connection {
@@ -327,7 +354,7 @@ impl Connection {
         };
         Connection {
             cache: StatementCache::new(config.statement_cache_capacity),
-            startup_deadline: config.connect_timeout.map(|t| now + t),
+            startup_deadline: config.connect_timeout.and_then(|t| deadline_after(now, t)),
             config: config.clone(),
             phase,
             out,
@@ -358,6 +385,10 @@ impl Connection {
             failed_alone: Vec::new(),
             default_deadline: None,
             closing: Vec::new(),
+            sent: 0,
+            never_sent: Vec::new(),
+            outcome_wanted: None,
+            outcome: None,
         }
     }
 
@@ -434,6 +465,7 @@ impl Connection {
     pub fn advance_transmit(&mut self, n: usize) {
         let n = n.min(self.out.len());
         self.out.advance(n);
+        self.sent += n as u64;
     }
 
     /// The earliest instant at which [`Connection::handle_timeout`] has work.
@@ -546,11 +578,22 @@ impl Connection {
     // ---- inputs ----
 
     /// Feeds bytes read from the server, in any split.
-    pub fn handle_input(&mut self, bytes: &[u8], _now: Instant) -> Result<(), Error> {
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
+        // A socket that stays readable (a flood of notices, rows arriving
+        // faster than they are consumed) must not outlast a limit: time is
+        // judged here too, not only when the driver's wait times out.
+        if self.has_timers() {
+            self.handle_timeout(now);
+        }
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
         self.input.extend_from_slice(bytes);
+        if !self.is_ready() {
+            if let Some(e) = not_postgres(&self.input) {
+                return Err(self.fail(e));
+            }
+        }
         loop {
             // Check the frame length before postgres-protocol reserves room
             // for it: a hostile length must not allocate.
@@ -601,6 +644,10 @@ impl Connection {
         }
     }
 
+    fn has_timers(&self) -> bool {
+        !self.deadlines.is_empty() || self.cancel_grace_until.is_some() || !self.is_ready()
+    }
+
     /// Time has passed; spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Closed(_)) {
@@ -625,7 +672,9 @@ impl Connection {
         }
         if fire {
             self.cancel_wanted = self.backend_key.is_some();
-            self.cancel_grace_until = Some(now + self.config.cancel_grace);
+            // No grace that overflows the clock: the limit is then the
+            // latest instant there is, in effect none.
+            self.cancel_grace_until = deadline_after(now, self.config.cancel_grace);
         }
     }
 
@@ -789,6 +838,7 @@ impl Connection {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
+
         let ticket = Ticket(self.next_ticket);
         let mut buf = std::mem::take(self.send_buf());
         let mark = (buf.len(), self.queue.len(), self.unsynced);
@@ -821,7 +871,7 @@ impl Connection {
                     self.queue.push_back(Entry::Sync);
                     self.unsynced = false;
                 }
-                frontend::query(sql, buf).map_err(|e| Error::encode(format!("query text: {e}")))?;
+                frontend::query(sql, buf).map_err(|e| sql_error(sql, e))?;
                 self.queue.push_back(Entry::Simple(Box::new(SimpleState {
                     ticket,
                     messages: Vec::new(),
@@ -844,8 +894,10 @@ impl Connection {
             RequestKind::Encoded(sql, ref enc) => self.encode_query(sql, enc, ticket, buf)?,
             RequestKind::Execute(stmt, params) => {
                 let enc = params::encode_typed(params, stmt.params())?;
+                let start = buf.len();
                 params::write_bind("", stmt.name(), &enc, buf)?;
                 frontend::execute("", 0, buf).map_err(io_to_encode)?;
+                let span = self.span_of(start, buf.len());
                 self.queue.push_back(Entry::Stmt(Box::new(StmtState {
                     ticket,
                     parses: None,
@@ -856,12 +908,13 @@ impl Connection {
                     columns: Some(stmt.0.columns.clone()),
                     rows: Vec::new(),
                     copy_out: false,
+                    span,
                 })));
             }
             RequestKind::Prepare(sql, types) => {
                 self.next_statement += 1;
                 let name = format!("duet_p{}", self.next_statement);
-                frontend::parse(&name, sql, types.iter().map(|t| t.oid()), buf).map_err(io_to_encode)?;
+                frontend::parse(&name, sql, types.iter().map(|t| t.oid()), buf).map_err(|e| sql_error(sql, e))?;
                 frontend::describe(b'S', &name, buf).map_err(io_to_encode)?;
                 self.queue.push_back(Entry::Prepare(Box::new(PrepareState {
                     ticket,
@@ -897,8 +950,9 @@ impl Connection {
                 (Arc::from(""), Some(Arc::from("")), None)
             }
         };
+        let start = buf.len();
         if parses.is_some() {
-            frontend::parse(&name, sql, enc.oids(), buf).map_err(io_to_encode)?;
+            frontend::parse(&name, sql, enc.oids(), buf).map_err(|e| sql_error(sql, e))?;
         }
         params::write_bind("", &name, enc, buf)?;
         if columns.is_none() {
@@ -926,8 +980,131 @@ impl Connection {
             columns,
             rows: Vec::new(),
             copy_out: false,
+            span: self.span_of(start, buf.len()),
         })));
         Ok(())
+    }
+
+    /// The absolute span of `buf[start..end]` in the send stream, when the
+    /// request goes straight to the send buffer.
+    fn span_of(&self, start: usize, end: usize) -> Option<(u64, u64)> {
+        self.is_ready()
+            .then(|| (self.sent + start as u64, (end - start) as u64))
+    }
+
+    /// Encodes a transaction-control statement (`BEGIN`, `COMMIT`, …) as an
+    /// unnamed statement: nothing else depends on its `Parse`, so an unsent
+    /// one can be taken back whole ([`Connection::retract`]).
+    pub(crate) fn submit_control(&mut self, sql: &str) -> Result<Ticket, Error> {
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        let ticket = Ticket(self.next_ticket);
+        let mut buf = std::mem::take(self.send_buf());
+        let start = buf.len();
+        let r = frontend::parse("", sql, std::iter::empty(), &mut buf)
+            .map_err(|e| sql_error(sql, e))
+            .and_then(|()| params::write_bind("", "", &Encoded::default(), &mut buf))
+            .and_then(|()| frontend::execute("", 0, &mut buf).map_err(io_to_encode));
+        if let Err(e) = r {
+            buf.truncate(start);
+            *self.send_buf() = buf;
+            return Err(e);
+        }
+        let span = self.span_of(start, buf.len());
+        self.queue.push_back(Entry::Stmt(Box::new(StmtState {
+            ticket,
+            parses: None,
+            parse_sent: true,
+            learns: None,
+            parsed: false,
+            bound: false,
+            columns: Some(Arc::from(Vec::new())),
+            rows: Vec::new(),
+            copy_out: false,
+            span,
+        })));
+        self.end_request(&mut buf);
+        *self.send_buf() = buf;
+        self.next_ticket += 1;
+        if let Some(d) = self.default_deadline {
+            self.deadlines.push((ticket, d));
+        }
+        Ok(ticket)
+    }
+
+    /// Takes back a statement none of whose bytes has left yet: its
+    /// messages are cut out of the send buffer and its response is no
+    /// longer expected. False when it cannot be (some of it left, it was
+    /// held back before the session was ready, or others rely on the named
+    /// statement its `Parse` creates). How a dropped transaction keeps its
+    /// unsent `COMMIT` from ever reaching the server.
+    pub(crate) fn retract(&mut self, t: Ticket) -> bool {
+        let Some(i) = self
+            .queue
+            .iter()
+            .position(|e| matches!(e, Entry::Stmt(s) if s.ticket == t))
+        else {
+            return false;
+        };
+        let Entry::Stmt(s) = &self.queue[i] else { return false };
+        let Some((start, len)) = s.span else { return false };
+        if start < self.sent || s.parses.is_some() {
+            return false;
+        }
+        let (at, len_us) = ((start - self.sent) as usize, len as usize);
+        if at + len_us > self.out.len() {
+            return false;
+        }
+        let tail = self.out.split_off(at);
+        self.out.extend_from_slice(&tail[len_us..]);
+        self.queue.remove(i);
+        for e in self.queue.iter_mut() {
+            if let Entry::Stmt(s) = e {
+                if let Some((st, _)) = &mut s.span {
+                    if *st > start {
+                        *st -= len;
+                    }
+                }
+            }
+        }
+        self.deadlines.retain(|(d, _)| *d != t);
+        self.abandoned.retain(|a| *a != t);
+        self.timed_out.retain(|x| *x != t);
+        if self.ending_tx == Some(t) {
+            self.ending_tx = None;
+        }
+        true
+    }
+
+    /// True when `t` was in flight as the connection closed and none of its
+    /// bytes had been handed to the socket: the server never saw it.
+    pub fn never_sent(&self, t: Ticket) -> bool {
+        self.never_sent.contains(&t)
+    }
+
+    /// Asks the driver to look up, on a new connection, what became of the
+    /// transaction `xid` (see [`Connection::poll_outcome_query`]).
+    pub(crate) fn request_outcome(&mut self, xid: i64) {
+        self.outcome_wanted = Some(xid);
+        self.outcome = None;
+    }
+
+    /// A transaction id whose outcome the running operation needs: the
+    /// driver runs [`crate::ops::tx_outcome`] for it on a new connection to
+    /// the same server and hands the answer to
+    /// [`Connection::handle_outcome`]. Asked once.
+    pub fn poll_outcome_query(&mut self) -> Option<i64> {
+        self.outcome_wanted.take()
+    }
+
+    /// The answer to [`Connection::poll_outcome_query`].
+    pub fn handle_outcome(&mut self, r: Result<TxOutcome, Error>) {
+        self.outcome = Some(r);
+    }
+
+    pub(crate) fn take_outcome(&mut self) -> Option<Result<TxOutcome, Error>> {
+        self.outcome.take()
     }
 
     fn close_dropped_statements(&mut self, buf: &mut BytesMut) {
@@ -976,13 +1153,34 @@ impl Connection {
 
     /// Closes the connection with `e`: every request in flight fails.
     fn fail(&mut self, e: Error) -> Error {
+        // Results of an unfinished group are void (its implicit commit may
+        // not have happened), except where the group ends a transaction
+        // whose COMMIT is still unanswered: their truth is that COMMIT's,
+        // which its owner finds out (see `ops::atomic`).
+        let fate_pending = self.ending_tx.is_some_and(|c| {
+            self.queue.iter().any(|q| entry_ticket(q) == Some(c)) || self.group.iter().any(|(g, _)| *g == c)
+        });
+        self.never_sent.clear();
         for entry in std::mem::take(&mut self.queue) {
+            if let Entry::Stmt(s) = &entry {
+                if s.span.is_none_or(|(start, _)| start >= self.sent) {
+                    self.never_sent.push(s.ticket);
+                }
+            }
             if let Some(t) = entry_ticket(&entry) {
-                self.group.push((t, Err(e.clone())));
+                // A request past its deadline ends as a timeout, whatever
+                // closed the connection while it waited for its cancel.
+                let err = if self.timed_out.contains(&t) {
+                    Error::Timeout
+                } else {
+                    e.clone()
+                };
+                self.group.push((t, Err(err)));
             }
         }
         for (t, r) in std::mem::take(&mut self.group) {
             let r = match r {
+                Ok(v) if fate_pending => Ok(v),
                 Ok(_) => Err(e.clone()),
                 Err(x) => Err(x),
             };
@@ -1531,6 +1729,30 @@ fn tx_status(b: u8) -> Result<TransactionStatus, Error> {
     }
 }
 
+/// `now + d`, or `None` (no limit) when that is past the end of the clock:
+/// a limit of any size is accepted and never overflows.
+pub fn deadline_after(now: Instant, d: std::time::Duration) -> Option<Instant> {
+    now.checked_add(d)
+}
+
+/// The error for a peer whose first answer is not PostgreSQL's, named
+/// instead of reported as a message of an absurd length.
+fn not_postgres(input: &[u8]) -> Option<Error> {
+    let first = *input.first()?;
+    if input.starts_with(b"HTTP/") || (input.len() < 5 && b"HTTP/".starts_with(input)) {
+        return (input.len() >= 5)
+            .then(|| Error::protocol("the server answered like an HTTP server, not PostgreSQL: is the port right?"));
+    }
+    // Before the session is ready the server sends only these.
+    if !b"REKSNZv".contains(&first) {
+        let shown: String = input.iter().take(16).map(|b| b.escape_ascii().to_string()).collect();
+        return Some(Error::protocol(format!(
+            "the server's answer is not PostgreSQL's (it begins with \"{shown}\"): is the port right?"
+        )));
+    }
+    None
+}
+
 fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -1541,6 +1763,17 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 fn proto(e: std::io::Error) -> Error {
     Error::protocol(format!("malformed message: {e}"))
+}
+
+/// A statement's text that cannot be sent: a NUL byte is named as such,
+/// not as a parameter that failed to encode.
+fn sql_error(sql: &str, e: std::io::Error) -> Error {
+    match sql.find('\0') {
+        Some(at) => Error::invalid(format!(
+            "the SQL text has a NUL byte at byte {at}; PostgreSQL cannot take one in a statement"
+        )),
+        None => Error::encode(format!("statement text: {e}")),
+    }
 }
 
 fn io_to_encode(e: std::io::Error) -> Error {

@@ -134,6 +134,12 @@ pub enum Error {
     MultipleFound(Arc<str>, usize),
     /// A model hook or the ORM rejected a value before anything was sent.
     Invalid(Arc<str>),
+    /// The connection was lost after the transaction's `COMMIT` left, and
+    /// what became of it could not be found out: it may have committed or
+    /// not. Carries the transaction id when it was known (look it up later
+    /// with `SELECT txid_status(id)`). Never a plain [`Error::Closed`],
+    /// which would hide a commit. Fatal.
+    InDoubt(Option<i64>),
 }
 
 impl Error {
@@ -180,7 +186,7 @@ impl Error {
     /// True when the connection can no longer be used after this error.
     pub fn is_fatal(&self) -> bool {
         match self {
-            Error::Closed(_) | Error::Protocol(_) | Error::Auth(_) | Error::Io(_) => true,
+            Error::Closed(_) | Error::Protocol(_) | Error::Auth(_) | Error::Io(_) | Error::InDoubt(_) => true,
             // FATAL/PANIC from the server end the session (e.g. 57P01, 28P01).
             Error::Db(e) => e.severity == "FATAL" || e.severity == "PANIC",
             _ => false,
@@ -216,6 +222,13 @@ impl fmt::Display for Error {
             }
             Error::MultipleFound(m, n) => write!(f, "{m}: {n} rows match the query, exactly one was expected"),
             Error::Invalid(m) => write!(f, "invalid: {m}"),
+            Error::InDoubt(Some(xid)) => write!(
+                f,
+                "in doubt: the connection was lost after COMMIT was sent, and whether transaction {xid} committed could not be found out"
+            ),
+            Error::InDoubt(None) => f.write_str(
+                "in doubt: the connection was lost after COMMIT was sent, before the transaction's id was known; it may have committed",
+            ),
         }
     }
 }

@@ -35,7 +35,8 @@ mod row;
 
 pub use config::{Config, Host};
 pub use connection::{
-    CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, Statement, Ticket, TransactionStatus,
+    deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, Statement, Ticket,
+    TransactionStatus, TxOutcome,
 };
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use duet_core::ops::{self, Operation, Step};
 use duet_core::{
-    CancelRequest, Config, Connection, Error, Event, Param, Request, Response, SimpleMessage, TransactionStatus, Type,
+    CancelRequest, Config, Connection, Error, Event, Param, Request, Response, SimpleMessage, TransactionStatus,
+    TxOutcome, Type,
 };
 use support::*;
 
@@ -50,6 +51,22 @@ fn db_code(e: &Error) -> &str {
 }
 
 /// The response to a first execution of `SELECT $1::int4`-like statement.
+/// A transaction-control statement's answer (unnamed Parse, no Describe).
+fn control(tag: &str) -> Backend {
+    Backend::new().parse_complete().bind_complete().command_complete(tag)
+}
+
+/// The answer to the transaction-id probe sent before COMMIT.
+fn probe(xid: Option<i64>) -> Backend {
+    let bytes = xid.map(|x| x.to_be_bytes());
+    Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .row_description(&[Field::new("txid_current_if_assigned", 20)])
+        .data_row(&[bytes.as_ref().map(|b| &b[..])])
+        .command_complete("SELECT 1")
+}
+
 fn first_run(v: i32) -> Backend {
     Backend::new()
         .parse_complete()
@@ -1288,10 +1305,10 @@ fn abandon_after_completion_and_of_an_operation() {
 fn abandoning_a_transaction_rolls_it_back() {
     let now = t0();
     let mut conn = ready_connection(&config(), now);
-    let mut op = ops::atomic(ops::query(A, &[&1i32]).one());
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
     pending(&mut op, &mut conn, now);
-    // BEGIN, the work and COMMIT in one batch.
-    assert_eq!(tags(&drain(&mut conn)), "PBDEPBDEPBDES");
+    // BEGIN, the work, the id probe and COMMIT in one batch, all sent.
+    assert_eq!(tags(&drain(&mut conn)), "PBEPBDEPBDEPBES");
     op.abandon(&mut conn);
     let sent = drain(&mut conn);
     assert_eq!(
@@ -1301,16 +1318,10 @@ fn abandoning_a_transaction_rolls_it_back() {
             body: b"ROLLBACK\0".to_vec()
         }]
     );
-    let reply = Backend::new()
-        .parse_complete()
-        .bind_complete()
-        .no_data()
-        .command_complete("BEGIN")
+    let reply = control("BEGIN")
         .extend(&first_run(1).build())
-        .parse_complete()
-        .bind_complete()
-        .no_data()
-        .command_complete("COMMIT")
+        .extend(&probe(None).build())
+        .extend(&control("COMMIT").build())
         .ready_for_query(b'I')
         .notice("WARNING", "25P01", "there is no transaction in progress")
         .command_complete("ROLLBACK")
@@ -1377,33 +1388,30 @@ fn atomic_sends_begin_work_commit_together() {
     let now = t0();
     let mut conn = ready_connection(&config(), now);
     let mut op = ops::atomic(ops::pipeline((
-        ops::query(A, &[&1i32]).one(),
-        ops::query(C, &[&2i32]).one(),
+        ops::query(A, &[&1i32]).rows(),
+        ops::query(C, &[&2i32]).rows(),
     )));
     pending(&mut op, &mut conn, now);
     let sent = drain(&mut conn);
-    assert_eq!(tags(&sent), "PBDEPBDEPBDEPBDES");
+    assert_eq!(tags(&sent), "PBEPBDEPBDEPBDEPBES");
     let sqls: Vec<String> = frontend_messages(&sent)
         .iter()
         .filter(|m| m.tag == b'P')
         .map(|m| parse_parse(&m.body).sql)
         .collect();
-    assert_eq!(sqls, vec!["BEGIN", A, C, "COMMIT"]);
-    let tx = |tag: &str| {
-        Backend::new()
-            .parse_complete()
-            .bind_complete()
-            .no_data()
-            .command_complete(tag)
-    };
-    let reply = tx("BEGIN")
+    assert_eq!(
+        sqls,
+        vec!["BEGIN", A, C, "SELECT pg_catalog.txid_current_if_assigned()", "COMMIT"]
+    );
+    let reply = control("BEGIN")
         .extend(&first_run(1).build())
         .extend(&first_run(2).build())
-        .extend(&tx("COMMIT").build())
+        .extend(&probe(Some(1234)).build())
+        .extend(&control("COMMIT").build())
         .ready_for_query(b'I');
     conn.handle_input(&reply.build(), now).unwrap();
     let (a, c) = ready(&mut op, &mut conn, now).unwrap();
-    assert_eq!((a.get::<i32>(0), c.get::<i32>(0)), (1, 2));
+    assert_eq!((a[0].get::<i32>(0), c[0].get::<i32>(0)), (1, 2));
     assert!(conn.is_idle());
     assert_eq!(conn.atomic_depth(), 0);
 }
@@ -1414,12 +1422,9 @@ fn atomic_rolls_back_when_the_work_fails() {
     let mut conn = ready_connection(&config(), now);
     let mut op = ops::atomic(ops::query(B, &[&2i32]).one());
     pending(&mut op, &mut conn, now);
-    assert_eq!(tags(&drain(&mut conn)), "PBDEPBDEPBDES");
-    let reply = Backend::new()
-        .parse_complete()
-        .bind_complete()
-        .no_data()
-        .command_complete("BEGIN")
+    // `.one()` is checked before COMMIT: it waits for the row.
+    assert_eq!(tags(&drain(&mut conn)), "PBEPBDES");
+    let reply = control("BEGIN")
         .parse_complete()
         .bind_complete()
         .row_description(&[Field::int4("b")])
@@ -1642,7 +1647,8 @@ fn no_answer_within_the_grace_period_closes_the_connection() {
     assert!(conn.closed_reason().is_none());
     conn.handle_timeout(until);
     assert!(matches!(conn.closed_reason(), Some(Error::Closed(_))));
-    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::Closed(_))));
+    // The request itself ends as what it is: timed out.
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::Timeout)));
     assert!(!conn.wants_input());
     assert_eq!(conn.poll_timeout(), None);
     assert!(conn
@@ -1862,7 +1868,10 @@ fn fake_server_round_trip_through_ops() {
     );
     let mut op = ops::atomic(ops::query("SELECT $1::int4", &[&4i32]).one());
     assert_eq!(run(&mut op, &mut conn, &mut server, now).unwrap().get::<i32>(0), 4);
-    assert_eq!(server.received, "PBDEPBDESPBDESPBDEBEPBDES");
+    // BEGIN (unnamed, so an unsent one can be taken back) travels with the
+    // cached statement; `.one()` must be checked before COMMIT, which then
+    // goes out behind the transaction-id probe.
+    assert_eq!(server.received, "PBDEPBDESPBDESPBEBESPBDEPBES");
     assert!(matches!(conn.poll_event(), Some(Event::Notice(_))));
     assert!(conn.is_idle());
 }
@@ -1877,18 +1886,18 @@ fn failed_submits_send_nothing() {
     let p: [Param; 1] = [&1i32];
     assert!(matches!(
         conn.submit(Request::query("SELECT \0", &p), now),
-        Err(Error::Encode(_))
+        Err(Error::Invalid(_))
     ));
     assert!(matches!(
         conn.submit(Request::simple("SELECT \0"), now),
-        Err(Error::Encode(_))
+        Err(Error::Invalid(_))
     ));
     conn.begin_batch();
     conn.submit(Request::query(A, &p), now).unwrap();
     let before = conn.poll_transmit().to_vec();
     assert!(matches!(
         conn.submit(Request::prepare("SELECT \0", &[]), now),
-        Err(Error::Encode(_))
+        Err(Error::Invalid(_))
     ));
     assert_eq!(
         conn.poll_transmit(),
@@ -1927,7 +1936,7 @@ fn failed_submit_keeps_pending_statement_closes() {
 
     // Fails to encode (NUL in the text): nothing is sent, as promised...
     let err = conn.submit(Request::simple("SELECT 1\0"), now).unwrap_err();
-    assert!(matches!(err, Error::Encode(_)), "{err:?}");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     assert!(conn.poll_transmit().is_empty());
     assert_eq!(conn.in_flight(), 0);
     // ...but the Close of duet_p1 must still go out with the next request.
@@ -1957,7 +1966,7 @@ fn failed_submit_keeps_eviction_closes() {
         now,
     )
     .unwrap_err();
-    assert!(matches!(err, Error::Encode(_)), "{err:?}");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     run(
         &mut ops::query("SELECT $1::int4 AS b", &[&3i32]).one(),
         &mut conn,
@@ -2224,4 +2233,183 @@ fn for_each_callback_error_drops_the_remaining_rows() {
     drop(op);
     assert_eq!(calls, 1);
     assert!(conn.is_idle());
+}
+
+// ---------------------------------------------------------------------------
+// Commit truth and limits under faults
+// ---------------------------------------------------------------------------
+
+/// The statements a send buffer's Parse messages and simple queries carry.
+fn statements(sent: &[u8]) -> Vec<String> {
+    frontend_messages(sent)
+        .iter()
+        .filter_map(|m| match m.tag {
+            b'P' => Some(parse_parse(&m.body).sql),
+            b'Q' => Some(String::from_utf8_lossy(&m.body[..m.body.len() - 1]).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn abandoned_transaction_takes_back_its_unsent_commit() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    // Dropped before any byte left: COMMIT must never reach the server.
+    op.abandon(&mut conn);
+    let sent = statements(&drain(&mut conn));
+    assert!(!sent.iter().any(|s| s == "COMMIT"), "{sent:?}");
+    assert_eq!(sent.last().map(String::as_str), Some("ROLLBACK"), "{sent:?}");
+    let reply = control("BEGIN")
+        .extend(&first_run(1).build())
+        .extend(&probe(Some(5)).build())
+        .ready_for_query(b'T')
+        .command_complete("ROLLBACK")
+        .ready_for_query(b'I');
+    conn.handle_input(&reply.build(), now).unwrap();
+    assert!(conn.is_idle());
+}
+
+#[test]
+fn commit_partly_sent_is_not_taken_back() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    let all = conn.poll_transmit().len();
+    // All but the last byte of COMMIT's Execute and the Sync left.
+    conn.advance_transmit(all - 6);
+    op.abandon(&mut conn);
+    let rest = conn.poll_transmit().to_vec();
+    assert_eq!(&rest[..1], &[0u8], "the rest of COMMIT's Execute still goes");
+}
+
+/// Runs atomic(query(A).rows()) until its whole flight has left, feeds
+/// `reply`, then loses the connection.
+fn lose_after(reply: Backend) -> (Connection, impl Operation<Output = Vec<duet_core::Row>>) {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    conn.handle_input(&reply.build(), now).unwrap();
+    conn.handle_eof(now);
+    (conn, op)
+}
+
+#[test]
+fn lost_commit_is_looked_up_by_transaction_id() {
+    let now = t0();
+    let before_commit = || {
+        control("BEGIN")
+            .extend(&first_run(1).build())
+            .extend(&probe(Some(77)).build())
+    };
+    for (outcome, committed) in [(TxOutcome::Committed, true), (TxOutcome::Aborted, false)] {
+        let (mut conn, mut op) = lose_after(before_commit());
+        pending(&mut op, &mut conn, now);
+        assert_eq!(conn.poll_outcome_query(), Some(77));
+        assert_eq!(conn.poll_outcome_query(), None, "asked once");
+        pending(&mut op, &mut conn, now);
+        conn.handle_outcome(Ok(outcome));
+        let r = ready(&mut op, &mut conn, now);
+        if committed {
+            assert_eq!(r.unwrap()[0].get::<i32>(0), 1);
+        } else {
+            let e = r.unwrap_err();
+            assert!(
+                matches!(e, Error::Closed(_)) && e.to_string().contains("rolled transaction 77 back"),
+                "{e}"
+            );
+        }
+    }
+    // The lookup could not tell: in doubt, with the id.
+    let (mut conn, mut op) = lose_after(before_commit());
+    pending(&mut op, &mut conn, now);
+    conn.handle_outcome(Err(Error::Timeout));
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::InDoubt(Some(77)))));
+    // Nothing was written: the results stand whatever became of COMMIT.
+    let (mut conn, mut op) = lose_after(
+        control("BEGIN")
+            .extend(&first_run(1).build())
+            .extend(&probe(None).build()),
+    );
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap()[0].get::<i32>(0), 1);
+    assert_eq!(conn.poll_outcome_query(), None);
+    // Lost before the id arrived: in doubt, without one.
+    let (mut conn, mut op) = lose_after(control("BEGIN").extend(&first_run(1).build()));
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::InDoubt(None))));
+}
+
+#[test]
+fn lost_connection_before_commit_left_is_a_plain_error() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    conn.handle_eof(now);
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::Closed(_))));
+}
+
+#[test]
+fn deadlines_are_judged_while_input_keeps_coming() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let deadline = now + Duration::from_millis(100);
+    let mut op = ops::query(A, &[&1i32]).deadline(Some(deadline)).rows();
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    // The socket never goes quiet, so the driver's wait never times out.
+    let notice = Backend::new().notice("NOTICE", "00000", "flood").build();
+    conn.handle_input(&notice, deadline).unwrap();
+    assert!(
+        conn.poll_cancel().is_some(),
+        "past its deadline, the request is cancelled"
+    );
+    let grace_end = deadline + config().cancel_grace;
+    assert!(conn.handle_input(&notice, grace_end).is_err());
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::Timeout)));
+}
+
+#[test]
+fn limits_of_any_size_are_accepted() {
+    let now = t0();
+    let mut cfg = config();
+    cfg.connect_timeout = Some(Duration::MAX);
+    cfg.cancel_grace = Duration::MAX;
+    let conn = Connection::new(&cfg, now);
+    assert_eq!(conn.poll_timeout(), None, "a limit past the end of the clock is none");
+    let mut conn = ready_connection(&cfg, now);
+    let mut op = ops::query(A, &[&1i32]).deadline(Some(now)).rows();
+    pending(&mut op, &mut conn, now);
+    conn.handle_timeout(now + Duration::from_secs(1));
+    assert!(conn.poll_cancel().is_some());
+    assert_eq!(duet_core::deadline_after(now, Duration::MAX), None);
+}
+
+#[test]
+fn a_server_that_is_not_postgres_is_named() {
+    let now = t0();
+    let mut conn = Connection::new(&config(), now);
+    let e = conn
+        .handle_input(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", now)
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP server"), "{e}");
+    let mut conn = Connection::new(&config(), now);
+    let e = conn.handle_input(b"SSH-2.0-OpenSSH_9.2\r\n", now).unwrap_err();
+    assert!(e.to_string().contains("not PostgreSQL") || e.is_fatal(), "{e}");
+    let mut conn = Connection::new(&config(), now);
+    let e = conn.handle_input(b"+OK redis\r\n", now).unwrap_err();
+    assert!(e.to_string().contains("not PostgreSQL's"), "{e}");
+}
+
+#[test]
+fn nul_in_sql_is_named() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let e = conn.submit(Request::simple("SELECT 1\0--"), now).unwrap_err();
+    assert!(e.to_string().contains("NUL byte at byte 8"), "{e}");
+    assert!(!e.to_string().contains("parameter"), "{e}");
 }

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,10 @@ impl Socket {
     }
 }
 
+/// How long [`Client::close`] tries to hand its last bytes to a server
+/// that does not read them.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
 /// An asynchronous connection to PostgreSQL.
 pub struct Client {
     conn: Connection,
@@ -124,26 +129,47 @@ pub struct CancelToken {
 }
 
 impl CancelToken {
-    /// Opens a new connection and sends the CancelRequest.
+    /// Opens a new connection and sends the CancelRequest, within
+    /// [`Config::side_limit`].
     pub async fn cancel(&self) -> Result<(), Error> {
-        send_cancel(&self.config, self.request).await
+        send_cancel(&self.config, self.request, self.config.side_limit()).await
     }
 }
 
-async fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
-    let config = config.for_cancel();
+/// Connects, sends the request and waits for the server to close the
+/// socket, all within `limit`.
+async fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
     let bytes = request.encode();
-    match Socket::connect(&config).await? {
-        Socket::Tcp(mut s) => {
-            s.write_all(&bytes).await?;
-            let _ = s.read(&mut [0u8; 1]).await;
+    let exchange = async {
+        match Socket::connect(config).await.map_err(|e| config.connect_error(e))? {
+            Socket::Tcp(mut s) => {
+                s.write_all(&bytes).await?;
+                let _ = s.read(&mut [0u8; 1]).await;
+            }
+            Socket::Unix(mut s) => {
+                s.write_all(&bytes).await?;
+                let _ = s.read(&mut [0u8; 1]).await;
+            }
         }
-        Socket::Unix(mut s) => {
-            s.write_all(&bytes).await?;
-            let _ = s.read(&mut [0u8; 1]).await;
-        }
-    }
-    Ok(())
+        Ok(())
+    };
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(Error::closed("the cancel connection did not finish within its limit")))
+}
+
+/// What became of a transaction whose COMMIT was lost with its
+/// connection, asked on a new connection within the side limit. Boxed:
+/// it runs a client of its own from inside [`Client::run`].
+fn look_up_outcome(
+    config: &Config,
+    xid: i64,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<TxOutcome, Error>> + Send + '_>> {
+    Box::pin(async move {
+        let config = config.for_cancel();
+        let mut client = Client::connect_config(&config).await?;
+        client.run_with_timeout(ops::tx_outcome(xid), config.side_limit()).await
+    })
 }
 
 impl ops::HasConnection for Client {
@@ -210,17 +236,23 @@ impl Client {
     /// Runs any operation to completion: the whole I/O loop of this driver.
     pub async fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
         let mut running = ops::Running::new(self, op);
+        let mut io_error = None;
         loop {
-            if let Step::Ready(out) = running.poll(Instant::now()) {
-                return out;
+            match running.next(Instant::now(), &mut io_error) {
+                ops::Next::Done(out) => return out,
+                ops::Next::LookUpOutcome(xid) => {
+                    let config = running.client.conn.config().clone();
+                    let answer = look_up_outcome(&config, xid).await;
+                    running.client.conn.handle_outcome(answer);
+                }
+                ops::Next::Io => io_error = running.client.pump().await.err(),
             }
-            running.client.pump().await?;
         }
     }
 
     /// Runs an operation with a time limit on every request it sends.
     pub async fn run_with_timeout<O: Operation>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
-        self.conn.set_default_deadline(Some(Instant::now() + timeout));
+        self.conn.set_default_deadline(deadline_after(Instant::now(), timeout));
         let r = self.run(op).await;
         self.conn.set_default_deadline(None);
         r
@@ -230,7 +262,9 @@ impl Client {
     /// for, whichever the socket allows first.
     async fn pump(&mut self) -> Result<(), Error> {
         if let Some(c) = self.conn.poll_cancel() {
-            send_cancel(self.conn.config(), c).await?;
+            // Best effort: when the cancel cannot be delivered, the grace
+            // period still ends the call.
+            let _ = send_cancel(self.conn.config(), c, self.conn.config().cancel_limit()).await;
         }
         let mut wrote = false;
         while !self.conn.poll_transmit().is_empty() {
@@ -282,12 +316,18 @@ impl Client {
 
     /// Waits up to `timeout` for a notice, notification or parameter change.
     pub async fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
-        let until = TokioInstant::now() + timeout;
+        // A limit past the end of the clock is no limit.
+        let until = TokioInstant::now().checked_add(timeout);
         loop {
             if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
             }
-            match tokio::time::timeout_at(until, self.sock.ready(TokioInterest::READABLE)).await {
+            let ready = self.sock.ready(TokioInterest::READABLE);
+            let waited = match until {
+                Some(u) => tokio::time::timeout_at(u, ready).await,
+                None => Ok(ready.await),
+            };
+            match waited {
                 Ok(Ok(_)) => self.read_once()?,
                 Ok(Err(e)) => return Err(self.fatal(e)),
                 Err(_) => return Ok(None),
@@ -303,18 +343,24 @@ impl Client {
         })
     }
 
-    /// Sends Terminate and closes the socket.
+    /// Sends Terminate and closes the socket, giving up after
+    /// [`CLOSE_LIMIT`] on a peer that stopped reading.
     pub async fn close(mut self) -> Result<(), Error> {
         self.conn.close();
-        while !self.conn.poll_transmit().is_empty() {
-            self.sock.ready(TokioInterest::WRITABLE).await?;
-            match self.sock.try_write(self.conn.poll_transmit()) {
-                Ok(n) => self.conn.advance_transmit(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+        let flush = async {
+            while !self.conn.poll_transmit().is_empty() {
+                self.sock.ready(TokioInterest::WRITABLE).await?;
+                match self.sock.try_write(self.conn.poll_transmit()) {
+                    Ok(n) => self.conn.advance_transmit(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        tokio::time::timeout(CLOSE_LIMIT, flush)
+            .await
+            .unwrap_or_else(|_| Err(Error::closed("close gave up: the server stopped reading")))
     }
 
     duet_core::client_api!(async, .await);

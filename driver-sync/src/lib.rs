@@ -111,14 +111,11 @@ impl Socket {
             events,
             revents: 0,
         };
+        // Rounded up, so the wait never ends just before the deadline;
+        // capped, so a limit of any length cannot wrap to "forever".
         let timeout_ms = match until {
             None => -1,
-            Some(t) => {
-                t.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32
-                    + 1
-            }
+            Some(t) => (t.saturating_duration_since(Instant::now()).as_millis() + 1).min(i32::MAX as u128) as i32,
         };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
@@ -138,6 +135,10 @@ impl Socket {
     }
 }
 
+/// How long [`Client::close`] tries to hand its last bytes to a server
+/// that does not read them.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
 /// A blocking connection to PostgreSQL.
 pub struct Client {
     conn: Connection,
@@ -153,23 +154,46 @@ pub struct CancelToken {
 }
 
 impl CancelToken {
-    /// Opens a new connection and sends the CancelRequest.
+    /// Opens a new connection and sends the CancelRequest, within
+    /// [`Config::side_limit`].
     pub fn cancel(&self) -> Result<(), Error> {
-        send_cancel(&self.config, self.request)
+        send_cancel(&self.config, self.request, self.config.side_limit())
     }
 }
 
-fn send_cancel(config: &Config, request: CancelRequest) -> Result<(), Error> {
-    let config = config.for_cancel();
-    let mut s = Socket::connect(&config)?;
+/// Connects, sends the request and waits for the server to close the
+/// socket; each step is bounded by `limit`.
+fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
+    let config = Config {
+        connect_timeout: Some(limit),
+        ..config.clone()
+    };
+    let mut s = Socket::connect(&config).map_err(|e| config.connect_error(e))?;
     let bytes = request.encode();
+    let limit = Some(limit);
     match &mut s {
-        Socket::Tcp(t) => t.write_all(&bytes)?,
-        Socket::Unix(u) => u.write_all(&bytes)?,
+        Socket::Tcp(t) => {
+            t.set_read_timeout(limit)?;
+            t.set_write_timeout(limit)?;
+            t.write_all(&bytes)?
+        }
+        Socket::Unix(u) => {
+            u.set_read_timeout(limit)?;
+            u.set_write_timeout(limit)?;
+            u.write_all(&bytes)?
+        }
     }
     // The server closes the socket once it has read the request.
     let _ = s.read(&mut [0u8; 1]);
     Ok(())
+}
+
+/// What became of a transaction whose COMMIT was lost with its
+/// connection, asked on a new connection within the side limit.
+fn look_up_outcome(config: &Config, xid: i64) -> Result<TxOutcome, Error> {
+    let config = config.for_cancel();
+    let mut client = Client::connect_config(&config)?;
+    client.run_with_timeout(ops::tx_outcome(xid), config.side_limit())
 }
 
 impl ops::HasConnection for Client {
@@ -230,13 +254,8 @@ impl Client {
 
     /// Runs any operation to completion: the whole I/O loop of this driver.
     pub fn run<O: Operation>(&mut self, op: O) -> Result<O::Output, Error> {
-        let mut running = ops::Running::new(self, op);
-        loop {
-            if let Step::Ready(out) = running.poll(Instant::now()) {
-                return out;
-            }
-            running.client.pump()?;
-        }
+        self.run_steps(op, usize::MAX)
+            .unwrap_or_else(|| Err(Error::Misuse("the I/O loop ended without a result".into())))
     }
 
     /// Runs the I/O loop at most `steps` times; abandons the operation if it
@@ -245,12 +264,15 @@ impl Client {
     #[doc(hidden)]
     pub fn run_steps<O: Operation>(&mut self, op: O, steps: usize) -> Option<Result<O::Output, Error>> {
         let mut running = ops::Running::new(self, op);
+        let mut io_error = None;
         for _ in 0..steps {
-            if let Step::Ready(out) = running.poll(Instant::now()) {
-                return Some(out);
-            }
-            if let Err(e) = running.client.pump() {
-                return Some(Err(e));
+            match running.next(Instant::now(), &mut io_error) {
+                ops::Next::Done(out) => return Some(out),
+                ops::Next::LookUpOutcome(xid) => {
+                    let conn = &mut running.client.conn;
+                    conn.handle_outcome(look_up_outcome(conn.config(), xid));
+                }
+                ops::Next::Io => io_error = running.client.pump().err(),
             }
         }
         None
@@ -258,7 +280,7 @@ impl Client {
 
     /// Runs an operation with a time limit on every request it sends.
     pub fn run_with_timeout<O: Operation>(&mut self, op: O, timeout: Duration) -> Result<O::Output, Error> {
-        self.conn.set_default_deadline(Some(Instant::now() + timeout));
+        self.conn.set_default_deadline(deadline_after(Instant::now(), timeout));
         let r = self.run(op);
         self.conn.set_default_deadline(None);
         r
@@ -269,7 +291,9 @@ impl Client {
     /// to read (a large pipeline would deadlock otherwise).
     fn pump(&mut self) -> Result<(), Error> {
         if let Some(c) = self.conn.poll_cancel() {
-            send_cancel(self.conn.config(), c)?;
+            // Best effort: when the cancel cannot be delivered, the grace
+            // period still ends the call.
+            let _ = send_cancel(self.conn.config(), c, self.conn.config().cancel_limit());
         }
         let mut wrote = false;
         while !self.conn.poll_transmit().is_empty() {
@@ -318,15 +342,15 @@ impl Client {
 
     /// Waits up to `timeout` for a notice, notification or parameter change.
     pub fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
-        let until = Instant::now() + timeout;
+        let until = deadline_after(Instant::now(), timeout);
         loop {
             if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
             }
-            let (readable, _) = self.sock.wait(true, false, Some(until)).map_err(|e| self.fatal(e))?;
+            let (readable, _) = self.sock.wait(true, false, until).map_err(|e| self.fatal(e))?;
             if readable {
                 self.read_once()?;
-            } else if Instant::now() >= until {
+            } else if until.is_some_and(|u| Instant::now() >= u) {
                 return Ok(None);
             }
         }
@@ -340,14 +364,18 @@ impl Client {
         })
     }
 
-    /// Sends Terminate and closes the socket.
+    /// Sends Terminate and closes the socket, giving up after
+    /// [`CLOSE_LIMIT`] on a peer that stopped reading.
     pub fn close(mut self) -> Result<(), Error> {
         self.conn.close();
+        let until = Instant::now() + CLOSE_LIMIT;
         while !self.conn.poll_transmit().is_empty() {
             let n = self.sock.send_nonblocking(self.conn.poll_transmit())?;
             if n == 0 {
-                self.sock
-                    .wait(false, true, Some(Instant::now() + Duration::from_secs(1)))?;
+                if Instant::now() >= until {
+                    return Err(Error::closed("close gave up: the server stopped reading"));
+                }
+                self.sock.wait(false, true, Some(until))?;
             }
             self.conn.advance_transmit(n);
         }

@@ -243,7 +243,9 @@ pub trait Model: Hooks + Sized + Send + Sync + 'static {
     /// `CREATE TABLE IF NOT EXISTS` for this model (tests and quick starts;
     /// not a migration tool).
     fn create_table() -> impl Operation<Output = ()> + Send + 'static {
-        Query::owned(Self::META.create_table_sql(), Vec::new()).map(|_| Ok(()))
+        Query::owned(Self::META.create_table_sql(), Vec::new())
+            .map(|_| Ok(()))
+            .infallible()
     }
 
     /// Saves the model (see [`save`](super::write::save)); the operation's
@@ -281,7 +283,9 @@ pub trait Model: Hooks + Sized + Send + Sync + 'static {
 
     /// `DROP TABLE IF EXISTS … CASCADE`.
     fn drop_table() -> impl Operation<Output = ()> + Send + 'static {
-        Query::owned(Self::META.drop_table_sql(), Vec::new()).map(|_| Ok(()))
+        Query::owned(Self::META.drop_table_sql(), Vec::new())
+            .map(|_| Ok(()))
+            .infallible()
     }
 }
 
@@ -323,7 +327,7 @@ impl HookCtx {
     where
         O: Operation + Send + 'static,
     {
-        self.queued.push(Box::new(op.map(|_| Ok(()))));
+        self.queued.push(Box::new(op.map(|_| Ok(())).infallible()));
     }
 
     /// True when the write is a plain `INSERT` of a new row: a `save` of an

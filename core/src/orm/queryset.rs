@@ -416,7 +416,7 @@ impl<M: Model> QuerySet<M> {
         s.push("DELETE FROM ");
         s.ident(M::META.table);
         self.render_where(&mut s);
-        Query::values(s.text, s.params).map(|r| Ok(r.rows_affected()))
+        Query::values(s.text, s.params).affected()
     }
 
     /// ` WHERE …` for an UPDATE or DELETE: the filter itself, or (when the
@@ -511,7 +511,7 @@ impl<M: Model> Operation for Update<M> {
                 return Err(crate::Step::Ready(Err(Error::misuse("update() without any set()"))));
             }
             let s = render_update(qs, sets);
-            Ok(Query::values(s.text, s.params).map(|r| Ok(r.rows_affected())))
+            Ok(Query::values(s.text, s.params).affected())
         })
     }
     fn submitted_all(&self) -> bool {

@@ -110,7 +110,7 @@ fn update_sql<M: Model>(m: &M, key: Value) -> Sql {
 }
 
 fn run_queued(queued: Vec<BoxOp<'static, ()>>) -> impl Operation<Output = ()> + Send {
-    pipeline(queued).map(|_| Ok(()))
+    pipeline(queued).map(|_| Ok(())).infallible()
 }
 
 fn first_model<M: Model>(r: QueryResult) -> Result<Option<M>, Error> {
@@ -219,7 +219,7 @@ where
         s.param(std::sync::Arc::new(key));
         let write = Query::values(s.text, s.params);
         if !M::HAS_HOOKS {
-            let op: BoxOp<'m, u64> = Box::new(write.map(|r| Ok(r.rows_affected())));
+            let op: BoxOp<'m, u64> = Box::new(write.map(|r| Ok(r.rows_affected())).infallible());
             return Ok(op);
         }
         let before = std::mem::take(&mut ctx.queued);

@@ -32,9 +32,12 @@ pub trait Operation {
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<Self::Output>;
 
     /// True once every request this operation will ever send has been
-    /// submitted and nothing it already knows of has failed: a transaction
-    /// around it may then queue its `COMMIT` behind it without waiting for
-    /// results.
+    /// submitted, nothing it already knows of has failed, and nothing the
+    /// client still has to check of the results can fail (`.one()` finding
+    /// no row, a decoding, a hook): a transaction around it may then queue
+    /// its `COMMIT` behind it without waiting for results. Where a check
+    /// can fail, COMMIT waits for it, so that a transaction never commits
+    /// work its caller is told failed.
     fn submitted_all(&self) -> bool {
         false
     }
@@ -43,13 +46,18 @@ pub trait Operation {
     /// tickets (their responses are discarded) and undo anything it opened.
     fn abandon(&mut self, conn: &mut Connection);
 
-    /// Transforms the output.
+    /// Transforms the output. `f` may fail, so a transaction around the
+    /// result waits for it before it commits; see [`Map::infallible`].
     fn map<F, U>(self, f: F) -> Map<Self, F>
     where
         Self: Sized,
         F: FnMut(Self::Output) -> Result<U, Error>,
     {
-        Map { op: self, f }
+        Map {
+            op: self,
+            f,
+            checks: true,
+        }
     }
 }
 
@@ -70,9 +78,19 @@ impl<O: Operation + ?Sized> Operation for Box<O> {
 pub struct Map<O, F> {
     op: O,
     f: F,
+    /// `f` can fail: a transaction around this must not commit before it ran.
+    checks: bool,
 }
 
 impl<O, F> Map<O, F> {
+    /// Declares that `f` never returns an error (it only reshapes the
+    /// output), so a transaction around this need not wait for it before
+    /// queuing its `COMMIT`.
+    pub fn infallible(mut self) -> Self {
+        self.checks = false;
+        self
+    }
+
     /// The operation being mapped (to inspect the statement it sends).
     pub fn inner(&self) -> &O {
         &self.op
@@ -92,7 +110,7 @@ where
         }
     }
     fn submitted_all(&self) -> bool {
-        self.op.submitted_all()
+        !self.checks && self.op.submitted_all()
     }
     fn abandon(&mut self, conn: &mut Connection) {
         self.op.abandon(conn)
@@ -453,7 +471,7 @@ impl<'a> Query<'a> {
 
     /// All rows.
     pub fn rows(self) -> Map<Self, Convert<Vec<Row>>> {
-        self.map(|r| Ok(r.rows))
+        self.map((|r| Ok(r.rows)) as Convert<Vec<Row>>).infallible()
     }
 
     /// Exactly one row, else [`Error::NoRows`] / [`Error::TooManyRows`].
@@ -481,7 +499,7 @@ impl<'a> Query<'a> {
 
     /// The number of rows the statement affected.
     pub fn affected(self) -> Map<Self, Convert<u64>> {
-        self.map(|r| Ok(r.rows_affected()))
+        self.map((|r| Ok(r.rows_affected())) as Convert<u64>).infallible()
     }
 
     fn start(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
@@ -637,8 +655,9 @@ impl<F: FnMut(Row) -> Result<(), Error>> Operation for ForEach<'_, F> {
         }
     }
 
+    /// Never: the callback may still fail on a row to come.
     fn submitted_all(&self) -> bool {
-        self.query.submitted_all()
+        false
     }
 
     fn abandon(&mut self, conn: &mut Connection) {
@@ -952,55 +971,7 @@ impl<O: Operation> PipelineOps for Vec<O> {
     }
 }
 
-// ---- transactions ----
-
-/// One level of transaction nesting: depth 0 is `BEGIN`/`COMMIT`, deeper
-/// levels are savepoints. Shared by [`atomic`] and the drivers' interactive
-/// transactions ([`TxGuard`]), so both nest the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope(u32);
-
-impl Scope {
-    /// The scope a new transaction opens on `conn`. Inside a transaction
-    /// the application opened itself, BEGIN would only warn and COMMIT would
-    /// end the outer transaction: nest with a savepoint instead.
-    fn next(conn: &Connection) -> Scope {
-        Scope(conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && conn.transaction_open()))
-    }
-    fn savepoint(self) -> String {
-        format!("duet_sp_{}", self.0)
-    }
-    fn begin_sql(self) -> String {
-        if self.0 == 0 {
-            "BEGIN".to_string()
-        } else {
-            format!("SAVEPOINT {}", self.savepoint())
-        }
-    }
-    fn commit_sql(self) -> String {
-        if self.0 == 0 {
-            "COMMIT".to_string()
-        } else {
-            format!("RELEASE SAVEPOINT {}", self.savepoint())
-        }
-    }
-    fn rollback_sql(self) -> String {
-        if self.0 == 0 {
-            "ROLLBACK".to_string()
-        } else {
-            let sp = self.savepoint();
-            format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
-        }
-    }
-    /// Queues the rollback for work nobody waits for any more.
-    fn submit_detached_rollback(self, conn: &mut Connection) {
-        if self.0 == 0 {
-            conn.submit_detached_end(&self.rollback_sql());
-        } else {
-            conn.submit_detached(&self.rollback_sql());
-        }
-    }
-}
+// ---- driving ----
 
 /// Something that owns a [`Connection`]: a driver's `Client`.
 pub trait HasConnection {
@@ -1032,6 +1003,38 @@ impl<'c, C: HasConnection, O: Operation> Running<'c, C, O> {
         }
         step
     }
+
+    /// What the driver does next: the whole decision of a driver's loop,
+    /// so both drivers make it the same way. `io_error` is the error the
+    /// driver's last I/O step returned: the core has already closed the
+    /// connection with it, and the operation is polled once more so that
+    /// it sees the closed connection (a transaction whose COMMIT left must
+    /// find out what happened) before the error is returned.
+    pub fn next(&mut self, now: Instant, io_error: &mut Option<Error>) -> Next<O::Output> {
+        if let Step::Ready(out) = self.poll(now) {
+            return Next::Done(out);
+        }
+        if let Some(xid) = self.client.connection_mut().poll_outcome_query() {
+            return Next::LookUpOutcome(xid);
+        }
+        match io_error.take() {
+            Some(e) => Next::Done(Err(e)),
+            None => Next::Io,
+        }
+    }
+}
+
+/// See [`Running::next`].
+pub enum Next<T> {
+    /// The operation finished.
+    Done(Result<T, Error>),
+    /// Move bytes: write what the connection has to send, read what it
+    /// waits for, sleep until its next deadline.
+    Io,
+    /// Run [`tx_outcome`] for this transaction id on a new connection to
+    /// the same server, within [`crate::Config::side_limit`], and hand the
+    /// answer to [`Connection::handle_outcome`].
+    LookUpOutcome(i64),
 }
 
 impl<C: HasConnection, O: Operation> Drop for Running<'_, C, O> {
@@ -1045,329 +1048,5 @@ impl<C: HasConnection, O: Operation> Drop for Running<'_, C, O> {
     }
 }
 
-/// An interactive transaction a driver's `atomic(|tx| …)` holds open while
-/// the application's closure runs. `BEGIN` (or `SAVEPOINT`) is queued, not
-/// awaited, so it travels with the closure's first statement. Dropped
-/// without [`TxGuard::finish`] (a panic, a dropped future), it queues the
-/// rollback, which the next request carries: no I/O in `drop`.
-pub struct TxGuard<'c, C: HasConnection> {
-    /// The client, for the closure to run statements on.
-    pub client: &'c mut C,
-    scope: Option<Scope>,
-    /// The nesting depth to restore when this scope ends (not `scope - 1`:
-    /// inside an application's own transaction the first scope is level 1).
-    prev_depth: u32,
-}
-
-impl<'c, C: HasConnection> TxGuard<'c, C> {
-    pub fn begin(client: &'c mut C) -> Self {
-        let conn = client.connection_mut();
-        let scope = Scope::next(conn);
-        let prev_depth = conn.atomic_depth();
-        conn.submit_detached(&scope.begin_sql());
-        // Everything the closure runs belongs to this scope.
-        conn.set_atomic_depth(scope.0 + 1);
-        conn.set_active_depth(scope.0 + 1);
-        TxGuard {
-            client,
-            scope: Some(scope),
-            prev_depth,
-        }
-    }
-
-    /// Ends the transaction: `COMMIT` (or `RELEASE SAVEPOINT`) when
-    /// `commit`, else a rollback. The returned operation reports whether it
-    /// worked; a failed commit (a deferred constraint, say) is an error.
-    pub fn finish(mut self, commit: bool) -> impl Operation<Output = ()> + Send + 'static {
-        let scope = self.scope.take().unwrap_or(Scope(0));
-        let prev = self.prev_depth;
-        let conn = self.client.connection_mut();
-        conn.set_atomic_depth(prev);
-        conn.set_active_depth(prev);
-        let sql = if commit {
-            scope.commit_sql()
-        } else {
-            scope.rollback_sql()
-        };
-        lazy(move || Ok(simple_query_owned(sql)))
-    }
-}
-
-/// What an interactive transaction returns: the closure's error if it
-/// failed (the rollback's own outcome is secondary), else the commit's.
-pub fn settle<T>(work: Result<T, Error>, end: Result<(), Error>) -> Result<T, Error> {
-    let v = work?;
-    end?;
-    Ok(v)
-}
-
-impl<C: HasConnection> Drop for TxGuard<'_, C> {
-    fn drop(&mut self) {
-        if let Some(scope) = self.scope.take() {
-            let conn = self.client.connection_mut();
-            conn.set_atomic_depth(self.prev_depth);
-            conn.set_active_depth(self.prev_depth);
-            scope.submit_detached_rollback(conn);
-        }
-    }
-}
-
-/// A simple-protocol query owning its text.
-fn simple_query_owned(sql: String) -> Single<'static, ()> {
-    Single {
-        request: Some(Box::new(move |c: &mut Connection, now| {
-            c.submit(Request::simple(&sql), now)
-        })),
-        ticket: None,
-        convert: |r| match r {
-            Response::Simple(m)
-                if m.iter()
-                    .any(|m| matches!(m, SimpleMessage::CommandComplete(t) if t == "ROLLBACK")) =>
-            {
-                Err(commit_rolled_back())
-            }
-            _ => Ok(()),
-        },
-    }
-}
-
-/// PostgreSQL answers COMMIT in a failed transaction with the tag
-/// `ROLLBACK` and no error: the caller must not hear "committed".
-fn commit_rolled_back() -> Error {
-    Error::Db(Box::new(crate::DbError {
-        severity: "ERROR".into(),
-        code: sqlstate::IN_FAILED_SQL_TRANSACTION.into(),
-        message: "COMMIT rolled the transaction back: a statement in it had failed".into(),
-        ..Default::default()
-    }))
-}
-
-/// Runs `op` in a transaction: `BEGIN`, the work and `COMMIT` go out
-/// together (one round trip when the work submits everything up front).
-/// On error the transaction is rolled back and the error returned. Nested
-/// inside another `atomic`, it uses a savepoint instead, queued with the
-/// work, so nesting adds no round trip.
-///
-/// Beside other operations in a [`pipeline`], a transaction keeps its own
-/// outcome: what the pipeline submits while its COMMIT has not gone out
-/// waits until it has, so nothing runs (and rolls back) inside it by
-/// accident.
-///
-/// The COMMIT goes out as soon as the work has submitted all its statements
-/// and none has failed; a step that fails later in the client (`get` finding
-/// no row, a value that does not decode) is still returned as the error,
-/// although the statements committed.
-///
-/// ```
-/// use duet_core::ops::{atomic, pipeline, query};
-/// let (from, to, amount) = (1i32, 2i32, 10i64);
-/// let (debit, credit): ([duet_core::Param; 2], [duet_core::Param; 2]) = ([&from, &amount], [&to, &amount]);
-/// let transfer = atomic(pipeline((
-///     query("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &debit).affected(),
-///     query("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &credit).affected(),
-/// )));
-/// # let _ = transfer;
-/// ```
-pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
-    Atomic {
-        op,
-        depth: 0,
-        prev_depth: 0,
-        begin: None,
-        begin_result: None,
-        output: None,
-        commit: None,
-        commit_result: None,
-        rollback: None,
-        started: false,
-        finished: false,
-    }
-}
-
-/// See [`atomic`].
-pub struct Atomic<O: Operation> {
-    op: O,
-    depth: u32,
-    /// The depth to restore when this transaction ends.
-    prev_depth: u32,
-    begin: Option<Ticket>,
-    begin_result: Option<Result<(), Error>>,
-    output: Option<Result<O::Output, Error>>,
-    commit: Option<Ticket>,
-    commit_result: Option<Result<(), Error>>,
-    rollback: Option<(Ticket, Error)>,
-    started: bool,
-    finished: bool,
-}
-
-impl<O: Operation> Atomic<O> {
-    fn submit_sql(&self, conn: &mut Connection, sql: &str, now: Instant) -> Result<Ticket, Error> {
-        conn.submit_encoded(sql, params::Encoded::default(), None, now)
-    }
-
-    fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
-        let t = self.submit_sql(conn, &Scope(self.depth).commit_sql(), now)?;
-        if self.depth == 0 {
-            conn.ends_transaction(t);
-        }
-        self.commit = Some(t);
-        conn.set_atomic_depth(self.prev_depth);
-        Ok(())
-    }
-
-    fn rollback_sql(&self) -> String {
-        Scope(self.depth).rollback_sql()
-    }
-
-    fn done(&mut self, r: Result<O::Output, Error>) -> Step<O::Output> {
-        self.finished = true;
-        Step::Ready(r)
-    }
-}
-
-impl<O: Operation> Operation for Atomic<O> {
-    type Output = O::Output;
-
-    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
-        if self.finished {
-            return Step::Ready(Err(Error::misuse("operation polled after it completed")));
-        }
-        if let Some((t, err)) = &self.rollback {
-            return match conn.take_result(*t) {
-                None => Step::Pending,
-                Some(Ok(_)) => {
-                    let e = err.clone();
-                    self.done(Err(e))
-                }
-                // A failed rollback leaves the session in doubt: report both.
-                Some(Err(re)) => {
-                    let e = Error::closed(format!("{err}; then the rollback failed too: {re}"));
-                    self.done(Err(e))
-                }
-            };
-        }
-        if !self.started && conn.foreign_transaction_open() {
-            return Step::Pending;
-        }
-        conn.begin_batch();
-        if !self.started {
-            self.started = true;
-            // Inside a transaction the application opened itself, BEGIN
-            // would only warn and COMMIT would end the outer transaction:
-            // nest with a savepoint instead.
-            self.prev_depth = conn.atomic_depth();
-            self.depth = Scope::next(conn).0;
-            match self.submit_sql(conn, &Scope(self.depth).begin_sql(), now) {
-                Ok(t) => self.begin = Some(t),
-                Err(e) => {
-                    conn.end_batch();
-                    return self.done(Err(e));
-                }
-            }
-            conn.set_atomic_depth(self.depth + 1);
-        }
-        if self.output.is_none() {
-            let outer = conn.active_depth();
-            conn.set_active_depth(self.depth + 1);
-            let step = self.op.poll(conn, now);
-            conn.set_active_depth(outer);
-            if let Step::Ready(r) = step {
-                self.output = Some(r);
-            }
-        }
-        let work_ok = !matches!(self.output, Some(Err(_)));
-        if self.commit.is_none() && work_ok && (self.output.is_some() || self.op.submitted_all()) {
-            if let Err(e) = self.submit_commit(conn, now) {
-                self.output = Some(Err(e));
-            }
-        }
-        conn.end_batch();
-
-        if let (Some(t), None) = (self.begin, &self.begin_result) {
-            if let Some(r) = conn.take_result(t) {
-                self.begin_result = Some(r.map(|_| ()));
-            }
-        }
-        if let (Some(t), None) = (self.commit, &self.commit_result) {
-            if let Some(r) = conn.take_result(t) {
-                self.commit_result = Some(r.and_then(|resp| match resp {
-                    Response::Rows(q) if q.tag.as_deref() == Some("ROLLBACK") => Err(commit_rolled_back()),
-                    _ => Ok(()),
-                }));
-            }
-        }
-        let (Some(begin), Some(output)) = (&self.begin_result, &self.output) else {
-            return Step::Pending;
-        };
-        // The first real error, in the order things were sent.
-        let error = match (begin, output, &self.commit_result) {
-            (Err(e), _, _) => Some(e.clone()),
-            (_, Err(e), _) => Some(e.clone()),
-            (_, Ok(_), Some(Err(e))) => Some(e.clone()),
-            (_, Ok(_), Some(Ok(()))) => None,
-            (_, Ok(_), None) => return Step::Pending,
-        };
-        match error {
-            None => {
-                let out = self.output.take().expect("output present");
-                self.done(out)
-            }
-            Some(e) => {
-                if self.commit.is_none() {
-                    conn.set_atomic_depth(self.prev_depth);
-                }
-                let committed_or_gone = self.depth == 0
-                    && self.commit_result.as_ref().is_some_and(|r| r.is_err())
-                    && conn.transaction_status() == TransactionStatus::Idle;
-                // Only a closed socket makes the rollback pointless: a client-side
-                // error of a fatal-looking kind still leaves a live transaction.
-                if committed_or_gone || conn.closed_reason().is_some() {
-                    return self.done(Err(e));
-                }
-                let sql = self.rollback_sql();
-                match conn.submit(Request::simple(&sql), now) {
-                    Ok(t) => {
-                        if self.depth == 0 {
-                            conn.ends_transaction(t);
-                        }
-                        self.rollback = Some((t, e));
-                        Step::Pending
-                    }
-                    Err(re) => self.done(Err(re)),
-                }
-            }
-        }
-    }
-
-    fn submitted_all(&self) -> bool {
-        self.commit.is_some() || self.finished
-    }
-
-    fn abandon(&mut self, conn: &mut Connection) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        if self.output.is_none() {
-            self.op.abandon(conn);
-        }
-        for t in [self.begin, self.commit].into_iter().flatten() {
-            conn.abandon(t);
-        }
-        if let Some((t, _)) = self.rollback.take() {
-            conn.abandon(t);
-            return;
-        }
-        if self.started {
-            conn.set_atomic_depth(self.prev_depth);
-            conn.set_active_depth(self.prev_depth);
-            // Roll back whatever this transaction did: harmless (a warning)
-            // after a COMMIT. After a RELEASE the savepoint is gone and the
-            // work belongs to the enclosing transaction; a rollback to it
-            // would fail that transaction, so leave the work to its owner.
-            if self.depth == 0 || self.commit.is_none() {
-                Scope(self.depth).submit_detached_rollback(conn);
-            }
-        }
-    }
-}
+mod transaction;
+pub use transaction::*;

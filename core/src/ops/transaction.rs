@@ -1,0 +1,668 @@
+//! Transactions: `atomic(op)`, the drivers' interactive `atomic(|tx| …)`,
+//! and what they tell about a commit whose answer was lost.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{lazy, BoxOp, HasConnection, Operation, Query, Single, Step};
+use crate::connection::{Request, Response, Ticket, TransactionStatus, TxOutcome};
+use crate::error::sqlstate;
+use crate::params;
+use crate::row::SimpleMessage;
+use crate::{Connection, Error};
+
+/// One level of transaction nesting: depth 0 is `BEGIN`/`COMMIT`, deeper
+/// levels are savepoints. Shared by [`atomic`] and the drivers' interactive
+/// transactions ([`TxGuard`]), so both nest the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope(u32);
+
+impl Scope {
+    /// The scope a new transaction opens on `conn`. Inside a transaction
+    /// the application opened itself, BEGIN would only warn and COMMIT would
+    /// end the outer transaction: nest with a savepoint instead.
+    fn next(conn: &Connection) -> Scope {
+        Scope(conn.atomic_depth() + u32::from(conn.atomic_depth() == 0 && conn.transaction_open()))
+    }
+    fn savepoint(self) -> String {
+        format!("duet_sp_{}", self.0)
+    }
+    fn begin_sql(self) -> String {
+        if self.0 == 0 {
+            "BEGIN".to_string()
+        } else {
+            format!("SAVEPOINT {}", self.savepoint())
+        }
+    }
+    fn commit_sql(self) -> String {
+        if self.0 == 0 {
+            "COMMIT".to_string()
+        } else {
+            format!("RELEASE SAVEPOINT {}", self.savepoint())
+        }
+    }
+    fn rollback_sql(self) -> String {
+        if self.0 == 0 {
+            "ROLLBACK".to_string()
+        } else {
+            let sp = self.savepoint();
+            format!("ROLLBACK TO SAVEPOINT {sp}; RELEASE SAVEPOINT {sp}")
+        }
+    }
+    /// Queues the rollback for work nobody waits for any more.
+    fn submit_detached_rollback(self, conn: &mut Connection) {
+        if self.0 == 0 {
+            conn.submit_detached_end(&self.rollback_sql());
+        } else {
+            conn.submit_detached(&self.rollback_sql());
+        }
+    }
+}
+
+// ---- commit truth ----
+
+/// Asks for the id of the transaction in progress without assigning one
+/// (so it costs nothing when the transaction wrote nothing, and works on a
+/// standby). `NULL`: nothing was written. PostgreSQL 10 and later.
+const XID_PROBE: &str = "SELECT pg_catalog.txid_current_if_assigned()";
+
+/// Whether the server has the functions commit truth needs (10+).
+fn probe_supported(conn: &Connection) -> bool {
+    conn.parameter("server_version")
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
+        .is_some_and(|major| major >= 10)
+}
+
+/// What a top-level transaction learns before its COMMIT leaves, so that a
+/// lost answer to that COMMIT can be resolved rather than guessed: the
+/// transaction's id, asked for in the same flight just before COMMIT.
+#[derive(Default)]
+struct CommitProbe {
+    ticket: Option<Ticket>,
+    answer: Option<Result<Option<i64>, Error>>,
+    /// The id the driver is looking up on a new connection.
+    looking_up: Option<i64>,
+}
+
+/// What a lost COMMIT came to.
+enum Lost {
+    /// Nothing was written: committed or not, the database is as it was,
+    /// and the results the work already returned are true.
+    NothingWritten,
+    /// Waiting for the driver's lookup of the transaction's fate.
+    LookingUp,
+    Failed(Error),
+}
+
+impl CommitProbe {
+    fn submit(&mut self, conn: &mut Connection, now: Instant) {
+        if probe_supported(conn) {
+            // Should it fail to encode, the commit goes on without truth.
+            self.ticket = conn
+                .submit_encoded(XID_PROBE, params::Encoded::default(), None, now)
+                .ok();
+        }
+    }
+
+    fn collect(&mut self, conn: &mut Connection) {
+        if let (Some(t), None) = (self.ticket, &self.answer) {
+            if let Some(r) = conn.take_result(t) {
+                self.answer = Some(r.and_then(|resp| match resp {
+                    Response::Rows(q) => match q.rows.first() {
+                        Some(row) => row.try_get::<Option<i64>>(0),
+                        None => Err(Error::protocol("the transaction id query returned no row")),
+                    },
+                    _ => Err(Error::protocol("internal: the transaction id query gave no rows")),
+                }));
+            }
+        }
+    }
+
+    /// True when `commit` failed because the connection was lost after some
+    /// of it had left: the server may or may not have committed.
+    fn lost(conn: &Connection, commit: Ticket) -> bool {
+        conn.closed_reason().is_some() && !conn.never_sent(commit)
+    }
+
+    /// The connection was lost after COMMIT left: find out what happened.
+    fn judge(&mut self, conn: &mut Connection) -> Lost {
+        self.collect(conn);
+        match self.answer.take() {
+            Some(Ok(None)) => Lost::NothingWritten,
+            Some(Ok(Some(xid))) => {
+                conn.request_outcome(xid);
+                self.looking_up = Some(xid);
+                Lost::LookingUp
+            }
+            // The id never arrived: nothing to look up.
+            _ => Lost::Failed(Error::InDoubt(None)),
+        }
+    }
+
+    /// The driver's answer to the lookup: `Ok` when the transaction
+    /// committed. `None` while it is still pending.
+    fn outcome(&mut self, conn: &mut Connection) -> Option<Result<(), Error>> {
+        let xid = self.looking_up?;
+        let r = conn.take_outcome()?;
+        self.looking_up = None;
+        Some(match r {
+            Ok(TxOutcome::Committed) => Ok(()),
+            Ok(TxOutcome::Aborted) => Err(Error::closed(format!(
+                "the connection was lost after COMMIT was sent; the server rolled transaction {xid} back"
+            ))),
+            Ok(TxOutcome::Unknown) | Err(_) => Err(Error::InDoubt(Some(xid))),
+        })
+    }
+}
+
+/// Looks up, on a connection of its own, what became of the transaction
+/// `xid` whose COMMIT was sent on a connection that was lost: what a driver
+/// runs when [`Connection::poll_outcome_query`] asks. While the old session
+/// is still finishing (the server has not noticed it is gone), it asks
+/// again every 50 ms; the driver's time limit bounds the wait.
+pub fn tx_outcome(xid: i64) -> TxOutcomeLookup {
+    TxOutcomeLookup {
+        xid,
+        rounds: 0,
+        query: None,
+    }
+}
+
+/// See [`tx_outcome`].
+pub struct TxOutcomeLookup {
+    xid: i64,
+    rounds: u32,
+    query: Option<Query<'static>>,
+}
+
+impl Operation for TxOutcomeLookup {
+    type Output = TxOutcome;
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<TxOutcome> {
+        loop {
+            let q = self.query.get_or_insert_with(|| {
+                let sql = if self.rounds == 0 {
+                    "SELECT pg_catalog.txid_status($1)"
+                } else {
+                    "SELECT pg_catalog.txid_status($1) FROM pg_catalog.pg_sleep(0.05)"
+                };
+                Query::values(sql, vec![Arc::new(self.xid)])
+            });
+            let result = match q.poll(conn, now) {
+                Step::Pending => return Step::Pending,
+                Step::Ready(r) => r,
+            };
+            self.query = None;
+            let status = result.and_then(|q| match q.rows.first() {
+                Some(row) => row.try_get::<Option<String>>(0),
+                None => Ok(None),
+            });
+            return Step::Ready(match status.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => Ok(TxOutcome::Committed),
+                Ok(Some("aborted")) => Ok(TxOutcome::Aborted),
+                Ok(Some("in progress")) => {
+                    self.rounds += 1;
+                    continue;
+                }
+                Ok(_) => Ok(TxOutcome::Unknown),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        if let Some(q) = &mut self.query {
+            q.abandon(conn);
+        }
+    }
+}
+
+// ---- interactive transactions ----
+
+/// An interactive transaction a driver's `atomic(|tx| …)` holds open while
+/// the application's closure runs. `BEGIN` (or `SAVEPOINT`) is queued, not
+/// awaited, so it travels with the closure's first statement. Dropped
+/// without [`TxGuard::finish`] (a panic, a dropped future), it queues the
+/// rollback, which the next request carries: no I/O in `drop`.
+pub struct TxGuard<'c, C: HasConnection> {
+    /// The client, for the closure to run statements on.
+    pub client: &'c mut C,
+    scope: Option<Scope>,
+    /// The nesting depth to restore when this scope ends (not `scope - 1`:
+    /// inside an application's own transaction the first scope is level 1).
+    prev_depth: u32,
+}
+
+impl<'c, C: HasConnection> TxGuard<'c, C> {
+    pub fn begin(client: &'c mut C) -> Self {
+        let conn = client.connection_mut();
+        let scope = Scope::next(conn);
+        let prev_depth = conn.atomic_depth();
+        conn.submit_detached(&scope.begin_sql());
+        // Everything the closure runs belongs to this scope.
+        conn.set_atomic_depth(scope.0 + 1);
+        conn.set_active_depth(scope.0 + 1);
+        TxGuard {
+            client,
+            scope: Some(scope),
+            prev_depth,
+        }
+    }
+
+    /// Ends the transaction: `COMMIT` (or `RELEASE SAVEPOINT`) when
+    /// `commit`, else a rollback. The returned operation reports whether it
+    /// worked; a failed commit (a deferred constraint, say) is an error,
+    /// and a top-level COMMIT whose answer is lost with the connection is
+    /// looked up rather than guessed ([`Error::InDoubt`] when it cannot be).
+    pub fn finish(mut self, commit: bool) -> BoxOp<'static, ()> {
+        let scope = self.scope.take().unwrap_or(Scope(0));
+        let prev = self.prev_depth;
+        let conn = self.client.connection_mut();
+        conn.set_atomic_depth(prev);
+        conn.set_active_depth(prev);
+        if commit && scope.0 == 0 {
+            return Box::new(Commit {
+                probe: CommitProbe::default(),
+                commit: None,
+            });
+        }
+        let sql = if commit {
+            scope.commit_sql()
+        } else {
+            scope.rollback_sql()
+        };
+        Box::new(lazy(move || Ok(simple_query_owned(sql))))
+    }
+}
+
+/// What an interactive transaction returns: the closure's error if it
+/// failed (the rollback's own outcome is secondary), else the commit's.
+pub fn settle<T>(work: Result<T, Error>, end: Result<(), Error>) -> Result<T, Error> {
+    let v = work?;
+    end?;
+    Ok(v)
+}
+
+impl<C: HasConnection> Drop for TxGuard<'_, C> {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            let conn = self.client.connection_mut();
+            conn.set_atomic_depth(self.prev_depth);
+            conn.set_active_depth(self.prev_depth);
+            scope.submit_detached_rollback(conn);
+        }
+    }
+}
+
+/// The top-level COMMIT of an interactive transaction, with its probe.
+struct Commit {
+    probe: CommitProbe,
+    commit: Option<Ticket>,
+}
+
+impl Operation for Commit {
+    type Output = ();
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<()> {
+        if let Some(r) = self.probe.outcome(conn) {
+            return Step::Ready(r);
+        }
+        if self.probe.looking_up.is_some() {
+            return Step::Pending;
+        }
+        let Some(commit) = self.commit else {
+            conn.begin_batch();
+            // In a failed transaction the probe would fail and take COMMIT
+            // (which then answers ROLLBACK) down with it: nothing to learn.
+            if conn.transaction_status() != TransactionStatus::Failed {
+                self.probe.submit(conn, now);
+            }
+            let submitted = conn.submit_control("COMMIT");
+            conn.end_batch();
+            return match submitted {
+                Ok(t) => {
+                    conn.ends_transaction(t);
+                    self.commit = Some(t);
+                    Step::Pending
+                }
+                Err(e) => Step::Ready(Err(e)),
+            };
+        };
+        self.probe.collect(conn);
+        let Some(r) = conn.take_result(commit) else {
+            return Step::Pending;
+        };
+        match r {
+            Ok(resp) => Step::Ready(commit_answer(resp)),
+            Err(_) if CommitProbe::lost(conn, commit) => match self.probe.judge(conn) {
+                Lost::NothingWritten => Step::Ready(Ok(())),
+                Lost::LookingUp => Step::Pending,
+                Lost::Failed(e) => Step::Ready(Err(e)),
+            },
+            Err(e) => Step::Ready(Err(e)),
+        }
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        // A COMMIT that has not started to leave is taken back, and the
+        // transaction rolled back: a dropped commit must not commit.
+        for t in [self.probe.ticket, self.commit].into_iter().flatten() {
+            conn.abandon(t);
+        }
+        if let Some(t) = self.commit.take() {
+            if conn.retract(t) {
+                Scope(0).submit_detached_rollback(conn);
+            }
+        }
+    }
+}
+
+/// A simple-protocol query owning its text.
+fn simple_query_owned(sql: String) -> Single<'static, ()> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::simple(&sql), now)
+        })),
+        ticket: None,
+        convert: |r| match r {
+            Response::Simple(m)
+                if m.iter()
+                    .any(|m| matches!(m, SimpleMessage::CommandComplete(t) if t == "ROLLBACK")) =>
+            {
+                Err(commit_rolled_back())
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// A COMMIT's answer: PostgreSQL answers COMMIT in a failed transaction
+/// with the tag `ROLLBACK` and no error.
+fn commit_answer(resp: Response) -> Result<(), Error> {
+    match resp {
+        Response::Rows(q) if q.tag.as_deref() == Some("ROLLBACK") => Err(commit_rolled_back()),
+        _ => Ok(()),
+    }
+}
+
+/// The caller must not hear "committed" for a COMMIT that rolled back.
+fn commit_rolled_back() -> Error {
+    Error::Db(Box::new(crate::DbError {
+        severity: "ERROR".into(),
+        code: sqlstate::IN_FAILED_SQL_TRANSACTION.into(),
+        message: "COMMIT rolled the transaction back: a statement in it had failed".into(),
+        ..Default::default()
+    }))
+}
+
+// ---- atomic ----
+
+/// Runs `op` in a transaction: `BEGIN`, the work and `COMMIT` go out
+/// together (one round trip when the work submits everything up front).
+/// On error the transaction is rolled back and the error returned. Nested
+/// inside another `atomic`, it uses a savepoint instead, queued with the
+/// work, so nesting adds no round trip.
+///
+/// Beside other operations in a [`pipeline`](super::pipeline), a
+/// transaction keeps its own outcome: what the pipeline submits while its
+/// COMMIT has not gone out waits until it has, so nothing runs (and rolls
+/// back) inside it by accident.
+///
+/// The result tells the truth about the commit:
+/// - COMMIT goes out with the work only when nothing the client still has
+///   to check can fail; behind a check that can (`.one()`, a decoding, a
+///   hook) it waits for the check, so an `Err` always means nothing was
+///   committed.
+/// - Dropped (a dropped future, `run_steps` giving up) before its COMMIT
+///   has started to leave, the COMMIT is taken back and the transaction
+///   rolled back.
+/// - When the connection is lost after COMMIT left, the transaction's id
+///   (asked for in the same flight) is looked up on a new connection:
+///   committed is `Ok`, rolled back an error, and if it cannot be known,
+///   [`Error::InDoubt`].
+///
+/// ```
+/// use duet_core::ops::{atomic, pipeline, query};
+/// let (from, to, amount) = (1i32, 2i32, 10i64);
+/// let (debit, credit): ([duet_core::Param; 2], [duet_core::Param; 2]) = ([&from, &amount], [&to, &amount]);
+/// let transfer = atomic(pipeline((
+///     query("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &debit).affected(),
+///     query("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &credit).affected(),
+/// )));
+/// # let _ = transfer;
+/// ```
+pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
+    Atomic {
+        op,
+        depth: 0,
+        prev_depth: 0,
+        begin: None,
+        begin_result: None,
+        output: None,
+        probe: CommitProbe::default(),
+        commit: None,
+        commit_result: None,
+        rollback: None,
+        started: false,
+        finished: false,
+    }
+}
+
+/// See [`atomic`].
+pub struct Atomic<O: Operation> {
+    op: O,
+    depth: u32,
+    /// The depth to restore when this transaction ends.
+    prev_depth: u32,
+    begin: Option<Ticket>,
+    begin_result: Option<Result<(), Error>>,
+    output: Option<Result<O::Output, Error>>,
+    probe: CommitProbe,
+    commit: Option<Ticket>,
+    commit_result: Option<Result<(), Error>>,
+    rollback: Option<(Ticket, Error)>,
+    started: bool,
+    finished: bool,
+}
+
+impl<O: Operation> Atomic<O> {
+    fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
+        if self.depth == 0 {
+            self.probe.submit(conn, now);
+        }
+        let t = conn.submit_control(&Scope(self.depth).commit_sql())?;
+        if self.depth == 0 {
+            conn.ends_transaction(t);
+        }
+        self.commit = Some(t);
+        conn.set_atomic_depth(self.prev_depth);
+        Ok(())
+    }
+
+    fn rollback_sql(&self) -> String {
+        Scope(self.depth).rollback_sql()
+    }
+
+    fn done(&mut self, r: Result<O::Output, Error>) -> Step<O::Output> {
+        self.finished = true;
+        Step::Ready(r)
+    }
+
+    /// The work's output once the commit is known to have happened (or to
+    /// make no difference).
+    fn committed(&mut self) -> Step<O::Output> {
+        let out = match (self.begin_result.take(), self.output.take()) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+            (_, Some(Ok(v))) => Ok(v),
+            (_, None) => Err(Error::misuse("internal: a committed transaction without its output")),
+        };
+        self.done(out)
+    }
+}
+
+impl<O: Operation> Operation for Atomic<O> {
+    type Output = O::Output;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
+        if self.finished {
+            return Step::Ready(Err(Error::misuse("operation polled after it completed")));
+        }
+        if let Some(r) = self.probe.outcome(conn) {
+            return match r {
+                Ok(()) => self.committed(),
+                Err(e) => self.done(Err(e)),
+            };
+        }
+        if self.probe.looking_up.is_some() {
+            return Step::Pending;
+        }
+        if let Some((t, err)) = &self.rollback {
+            return match conn.take_result(*t) {
+                None => Step::Pending,
+                Some(Ok(_)) => {
+                    let e = err.clone();
+                    self.done(Err(e))
+                }
+                // A failed rollback leaves the session in doubt: report both.
+                Some(Err(re)) => {
+                    let e = Error::closed(format!("{err}; then the rollback failed too: {re}"));
+                    self.done(Err(e))
+                }
+            };
+        }
+        if !self.started && conn.foreign_transaction_open() {
+            return Step::Pending;
+        }
+        conn.begin_batch();
+        if !self.started {
+            self.started = true;
+            // Inside a transaction the application opened itself, BEGIN
+            // would only warn and COMMIT would end the outer transaction:
+            // nest with a savepoint instead.
+            self.prev_depth = conn.atomic_depth();
+            self.depth = Scope::next(conn).0;
+            match conn.submit_control(&Scope(self.depth).begin_sql()) {
+                Ok(t) => self.begin = Some(t),
+                Err(e) => {
+                    conn.end_batch();
+                    return self.done(Err(e));
+                }
+            }
+            conn.set_atomic_depth(self.depth + 1);
+        }
+        if self.output.is_none() {
+            let outer = conn.active_depth();
+            conn.set_active_depth(self.depth + 1);
+            let step = self.op.poll(conn, now);
+            conn.set_active_depth(outer);
+            if let Step::Ready(r) = step {
+                self.output = Some(r);
+            }
+        }
+        let work_ok = !matches!(self.output, Some(Err(_)));
+        if self.commit.is_none() && work_ok && (self.output.is_some() || self.op.submitted_all()) {
+            if let Err(e) = self.submit_commit(conn, now) {
+                self.output = Some(Err(e));
+            }
+        }
+        conn.end_batch();
+
+        if let (Some(t), None) = (self.begin, &self.begin_result) {
+            if let Some(r) = conn.take_result(t) {
+                self.begin_result = Some(r.map(|_| ()));
+            }
+        }
+        self.probe.collect(conn);
+        if let (Some(t), None) = (self.commit, &self.commit_result) {
+            if let Some(r) = conn.take_result(t) {
+                self.commit_result = Some(r.and_then(commit_answer));
+            }
+        }
+        // The connection was lost after COMMIT left: find out, not guess.
+        if let (0, Some(commit), Some(Err(_))) = (self.depth, self.commit, &self.commit_result) {
+            if CommitProbe::lost(conn, commit) {
+                return match self.probe.judge(conn) {
+                    Lost::NothingWritten => self.committed(),
+                    Lost::LookingUp => Step::Pending,
+                    Lost::Failed(e) => self.done(Err(e)),
+                };
+            }
+        }
+        let (Some(begin), Some(output)) = (&self.begin_result, &self.output) else {
+            return Step::Pending;
+        };
+        // The first real error, in the order things were sent.
+        let error = match (begin, output, &self.commit_result) {
+            (Err(e), _, _) => Some(e.clone()),
+            (_, Err(e), _) => Some(e.clone()),
+            (_, Ok(_), Some(Err(e))) => Some(e.clone()),
+            (_, Ok(_), Some(Ok(()))) => None,
+            (_, Ok(_), None) => return Step::Pending,
+        };
+        match error {
+            None => {
+                let out = self.output.take().expect("output present");
+                self.done(out)
+            }
+            Some(e) => {
+                if self.commit.is_none() {
+                    conn.set_atomic_depth(self.prev_depth);
+                }
+                let committed_or_gone = self.depth == 0
+                    && self.commit_result.as_ref().is_some_and(|r| r.is_err())
+                    && conn.transaction_status() == TransactionStatus::Idle;
+                // Only a closed socket makes the rollback pointless: a client-side
+                // error of a fatal-looking kind still leaves a live transaction.
+                if committed_or_gone || conn.closed_reason().is_some() {
+                    return self.done(Err(e));
+                }
+                let sql = self.rollback_sql();
+                match conn.submit(Request::simple(&sql), now) {
+                    Ok(t) => {
+                        if self.depth == 0 {
+                            conn.ends_transaction(t);
+                        }
+                        self.rollback = Some((t, e));
+                        Step::Pending
+                    }
+                    Err(re) => self.done(Err(re)),
+                }
+            }
+        }
+    }
+
+    fn submitted_all(&self) -> bool {
+        self.commit.is_some() || self.finished
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.output.is_none() {
+            self.op.abandon(conn);
+        }
+        // A COMMIT none of whose bytes has left is taken back: a dropped
+        // transaction must not commit because its COMMIT was still queued.
+        if let Some(t) = self.commit {
+            if conn.retract(t) {
+                self.commit = None;
+            }
+        }
+        for t in [self.begin, self.probe.ticket, self.commit].into_iter().flatten() {
+            conn.abandon(t);
+        }
+        if let Some((t, _)) = self.rollback.take() {
+            conn.abandon(t);
+            return;
+        }
+        if self.started && self.probe.looking_up.is_none() {
+            conn.set_atomic_depth(self.prev_depth);
+            conn.set_active_depth(self.prev_depth);
+            // Roll back whatever this transaction did: harmless (a warning)
+            // after a COMMIT. After a RELEASE the savepoint is gone and the
+            // work belongs to the enclosing transaction; a rollback to it
+            // would fail that transaction, so leave the work to its owner.
+            if self.depth == 0 || self.commit.is_none() {
+                Scope(self.depth).submit_detached_rollback(conn);
+            }
+        }
+    }
+}
