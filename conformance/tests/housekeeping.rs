@@ -33,7 +33,10 @@ fn assert_token_debug_redacted(debug: &str, request: CancelRequest, password: Op
         "secret key {} shown: {debug}",
         request.secret_key
     );
-    assert!(debug.contains(&format!("process_id: {}", request.process_id)), "{debug}");
+    assert!(
+        debug.contains(&format!("process_id: {}", request.process_id)),
+        "{debug}"
+    );
     assert!(debug.contains(r#"secret_key: "<redacted>""#), "{debug}");
     if let Some(pw) = password {
         assert!(!debug.contains(pw), "password shown: {debug}");
@@ -114,6 +117,9 @@ fn connect_to_a_missing_unix_socket_names_it<D: Driver>() {
     };
     assert_eq!(&**target, format!("the Unix socket {path}"));
     assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{err}");
-    assert_eq!(err.to_string(), format!("cannot connect to the Unix socket {path}: {source}"));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to the Unix socket {path}: {source}")
+    );
     assert!(err.source().is_some_and(|s| s.is::<std::io::Error>()));
 }

@@ -493,7 +493,10 @@ mod tests {
         let d = format!("{c:?}");
         assert!(!d.contains("hunter2"), "{d}");
         assert!(d.contains(r#"password: Some("<redacted>")"#), "{d}");
-        assert!(d.contains(r#"user: "app""#) && d.contains("port: 6432") && d.contains("shop"), "{d}");
+        assert!(
+            d.contains(r#"user: "app""#) && d.contains("port: 6432") && d.contains("shop"),
+            "{d}"
+        );
         let none = format!("{:?}", Config::parse("host=h").unwrap());
         assert!(none.contains("password: None"), "{none}");
     }
@@ -507,7 +510,9 @@ mod tests {
         assert!(e.contains("percent-escape") && e.contains("password"), "{e}");
         let e = Config::parse("postgres://u:%C3secret@h/db").unwrap_err().to_string();
         assert!(!e.contains("secret") && e.contains("password"), "{e}");
-        let e = Config::parse("postgres://u@h/db?password=p%zzsecret").unwrap_err().to_string();
+        let e = Config::parse("postgres://u@h/db?password=p%zzsecret")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 
@@ -579,7 +584,11 @@ mod tests {
             .connect_error(refused());
         assert!(e.is_fatal());
         assert_eq!(e.to_string(), format!("cannot connect to db.local:6432: {}", refused()));
-        let src = e.source().expect("source").downcast_ref::<std::io::Error>().expect("io::Error");
+        let src = e
+            .source()
+            .expect("source")
+            .downcast_ref::<std::io::Error>()
+            .expect("io::Error");
         assert_eq!(src.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }
