@@ -123,3 +123,101 @@ fn connect_to_a_missing_unix_socket_names_it<D: Driver>() {
     );
     assert!(err.source().is_some_and(|s| s.is::<std::io::Error>()));
 }
+
+// ---- the README ----
+
+const README: &str = include_str!("../../README.md");
+
+/// The README's `after_save` example queues the welcome post only for a new
+/// user, and the README points at nothing outside the repository.
+#[test]
+fn readme_welcome_post_only_on_insert_and_no_outside_links() {
+    let start = README
+        .find("fn after_save")
+        .expect("the README has an after_save example");
+    let body = &README[start..start + README[start..].find("\n    }\n").expect("end of after_save")];
+    let guard = body
+        .find("if ctx.inserting()")
+        .unwrap_or_else(|| panic!("unguarded:\n{body}"));
+    assert!(body.find("ctx.queue(").is_some_and(|q| q > guard), "{body}");
+    for outside in ["../shared", "DESIGN.md", "](../", "`../"] {
+        assert!(
+            !README.contains(outside),
+            "README refers outside the repository: {outside}"
+        );
+    }
+    assert!(README.contains("](ARCHITECTURE.md)"));
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../ARCHITECTURE.md")).is_file());
+}
+
+/// The README's models and hook, run: a save that inserts queues one
+/// welcome post, a save that updates queues none.
+mod readme {
+    use duet_core::orm::prelude::*;
+    use duet_core::orm::{HookCtx, Hooks};
+    use duet_core::Error;
+
+    #[derive(Model, Debug)]
+    #[duet(hooks)]
+    pub struct User {
+        #[duet(primary_key, auto)]
+        pub id: i32,
+        #[duet(unique)]
+        pub email: String,
+        pub name: String,
+    }
+
+    #[derive(Model, Debug)]
+    pub struct Post {
+        #[duet(primary_key, auto)]
+        pub id: i32,
+        #[duet(references = User, on_delete = "cascade")]
+        pub user_id: i32,
+        pub title: String,
+    }
+
+    impl Hooks for User {
+        fn after_save(&mut self, ctx: &mut HookCtx) -> Result<(), Error> {
+            // As in the README.
+            if ctx.inserting() {
+                ctx.queue(
+                    Post {
+                        id: 0,
+                        user_id: self.id,
+                        title: "welcome".into(),
+                    }
+                    .into_save(),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+conformance_tests!(readme_hook_welcomes_new_users_once);
+
+fn readme_hook_welcomes_new_users_once<D: Driver>() {
+    use duet_core::orm::prelude::*;
+    use readme::{Post, User};
+    let mut c = D::connect(&server().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME));
+    let schema = format!("housekeeping_readme_{}", D::NAME);
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
+    ))
+    .unwrap();
+    c.run(pipeline((User::create_table(), Post::create_table()))).unwrap();
+    let mut ada = User {
+        id: 0,
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+    };
+    c.run(ada.save()).unwrap();
+    assert!(ada.id > 0);
+    ada.name = "Ada L.".into();
+    c.run(ada.save()).unwrap();
+    c.run(ada.save()).unwrap();
+    let posts: Vec<Post> = c.run(Post::objects().all()).unwrap();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!((posts[0].user_id, posts[0].title.as_str()), (ada.id, "welcome"));
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}
