@@ -6,8 +6,11 @@
 //!
 //! Two modes:
 //!
-//! * `DATABASE_URL` set: that server is used as is. No process is started; the
-//!   harness only tries to create its auth roles there with `psql`.
+//! * `DATABASE_URL` set (a `postgres://` URL or a libpq `key=value` string):
+//!   that server is used as is. No process is started; the harness only tries
+//!   to create its auth roles there with `psql` (see "Roles on a
+//!   `DATABASE_URL` server" below). Its password never appears in a message,
+//!   panic or `Debug` output of the harness.
 //! * otherwise: `initdb` a cluster in a fresh temp dir, start it with
 //!   `pg_ctl` on a free port (TCP on 127.0.0.1 plus a private Unix socket
 //!   directory), with one role per authentication method and a `pg_hba.conf`
@@ -21,7 +24,23 @@
 //! exit, panic, `SIGKILL`) the kernel closes the pipe and the watchdog stops
 //! the cluster and deletes the directory. Its stdio never points at the test
 //! process's stdout, so `cargo test` does not wait for it.
+//!
+//! # Roles on a `DATABASE_URL` server
+//!
+//! The auth roles keep fixed names (`duet_trust`, `duet_clear`, `duet_md5`,
+//! `duet_scram`): only that server's own `pg_hba.conf`, which the harness
+//! cannot edit, can give each of them its authentication method, so it must
+//! name them, and names unique to each process could never match it. What the
+//! harness can promise instead: it drops only roles it created itself (that
+//! did not exist when it attached), and only when the last [`TestServer`] of
+//! this process attached to that server is dropped, and only if nobody is
+//! logged in as them at that moment (another test process may be using them;
+//! then they stay). [`TestServer::shared`] lives in a static that is never
+//! dropped, and Rust runs no destructor at process exit, so roles created
+//! through it are left on the server. That is harmless: creating them is
+//! idempotent, and the next run reuses them (and resets their passwords).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead as _};
@@ -31,7 +50,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Roles the harness creates, one per authentication method, so the
@@ -87,11 +106,17 @@ impl AuthRole {
 }
 
 /// A PostgreSQL server to run tests against: either one the harness started
-/// (and will stop), or the one named by `DATABASE_URL`.
-#[derive(Debug)]
+/// (and will stop), or the one named by `DATABASE_URL`. Its `Debug` output
+/// hides the password.
 pub struct TestServer {
     /// Superuser URL.
     url: String,
+    /// The superuser's password from `DATABASE_URL`, kept only to scrub it
+    /// from `psql`'s messages.
+    password: Option<String>,
+    /// With `DATABASE_URL`: the key of this server's entry in
+    /// [`EXTERNAL_ROLES`], when it holds a claim on the auth roles.
+    roles_claim: Option<String>,
     /// Host as written in the URL (IPv6 keeps its brackets); used to build
     /// the per-role URLs.
     host_raw: String,
@@ -103,6 +128,20 @@ pub struct TestServer {
     auth_roles: bool,
     /// Present when the harness started the server itself.
     owned: Option<Owned>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("url", &redact(&self.url))
+            .field("host_raw", &self.host_raw)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("query", &redact_query(&self.query))
+            .field("auth_roles", &self.auth_roles)
+            .field("owned", &self.owned)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A cluster started by the harness: where it lives and how to stop it.
@@ -196,6 +235,36 @@ GRANT CONNECT, TEMPORARY ON DATABASE postgres TO duet_trust, duet_clear, duet_md
 GRANT USAGE, CREATE ON SCHEMA public TO duet_trust, duet_clear, duet_md5, duet_scram;
 ";
 
+/// Drops the roles in `$ROLES` (replaced by a text array), unless someone is logged in
+/// as one of them (another process may still be testing with them).
+/// `DROP OWNED` takes their grants (and anything tests left) first.
+const DROP_ROLES_SQL: &str = "\
+DO $$
+DECLARE r text;
+BEGIN
+  IF EXISTS (SELECT FROM pg_stat_activity WHERE usename = ANY($ROLES)) THEN
+    RAISE EXCEPTION 'auth roles in use by another session: left in place';
+  END IF;
+  FOREACH r IN ARRAY $ROLES LOOP
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+      EXECUTE format('DROP OWNED BY %I', r);
+      EXECUTE format('DROP ROLE %I', r);
+    END IF;
+  END LOOP;
+END$$;
+";
+
+/// The auth roles this process holds on each `DATABASE_URL` server (keyed by
+/// host, port and database): how many live [`TestServer`]s use them, and
+/// which of them this process created (and so will drop when the last goes).
+static EXTERNAL_ROLES: Mutex<Option<HashMap<String, RoleClaim>>> = Mutex::new(None);
+
+#[derive(Default)]
+struct RoleClaim {
+    holders: usize,
+    created: Vec<&'static str>,
+}
+
 static SHARED: OnceLock<Result<TestServer, String>> = OnceLock::new();
 static DIR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -231,7 +300,9 @@ impl TestServer {
     }
 
     /// Superuser URL over TCP (`postgres://postgres@127.0.0.1:PORT/postgres`,
-    /// or `DATABASE_URL` verbatim), for tests that need full privileges.
+    /// or a `DATABASE_URL` URL verbatim; a `key=value` one is rewritten as the
+    /// equivalent URL, so tests may append `?option=value`), for tests that
+    /// need full privileges.
     pub fn url(&self) -> String {
         self.url.clone()
     }
@@ -305,11 +376,19 @@ impl TestServer {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(io::Error::other(format!(
+            Err(io::Error::other(self.scrub(&format!(
                 "psql failed ({}) running {sql:?}: {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            )))
+            ))))
+        }
+    }
+
+    /// `text` without the superuser's password (should a tool quote it).
+    fn scrub(&self, text: &str) -> String {
+        match self.password.as_deref() {
+            Some(pw) if !pw.is_empty() => text.replace(pw, "***"),
+            _ => text.to_string(),
         }
     }
 
@@ -322,18 +401,22 @@ impl TestServer {
         cmd
     }
 
-    /// Attaches to the server named by `DATABASE_URL`.
-    fn external(url: String) -> io::Result<TestServer> {
-        let parsed = parse_url(&url)?;
+    /// Attaches to the server named by `DATABASE_URL` (a URL or a libpq
+    /// `key=value` string), creating the auth roles there if it can.
+    fn external(database_url: String) -> io::Result<TestServer> {
+        let target = parse_database_url(&database_url)?;
         let mut server = TestServer {
-            url,
-            host_raw: parsed.host_raw,
-            port: parsed.port,
-            dbname: parsed.dbname,
-            query: parsed.query,
+            url: target.url,
+            password: target.password,
+            roles_claim: None,
+            host_raw: target.parsed.host_raw,
+            port: target.parsed.port,
+            dbname: target.parsed.dbname,
+            query: target.parsed.query,
             auth_roles: false,
             owned: None,
         };
+        let before = server.existing_roles();
         // Concurrent test processes may race on CREATE/ALTER ROLE
         // ("tuple concurrently updated"); retry a little.
         let created = (0..3).any(|attempt| {
@@ -342,8 +425,81 @@ impl TestServer {
             }
             server.psql(ROLES_SQL).is_ok()
         });
+        if created {
+            // Roles we cannot see before are not ours to drop: only claim
+            // the creation of those we saw missing.
+            let made: Vec<&'static str> = match before {
+                Some(before) => AuthRole::ALL
+                    .iter()
+                    .map(|r| r.user())
+                    .filter(|u| !before.iter().any(|b| b == u))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let key = format!("{}:{}/{}", server.host_raw, server.port, server.dbname);
+            let mut registry = EXTERNAL_ROLES.lock().unwrap_or_else(|p| p.into_inner());
+            let claim = registry
+                .get_or_insert_with(HashMap::new)
+                .entry(key.clone())
+                .or_default();
+            claim.holders += 1;
+            for u in made {
+                if !claim.created.contains(&u) {
+                    claim.created.push(u);
+                }
+            }
+            server.roles_claim = Some(key);
+        }
         server.auth_roles = created && server.roles_work();
         Ok(server)
+    }
+
+    /// Which auth roles exist on the server now (`None` if it cannot say).
+    fn existing_roles(&self) -> Option<Vec<String>> {
+        let names: Vec<String> = AuthRole::ALL.iter().map(|r| format!("'{}'", r.user())).collect();
+        let sql = format!("SELECT rolname FROM pg_roles WHERE rolname IN ({})", names.join(", "));
+        let out = self
+            .psql_command(&self.url)
+            .args(["-A", "-t", "-c", &sql])
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+    }
+
+    /// Gives up this server's claim on the auth roles of a `DATABASE_URL`
+    /// server; the last holder drops the roles this process created.
+    fn release_roles(&mut self) {
+        let Some(key) = self.roles_claim.take() else {
+            return;
+        };
+        let to_drop = {
+            let mut registry = EXTERNAL_ROLES.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(map) = registry.as_mut() else {
+                return;
+            };
+            let Some(claim) = map.get_mut(&key) else {
+                return;
+            };
+            claim.holders -= 1;
+            if claim.holders > 0 {
+                return;
+            }
+            map.remove(&key).map(|c| c.created).unwrap_or_default()
+        };
+        if to_drop.is_empty() {
+            return;
+        }
+        // The names are the harness's own constants, safe to inline.
+        let array = to_drop.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(", ");
+        if let Err(e) = self.psql(&DROP_ROLES_SQL.replace("$ROLES", &format!("ARRAY[{array}]::text[]"))) {
+            eprintln!("duet test harness: the auth roles it created on DATABASE_URL stay: {e}");
+        }
     }
 
     /// Checks that each role logs in with its password and, for the
@@ -424,6 +580,8 @@ impl TestServer {
                 Ok(()) => {
                     let mut server = TestServer {
                         url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                        password: None,
+                        roles_claim: None,
                         host_raw: "127.0.0.1".to_string(),
                         port,
                         dbname: "postgres".to_string(),
@@ -447,10 +605,13 @@ impl TestServer {
 
 impl Drop for TestServer {
     /// Stops the cluster (`pg_ctl -m immediate stop`) and removes its temp
-    /// dir if the harness started it; a `DATABASE_URL` server is left alone.
+    /// dir if the harness started it. A `DATABASE_URL` server keeps running;
+    /// the auth roles the harness created there are dropped when the last
+    /// `TestServer` of this process attached to it goes (see the module docs).
     fn drop(&mut self) {
         // The work is in `Owned::drop`.
         self.owned.take();
+        self.release_roles();
     }
 }
 
@@ -746,23 +907,256 @@ struct ParsedUrl {
     query: String,
 }
 
+/// `DATABASE_URL` made ready to use: a URL (a `key=value` string is
+/// rewritten as one), its parts, and its password (for scrubbing messages).
+#[derive(Debug, PartialEq)]
+struct Target {
+    url: String,
+    parsed: ParsedUrl,
+    password: Option<String>,
+}
+
+/// Accepts a `postgres://` URL or a libpq `key=value` string.
+fn parse_database_url(s: &str) -> io::Result<Target> {
+    let s = s.trim();
+    if s.contains("://") {
+        let parsed = parse_url(s)?;
+        return Ok(Target {
+            url: s.to_string(),
+            parsed,
+            password: url_password(s),
+        });
+    }
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("DATABASE_URL {:?}: {why}", redact(s)),
+        )
+    };
+    let pairs = conninfo_pairs(s).map_err(|why| bad(&why))?;
+    let mut user = None;
+    let mut password = None;
+    let mut host = None;
+    let mut port = None;
+    let mut dbname = None;
+    let mut rest = Vec::new();
+    for (k, v, _) in pairs {
+        match k.as_str() {
+            "user" => user = Some(v),
+            "password" => password = Some(v),
+            "host" => host = Some(v),
+            "port" => port = Some(v),
+            "dbname" => dbname = Some(v),
+            _ => rest.push((k, v)),
+        }
+    }
+    if host.as_deref().is_some_and(|h| h.contains(',')) {
+        return Err(bad("multiple hosts are not supported by the test harness"));
+    }
+    let port = match port.as_deref() {
+        None | Some("") => 5432,
+        Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
+    };
+    let host_raw = match host {
+        // A socket directory travels as `?host=` (an empty URL host).
+        Some(h) if h.starts_with('/') => {
+            rest.insert(0, ("host".to_string(), h));
+            String::new()
+        }
+        Some(h) if h.contains(':') => format!("[{h}]"),
+        Some(h) => percent_encode(&h),
+        None => String::new(),
+    };
+    let dbname = dbname
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "postgres".to_string());
+    let query: String = rest
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            format!(
+                "{}{}={}",
+                if i == 0 { '?' } else { '&' },
+                percent_encode(k),
+                percent_encode(v)
+            )
+        })
+        .collect();
+    let mut url = String::from("postgres://");
+    if let Some(u) = &user {
+        url.push_str(&percent_encode(u));
+    }
+    if let Some(pw) = &password {
+        url.push(':');
+        url.push_str(&percent_encode(pw));
+    }
+    if user.is_some() || password.is_some() {
+        url.push('@');
+    }
+    let _ = write!(url, "{host_raw}:{port}/{}{query}", percent_encode(&dbname));
+    Ok(Target {
+        url,
+        parsed: ParsedUrl {
+            host_raw,
+            port,
+            dbname,
+            query,
+        },
+        password,
+    })
+}
+
+/// libpq `key=value` pairs (values may be single-quoted, with `\` escapes),
+/// each with the byte range of its value as written.
+fn conninfo_pairs(s: &str) -> Result<Vec<(String, String, std::ops::Range<usize>)>, String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut pairs = Vec::new();
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    loop {
+        skip_ws(&mut i);
+        if i >= b.len() {
+            return Ok(pairs);
+        }
+        let key_start = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = s[key_start..i].to_string();
+        skip_ws(&mut i);
+        if b.get(i) != Some(&b'=') {
+            // Not quoted: it may be the tail of a password with a space.
+            return Err("expected key=value pairs, found a word without '='".to_string());
+        }
+        i += 1;
+        skip_ws(&mut i);
+        let value_start = i;
+        let mut value = Vec::new();
+        if b.get(i) == Some(&b'\'') {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err(format!("unterminated quoted value of {key:?}")),
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') if i + 1 < b.len() => {
+                        value.push(b[i + 1]);
+                        i += 2;
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                value.push(b[i]);
+                i += 1;
+            }
+        }
+        let value = String::from_utf8_lossy(&value).into_owned();
+        pairs.push((key, value, value_start..i));
+    }
+}
+
+/// The password in a URL's user info, percent-decoded.
+fn url_password(url: &str) -> Option<String> {
+    let (userinfo, _) = url_userinfo(url)?;
+    let (_, pw) = userinfo.split_once(':')?;
+    Some(percent_decode(pw))
+}
+
+/// A URL's user info (`user[:password]`, as written) and its byte offset.
+fn url_userinfo(url: &str) -> Option<(&str, usize)> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let head = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let at = head.rfind('@')?;
+    Some((&rest[..at], start))
+}
+
+/// `s` (a URL or a `key=value` string) with any password replaced by `***`,
+/// for messages. A string that cannot be split up is not shown at all.
+fn redact(s: &str) -> String {
+    if let Some(scheme_end) = s.find("://") {
+        let (head, tail) = match url_userinfo(s) {
+            Some((userinfo, start)) => {
+                let shown = match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => userinfo.to_string(),
+                };
+                (format!("{}{shown}@", &s[..start]), &s[start + userinfo.len() + 1..])
+            }
+            None => (s[..scheme_end + 3].to_string(), &s[scheme_end + 3..]),
+        };
+        return match tail.find('?') {
+            Some(i) => format!("{head}{}{}", &tail[..i], redact_query(&tail[i..])),
+            None => format!("{head}{tail}"),
+        };
+    }
+    match conninfo_pairs(s) {
+        Ok(pairs) => {
+            let mut out = s.to_string();
+            for (_, _, span) in pairs.iter().rev().filter(|(k, _, _)| k == "password") {
+                out.replace_range(span.clone(), "***");
+            }
+            out
+        }
+        Err(_) => "(not shown: it may hold a password)".to_string(),
+    }
+}
+
+/// A `?a=b&…` query with any `password=` value replaced by `***`.
+fn redact_query(q: &str) -> String {
+    let Some(body) = q.strip_prefix('?') else {
+        return q.to_string();
+    };
+    let parts: Vec<String> = body
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if percent_decode(k) == "password" => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("?{}", parts.join("&"))
+}
+
 /// Minimal `postgres[ql]://[user[:pass]@][host][:port][/db][?params]`
-/// parser (single host), enough to derive the per-role URLs.
+/// parser (single host), enough to derive the per-role URLs. The user info
+/// ends at the last '@' before the first '/'. Errors never show the password.
 fn parse_url(url: &str) -> io::Result<ParsedUrl> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("DATABASE_URL {url:?}: {why}"));
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("DATABASE_URL {:?}: {why}", redact(url)),
+        )
+    };
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
-        .ok_or_else(|| bad("expected a postgres:// or postgresql:// URL"))?;
+        .ok_or_else(|| bad("expected a postgres:// or postgresql:// URL, or key=value pairs"))?;
+    let rest = match url_userinfo(url) {
+        Some((userinfo, _)) => &rest[userinfo.len() + 1..],
+        None => rest,
+    };
     let (rest, query) = match rest.find('?') {
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, String::new()),
     };
-    let (authority, path) = match rest.find('/') {
+    let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, ""),
     };
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if hostport.contains(',') {
         return Err(bad("multiple hosts are not supported by the test harness"));
     }
@@ -936,6 +1330,129 @@ mod tests {
         assert!(parse_url("mysql://x").is_err());
         assert_eq!(percent_encode("a:b@c/d"), "a%3Ab%40c%2Fd");
         assert_eq!(percent_decode("a%3Ab%40c"), "a:b@c");
+    }
+
+    #[test]
+    fn accepts_key_value_database_urls() {
+        let t = parse_database_url("host=127.0.0.1 port=5433 user=postgres password=x dbname=postgres").unwrap();
+        assert_eq!(t.url, "postgres://postgres:x@127.0.0.1:5433/postgres");
+        assert_eq!(t.password.as_deref(), Some("x"));
+        assert_eq!(
+            t.parsed,
+            ParsedUrl {
+                host_raw: "127.0.0.1".into(),
+                port: 5433,
+                dbname: "postgres".into(),
+                query: String::new()
+            }
+        );
+        // Quoting, escapes, options kept, IPv6, a socket directory.
+        let t = parse_database_url(r"host=::1 user='me' password='a b\'c@/?' dbname='my db' sslmode=disable").unwrap();
+        assert_eq!(t.password.as_deref(), Some("a b'c@/?"));
+        assert_eq!(
+            t.url,
+            "postgres://me:a%20b%27c%40%2F%3F@[::1]:5432/my%20db?sslmode=disable"
+        );
+        assert_eq!(
+            (t.parsed.host_raw.as_str(), t.parsed.dbname.as_str()),
+            ("[::1]", "my db")
+        );
+        let t = parse_database_url("host=/run/postgresql port=5432").unwrap();
+        assert_eq!(t.url, "postgres://:5432/postgres?host=%2Frun%2Fpostgresql");
+        assert_eq!(t.parsed.host_raw, "");
+        let t = parse_database_url("postgres://u:p%40ss@h:1/d").unwrap();
+        assert_eq!(
+            (t.url.as_str(), t.password.as_deref()),
+            ("postgres://u:p%40ss@h:1/d", Some("p@ss"))
+        );
+        assert!(parse_database_url("host=a,b").is_err());
+    }
+
+    #[test]
+    fn messages_never_show_the_database_url_password() {
+        for url in [
+            "postgres://u:hunter2@h:notaport/d",
+            "postgres://u:hun@ter2@h:notaport/d",
+            "postgresql://u:hunter2@a,b/d",
+            "mysql://u:hunter2@h/d",
+            "postgres://u@h:notaport/d?password=hunter2",
+            "host=h port=notaport password=hunter2",
+            "host=h password='hunter2",
+            "password=hun ter2",
+            "host=a,b password=hunter2",
+        ] {
+            let e = parse_database_url(url).expect_err(url).to_string();
+            assert!(!e.contains("hunter2") && !e.contains("ter2"), "{e}");
+            assert!(e.contains("DATABASE_URL"), "{e}");
+        }
+        assert_eq!(
+            redact("postgres://u:p@ss@h/d?password=x&a=b"),
+            "postgres://u:***@h/d?password=***&a=b"
+        );
+        assert_eq!(redact("host=h password='a b' port=1"), "host=h password=*** port=1");
+        let server = TestServer {
+            url: "postgres://postgres:hunter2@h:1/d?password=hunter2".into(),
+            password: Some("hunter2".into()),
+            roles_claim: None,
+            host_raw: "h".into(),
+            port: 1,
+            dbname: "d".into(),
+            query: "?password=hunter2".into(),
+            auth_roles: false,
+            owned: None,
+        };
+        let debug = format!("{server:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres:***@h:1"), "{debug}");
+        assert_eq!(server.scrub("FATAL: bad hunter2"), "FATAL: bad ***");
+    }
+
+    fn role_names(server: &TestServer) -> String {
+        let sql = "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'duet\\_%'";
+        let out = server
+            .psql_command(&server.url)
+            .args(["-A", "-t", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Attaching to a server as `DATABASE_URL` (here a private cluster, so
+    /// the shared one is not disturbed): roles created by the attach go with
+    /// the last attached `TestServer`; roles that were there before stay.
+    #[test]
+    fn roles_created_on_a_database_url_server_are_dropped_with_it() {
+        if !own_server() {
+            return; // needs a cluster of its own to drop roles on
+        }
+        let host = TestServer::launch().unwrap_or_else(|e| panic!("{e}"));
+        let all = "duet_clear,duet_md5,duet_scram,duet_trust";
+        assert_eq!(role_names(&host), all);
+        host.psql("DROP OWNED BY duet_trust, duet_clear, duet_md5, duet_scram; DROP ROLE duet_trust, duet_clear, duet_md5, duet_scram")
+            .unwrap();
+        assert_eq!(role_names(&host), "");
+        // key=value form on purpose.
+        let kv = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", host.port());
+        let a = TestServer::external(kv.clone()).unwrap();
+        assert!(a.auth_roles_available(), "roles work on the attached server");
+        let b = TestServer::external(a.url()).unwrap();
+        assert!(b.auth_roles_available());
+        assert_eq!(role_names(&host), all);
+        drop(a);
+        assert_eq!(role_names(&host), all, "b still uses them");
+        drop(b);
+        assert_eq!(
+            role_names(&host),
+            "",
+            "created by this process, dropped with the last holder"
+        );
+        // Roles that existed before attaching are not ours to drop.
+        host.psql(ROLES_SQL).unwrap();
+        let c = TestServer::external(kv).unwrap();
+        assert!(c.auth_roles_available());
+        drop(c);
+        assert_eq!(role_names(&host), all);
     }
 
     fn postmaster_pid(dir: &Path) -> u32 {

@@ -15,8 +15,9 @@ pub enum Host {
     Unix(String),
 }
 
-/// Everything needed to open a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything needed to open a session. Its `Debug` output never shows
+/// the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     pub host: Host,
     pub port: u16,
@@ -50,6 +51,28 @@ pub struct Config {
     /// mapping (a container) while another listens on the local socket:
     /// disable this there.
     pub local_socket_dirs: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Written out so that a logged Config (or anything holding one, such
+        // as a driver's CancelToken) cannot leak the password.
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("application_name", &self.application_name)
+            .field("options", &self.options)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("max_message_size", &self.max_message_size)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("event_capacity", &self.event_capacity)
+            .field("local_socket_dirs", &self.local_socket_dirs)
+            .finish()
+    }
 }
 
 /// Where Debian, Red Hat and source builds of PostgreSQL put the socket.
@@ -170,9 +193,29 @@ impl Config {
         self.side_limit().min(self.cancel_grace).max(Duration::from_millis(1))
     }
 
-    /// The error a driver reports when the socket cannot be opened.
+    /// The error a driver reports when the socket cannot be opened: an
+    /// [`Error::Connect`] naming where it tried (`127.0.0.1:5432`, `[::1]:5432`
+    /// or `the Unix socket /run/postgresql/.s.PGSQL.5432`), with `e` as its
+    /// `source()`.
+    ///
+    /// ```
+    /// use duet_core::{Config, Error};
+    /// let c = Config::parse("host=127.0.0.1 port=5433").unwrap();
+    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let e = c.connect_error(refused);
+    /// assert!(matches!(&e, Error::Connect { target, .. } if &**target == "127.0.0.1:5433"));
+    /// assert!(e.to_string().starts_with("cannot connect to 127.0.0.1:5433: "), "{e}");
+    /// ```
     pub fn connect_error(&self, e: std::io::Error) -> Error {
-        Error::closed(format!("cannot connect to {:?} port {}: {e}", self.host, self.port))
+        let target = match &self.host {
+            Host::Tcp(h) if h.contains(':') && !h.starts_with('[') => format!("[{h}]:{}", self.port),
+            Host::Tcp(h) => format!("{h}:{}", self.port),
+            Host::Unix(dir) => format!("the Unix socket {}", self.unix_socket_path(dir)),
+        };
+        Error::Connect {
+            target: target.into(),
+            source: std::sync::Arc::new(e),
+        }
     }
 
     /// Applies one libpq-style option by name.
@@ -242,8 +285,9 @@ impl Config {
 }
 
 fn redact(s: &str) -> String {
-    // Never echo a password back in an error message.
-    match (s.find("://"), s.find('@')) {
+    // Never echo a password back in an error message: everything between
+    // the scheme and the last '@' goes (a password may itself hold '@').
+    match (s.find("://"), s.rfind('@')) {
         (Some(a), Some(b)) if a < b => format!("{}://***{}", &s[..a], &s[b..]),
         _ => s.to_string(),
     }
@@ -251,17 +295,31 @@ fn redact(s: &str) -> String {
 
 fn parse_url(rest: &str) -> Result<Config, Error> {
     let mut c = Config::default();
-    let (before_query, query) = match rest.split_once('?') {
-        Some((a, b)) => (a, Some(b)),
-        None => (rest, None),
+    // The user info ends at the last '@' before the first '/': like libpq, a
+    // '?' (and here also an '@') may appear unencoded in a password, since
+    // neither can appear in a host name. A '/' there must be percent-encoded.
+    let head = &rest[..rest.find('/').unwrap_or(rest.len())];
+    if let Some((_, after_slash)) = rest.split_once('/') {
+        if after_slash.split('?').next().is_some_and(|path| path.contains('@')) {
+            // Most likely `user:pa/ss@host`: the password would land in the
+            // host, port and database name. Refuse without echoing any of it.
+            return Err(Error::config(
+                "the URL has an '@' after its first '/': a '/' in the user name or password must be \
+                 percent-encoded as %2F (and an '@' in the database name as %40)",
+            ));
+        }
+    }
+    let (userinfo, after) = match head.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
     };
-    let (authority, path) = match before_query.split_once('/') {
+    let (before_query, query) = match after.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (after, None),
+    };
+    let (hostport, path) = match before_query.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (before_query, None),
-    };
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
     };
     if let Some(u) = userinfo {
         let (user, pass) = match u.split_once(':') {
@@ -269,10 +327,10 @@ fn parse_url(rest: &str) -> Result<Config, Error> {
             None => (u, None),
         };
         if !user.is_empty() {
-            c.user = percent_decode(user)?;
+            c.user = percent_decode(user, "user name")?;
         }
         if let Some(p) = pass {
-            c.password = Some(percent_decode(p)?);
+            c.password = Some(percent_decode(p, "password")?);
         }
     }
     if !hostport.is_empty() {
@@ -283,34 +341,42 @@ fn parse_url(rest: &str) -> Result<Config, Error> {
             (h.to_string(), after.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
-                Some((h, p)) => (percent_decode(h)?, Some(p)),
-                None => (percent_decode(hostport)?, None),
+                Some((h, p)) => (percent_decode(h, "host")?, Some(p)),
+                None => (percent_decode(hostport, "host")?, None),
             }
         };
         if !host.is_empty() {
             c.set("host", &host)?;
         }
         if let Some(p) = port {
-            c.set("port", p)?;
+            // Not quoted: with a mistyped URL this text can be a password.
+            c.port = p
+                .parse()
+                .map_err(|_| Error::config("the URL's port is not a number from 1 to 65535"))?;
         }
     }
     if let Some(p) = path {
         if !p.is_empty() {
-            c.dbname = Some(percent_decode(p)?);
+            c.dbname = Some(percent_decode(p, "database name")?);
         }
     }
     if let Some(q) = query {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
-                .ok_or_else(|| Error::config(format!("URL option {pair:?} has no '='")))?;
-            c.set(&percent_decode(k)?, &percent_decode(v)?)?;
+                .ok_or_else(|| Error::config("an option after the URL's '?' has no '=' (write name=value)"))?;
+            let k = percent_decode(k, "URL option name")?;
+            let v = percent_decode(v, &format!("value of URL option {k:?}"))?;
+            c.set(&k, &v)?;
         }
     }
     Ok(c)
 }
 
-fn percent_decode(s: &str) -> Result<String, Error> {
+/// Decodes `%XX` escapes. `what` names the part in errors, which never
+/// quote the password (or any other part, so the message is the same for
+/// all of them).
+fn percent_decode(s: &str, what: &str) -> Result<String, Error> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -320,7 +386,11 @@ fn percent_decode(s: &str) -> Result<String, Error> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::config(format!("bad percent-escape in {s:?}")))?;
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "bad percent-escape in the URL's {what}: '%' must be followed by two hex digits"
+                    ))
+                })?;
             out.push(hex);
             i += 3;
         } else {
@@ -328,7 +398,7 @@ fn percent_decode(s: &str) -> Result<String, Error> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| Error::config(format!("{s:?} is not UTF-8 after decoding")))
+    String::from_utf8(out).map_err(|_| Error::config(format!("the URL's {what} is not UTF-8 after percent-decoding")))
 }
 
 fn parse_key_values(s: &str) -> Result<Config, Error> {
@@ -429,5 +499,110 @@ mod tests {
         assert!(Config::parse("bogus=1").unwrap_err().to_string().contains("bogus"));
         assert!(Config::parse("host='x").is_err());
         assert!(Config::parse("sslmode=require").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = Config::parse("postgres://app:hunter2@db.local:6432/shop").unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(d.contains(r#"password: Some("<redacted>")"#), "{d}");
+        assert!(
+            d.contains(r#"user: "app""#) && d.contains("port: 6432") && d.contains("shop"),
+            "{d}"
+        );
+        let none = format!("{:?}", Config::parse("host=h").unwrap());
+        assert!(none.contains("password: None"), "{none}");
+    }
+
+    #[test]
+    fn bad_escape_in_the_password_is_named_not_echoed() {
+        let e = Config::parse("postgres://u:p%zzsecret@h/db").unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(!e.contains("secret") && !e.contains("zz"), "{e}");
+        assert!(e.contains("percent-escape") && e.contains("password"), "{e}");
+        let e = Config::parse("postgres://u:%C3secret@h/db").unwrap_err().to_string();
+        assert!(!e.contains("secret") && e.contains("password"), "{e}");
+        let e = Config::parse("postgres://u@h/db?password=p%zzsecret")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn reserved_characters_stay_in_the_password() {
+        // Percent-encoded '/', '?', '@', ':'.
+        let c = Config::parse("postgres://u:a%2Fb%3Fc%40d%3Ae@h:6000/db?application_name=x").unwrap();
+        assert_eq!(c.password.as_deref(), Some("a/b?c@d:e"));
+        assert_eq!((c.host.clone(), c.port), (Host::Tcp("h".into()), 6000));
+        assert_eq!(c.dbname.as_deref(), Some("db"));
+        assert_eq!(c.application_name.as_deref(), Some("x"));
+        // Unencoded '@' and '?' (the user info ends at the last '@').
+        let c = Config::parse("postgres://u:p@ss?w@rd@h:6000/db?application_name=x").unwrap();
+        assert_eq!(c.user, "u");
+        assert_eq!(c.password.as_deref(), Some("p@ss?w@rd"));
+        assert_eq!((c.host.clone(), c.port), (Host::Tcp("h".into()), 6000));
+        assert_eq!(c.dbname.as_deref(), Some("db"));
+        assert_eq!(c.application_name.as_deref(), Some("x"));
+        let c = Config::parse("postgres://u:p?x@h").unwrap();
+        assert_eq!((c.password.as_deref(), c.host), (Some("p?x"), Host::Tcp("h".into())));
+        // A ':' in the password is its own: only the first separates the user.
+        let c = Config::parse("postgres://u:a:b@h/db").unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_deref()), ("u", Some("a:b")));
+        // '@' in option values after the path is fine.
+        let c = Config::parse("postgres://h/db?application_name=me@home").unwrap();
+        assert_eq!(c.application_name.as_deref(), Some("me@home"));
+        assert_eq!(c.password, None);
+    }
+
+    #[test]
+    fn an_unencoded_slash_in_the_password_is_refused_without_echo() {
+        for url in [
+            "postgres://u:sec/ret@h/db",
+            "postgres://u:12/secret@h/db",
+            "postgres://u:p@s/secret@h/db",
+        ] {
+            let e = Config::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("sec") && !e.contains("ret"), "{url}: {e}");
+            assert!(e.contains("%2F"), "{url}: {e}");
+        }
+        // A '/' then '?' then '@' cannot be told apart from a query; still
+        // nothing of the password is quoted.
+        let e = Config::parse("postgres://u:secret/x?y@h").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        let e = Config::parse("postgres://u:a/b?secret@h").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        let e = Config::parse("postgres://u:a/b?sec@ret@h/db").unwrap_err().to_string();
+        assert!(!e.contains("sec") && !e.contains("ret"), "{e}");
+        let e = Config::parse("postgres://u:se/cret?secret@h").unwrap_err().to_string();
+        assert!(!e.contains("secret") && !e.contains("cret"), "{e}");
+    }
+
+    #[test]
+    fn connect_errors_name_the_target_and_keep_the_io_error() {
+        use std::error::Error as _;
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let target = |s: &str| match Config::parse(s).unwrap().connect_error(refused()) {
+            Error::Connect { target, source } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+                target.to_string()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(target("host=127.0.0.1 port=5433"), "127.0.0.1:5433");
+        assert_eq!(target("postgres://[::1]:7/db"), "[::1]:7");
+        assert_eq!(target("host=/tmp port=5433"), "the Unix socket /tmp/.s.PGSQL.5433");
+        let e = Config::parse("host=db.local port=6432")
+            .unwrap()
+            .connect_error(refused());
+        assert!(e.is_fatal());
+        assert_eq!(e.to_string(), format!("cannot connect to db.local:6432: {}", refused()));
+        let src = e
+            .source()
+            .expect("source")
+            .downcast_ref::<std::io::Error>()
+            .expect("io::Error");
+        assert_eq!(src.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

@@ -62,10 +62,20 @@ pub enum Event {
 
 /// What the driver must send on a *new* connection to the server to cancel
 /// the statement running on this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CancelRequest {
     pub process_id: i32,
     pub secret_key: i32,
+}
+
+/// Never shows `secret_key`: whoever has it can cancel this session's queries.
+impl std::fmt::Debug for CancelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelRequest")
+            .field("process_id", &self.process_id)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl CancelRequest {

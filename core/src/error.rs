@@ -116,6 +116,14 @@ pub enum Error {
     Auth(Arc<str>),
     /// A socket error reported by a driver. Fatal.
     Io(Arc<std::io::Error>),
+    /// The driver could not open the socket. `target` says where it tried
+    /// (`127.0.0.1:5432`, `[::1]:5432`, `the Unix socket /tmp/.s.PGSQL.5432`);
+    /// `source` is the operating system's error, also given by `source()`.
+    /// Fatal: there is no connection.
+    Connect {
+        target: Arc<str>,
+        source: Arc<std::io::Error>,
+    },
     /// A parameter could not be encoded; nothing was sent.
     Encode(Arc<str>),
     /// A column could not be decoded into the requested Rust type.
@@ -186,7 +194,12 @@ impl Error {
     /// True when the connection can no longer be used after this error.
     pub fn is_fatal(&self) -> bool {
         match self {
-            Error::Closed(_) | Error::Protocol(_) | Error::Auth(_) | Error::Io(_) | Error::InDoubt(_) => true,
+            Error::Closed(_)
+            | Error::Protocol(_)
+            | Error::Auth(_)
+            | Error::Io(_)
+            | Error::Connect { .. }
+            | Error::InDoubt(_) => true,
             // FATAL/PANIC from the server end the session (e.g. 57P01, 28P01).
             Error::Db(e) => e.severity == "FATAL" || e.severity == "PANIC",
             _ => false,
@@ -207,6 +220,7 @@ impl fmt::Display for Error {
             Error::Protocol(m) => write!(f, "protocol error: {m}"),
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Connect { target, source } => write!(f, "cannot connect to {target}: {source}"),
             Error::Encode(m) => write!(f, "cannot encode parameter: {m}"),
             Error::Decode(m) => write!(f, "cannot decode column: {m}"),
             Error::Config(m) => write!(f, "invalid configuration: {m}"),
@@ -238,6 +252,7 @@ impl std::error::Error for Error {
         match self {
             Error::Db(e) => Some(&**e),
             Error::Io(e) => Some(&**e),
+            Error::Connect { source, .. } => Some(&**source),
             _ => None,
         }
     }
