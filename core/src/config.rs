@@ -37,7 +37,8 @@ pub struct Config {
     /// 256 MiB, guards memory while covering every ordinary row.
     pub max_message_size: usize,
     /// How long after asking to cancel a timed-out request the connection
-    /// waits for the server before it gives up and closes.
+    /// waits for the server before it gives up and closes
+    /// (`cancel_grace_ms=…` in a connection string; default 5 s).
     pub cancel_grace: Duration,
     /// Notices, notifications and parameter changes kept until the
     /// application takes them; the oldest are dropped past this.
@@ -244,6 +245,12 @@ impl Config {
                 })?;
                 // libpq treats 0 as "wait forever".
                 self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "cancel_grace_ms" => {
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| Error::config(format!("cancel_grace_ms {value:?} is not a whole number of milliseconds")))?;
+                self.cancel_grace = Duration::from_millis(ms);
             }
             "statement_cache_capacity" => {
                 self.statement_cache_capacity = value
