@@ -121,6 +121,11 @@ conformance_tests!(
     transaction,
     uniqviol,
     disallowed_in_pipeline,
+    simple_query_in_a_failing_pipeline,
+    failing_simple_query_in_a_pipeline,
+    refused_statement_mid_pipeline,
+    panic_mid_batch_leaves_no_half_pipeline,
+    deferred_violation_at_commit_is_the_error,
 );
 
 /// The basic case: one statement in a pipeline, its result, and a
@@ -1009,57 +1014,6 @@ fn uninferable_parameter_in_a_failing_pipeline<D: Driver>() {
 mod known_bugs {
     use duet_conformance::{Sync, Tokio};
 
-    #[test]
-    #[ignore = "core bug: atomic reports RolledBack instead of the COMMIT's deferred 23505"]
-    fn deferred_violation_at_commit_is_the_error_sync() {
-        super::deferred_violation_at_commit_is_the_error::<Sync>();
-    }
-    #[test]
-    #[ignore = "core bug: atomic reports RolledBack instead of the COMMIT's deferred 23505"]
-    fn deferred_violation_at_commit_is_the_error_tokio() {
-        super::deferred_violation_at_commit_is_the_error::<Tokio>();
-    }
-
-    #[test]
-    #[ignore = "core bug: a simple query splits a pipeline's sync group"]
-    fn simple_query_in_a_failing_pipeline_sync() {
-        super::simple_query_in_a_failing_pipeline::<Sync>();
-    }
-    #[test]
-    #[ignore = "core bug: a simple query splits a pipeline's sync group"]
-    fn simple_query_in_a_failing_pipeline_tokio() {
-        super::simple_query_in_a_failing_pipeline::<Tokio>();
-    }
-    #[test]
-    #[ignore = "core bug: a simple query splits a pipeline's sync group"]
-    fn failing_simple_query_in_a_pipeline_sync() {
-        super::failing_simple_query_in_a_pipeline::<Sync>();
-    }
-    #[test]
-    #[ignore = "core bug: a simple query splits a pipeline's sync group"]
-    fn failing_simple_query_in_a_pipeline_tokio() {
-        super::failing_simple_query_in_a_pipeline::<Tokio>();
-    }
-    #[test]
-    #[ignore = "core bug: siblings of a statement refused before sending still commit"]
-    fn refused_statement_mid_pipeline_sync() {
-        super::refused_statement_mid_pipeline::<Sync>();
-    }
-    #[test]
-    #[ignore = "core bug: siblings of a statement refused before sending still commit"]
-    fn refused_statement_mid_pipeline_tokio() {
-        super::refused_statement_mid_pipeline::<Tokio>();
-    }
-    #[test]
-    #[ignore = "core bug: a pipeline abandoned mid-batch has its half group synced and committed"]
-    fn panic_mid_batch_leaves_no_half_pipeline_sync() {
-        super::panic_mid_batch_leaves_no_half_pipeline::<Sync>();
-    }
-    #[test]
-    #[ignore = "core bug: a pipeline abandoned mid-batch has its half group synced and committed"]
-    fn panic_mid_batch_leaves_no_half_pipeline_tokio() {
-        super::panic_mid_batch_leaves_no_half_pipeline::<Tokio>();
-    }
     #[test]
     #[ignore = "core bug: describe-first execution leaves the pipeline's sync group"]
     fn uninferable_parameter_in_a_failing_pipeline_sync() {

@@ -784,11 +784,34 @@ impl Connection {
     }
 
     /// Ends every open batch: for a driver whose operation was dropped
-    /// (or panicked) between `begin_batch` and `end_batch`.
+    /// (or panicked) between `begin_batch` and `end_batch`. The half-built
+    /// group is poisoned first, so none of it takes effect.
     pub fn close_batches(&mut self) {
         if self.batch_depth > 0 {
+            self.poison_batch();
             self.batch_depth = 1;
             self.end_batch();
+        }
+    }
+
+    /// True between `begin_batch` and the matching `end_batch`.
+    pub fn in_batch(&self) -> bool {
+        self.batch_depth > 0
+    }
+
+    /// Makes the open batch fail as a whole on the server: a statement that
+    /// cannot parse joins its sync group, so the server rolls back what the
+    /// group did and skips the rest (their results say `RolledBack` and
+    /// `Skipped`). For a pipeline one of whose statements was refused in
+    /// the client: its siblings must not run as if nothing happened.
+    pub fn poison_batch(&mut self) {
+        if self.batch_depth == 0 || !self.unsynced {
+            return;
+        }
+        if let Ok(t) = self.submit_control(
+            "SELECT 'duet: a statement of this pipeline was refused before it was sent, so none of it may run' FROM",
+        ) {
+            self.abandon(t);
         }
     }
 

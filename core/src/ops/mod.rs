@@ -739,9 +739,18 @@ impl<T> Operation for Single<'_, T> {
 
 /// Runs a string of `;`-separated statements with the simple protocol (no
 /// parameters; rows come back as text).
+///
+/// Refused inside a [`pipeline`] or [`atomic`] batch: a simple query is a
+/// sync point of its own, so it would split the batch into separate
+/// transactions and break its all-or-nothing.
 pub fn simple_query<'a>(sql: &'a str, deadline: Option<Instant>) -> Single<'a, Vec<SimpleMessage>> {
     Single {
         request: Some(Box::new(move |c: &mut Connection, now| {
+            if c.in_batch() {
+                return Err(Error::misuse(
+                    "a simple-protocol query cannot join a pipeline or atomic batch (it would end the batch's transaction): use query()",
+                ));
+            }
             c.submit(Request::simple(sql).deadline(deadline), now)
         })),
         ticket: None,
@@ -811,8 +820,9 @@ pub trait PipelineOps {
     type State;
     type Output;
     fn start(self) -> Self::State;
-    /// Polls every unfinished child once; true when all are finished.
-    fn poll_all(state: &mut Self::State, conn: &mut Connection, now: Instant) -> bool;
+    /// Polls every unfinished child once: whether all are finished, and
+    /// whether one was refused in the client during this poll.
+    fn poll_all(state: &mut Self::State, conn: &mut Connection, now: Instant) -> (bool, bool);
     fn submitted_all(state: &Self::State) -> bool;
     fn finish(state: &mut Self::State) -> Result<Self::Output, Error>;
     fn abandon(state: &mut Self::State, conn: &mut Connection);
@@ -828,13 +838,16 @@ impl<O: Operation> Slot<O> {
     fn new(op: O) -> Self {
         Slot { op, result: None }
     }
-    fn poll(&mut self, conn: &mut Connection, now: Instant) -> bool {
+    /// Polls the child if unfinished: (finished, refused in the client now).
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> (bool, bool) {
+        let mut refused = false;
         if self.result.is_none() {
             if let Step::Ready(r) = self.op.poll(conn, now) {
+                refused = matches!(r, Err(Error::Misuse(_) | Error::Encode(_) | Error::Invalid(_)));
                 self.result = Some(r);
             }
         }
-        self.result.is_some()
+        (self.result.is_some(), refused)
     }
     fn submitted_all(&self) -> bool {
         match &self.result {
@@ -883,7 +896,11 @@ impl<P: PipelineOps> Operation for Pipeline<P> {
     type Output = P::Output;
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<P::Output> {
         conn.begin_batch();
-        let all = P::poll_all(&mut self.state, conn, now);
+        let (all, refused) = P::poll_all(&mut self.state, conn, now);
+        if refused {
+            // All or nothing: what the siblings queued must not run.
+            conn.poison_batch();
+        }
         conn.end_batch();
         if all {
             Step::Ready(P::finish(&mut self.state))
@@ -907,10 +924,14 @@ macro_rules! tuple_pipeline {
             fn start(self) -> Self::State {
                 ($(Slot::new(self.$idx),)+)
             }
-            fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> bool {
-                let mut all = true;
-                $( all &= s.$idx.poll(conn, now); )+
-                all
+            fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> (bool, bool) {
+                let (mut all, mut refused) = (true, false);
+                $(
+                    let (done, r) = s.$idx.poll(conn, now);
+                    all &= done;
+                    refused |= r;
+                )+
+                (all, refused)
             }
             fn submitted_all(s: &Self::State) -> bool {
                 true $( && s.$idx.submitted_all() )+
@@ -945,12 +966,14 @@ impl<O: Operation> PipelineOps for Vec<O> {
     fn start(self) -> Self::State {
         self.into_iter().map(Slot::new).collect()
     }
-    fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> bool {
-        let mut all = true;
+    fn poll_all(s: &mut Self::State, conn: &mut Connection, now: Instant) -> (bool, bool) {
+        let (mut all, mut refused) = (true, false);
         for slot in s.iter_mut() {
-            all &= slot.poll(conn, now);
+            let (done, r) = slot.poll(conn, now);
+            all &= done;
+            refused |= r;
         }
-        all
+        (all, refused)
     }
     fn submitted_all(s: &Self::State) -> bool {
         s.iter().all(|x| x.submitted_all())

@@ -587,14 +587,23 @@ impl<O: Operation> Operation for Atomic<O> {
         let (Some(begin), Some(output)) = (&self.begin_result, &self.output) else {
             return Step::Pending;
         };
-        // The first real error, in the order things were sent.
-        let error = match (begin, output, &self.commit_result) {
-            (Err(e), _, _) => Some(e.clone()),
-            (_, Err(e), _) => Some(e.clone()),
-            (_, Ok(_), Some(Err(e))) => Some(e.clone()),
-            (_, Ok(_), Some(Ok(()))) => None,
-            (_, Ok(_), None) => return Step::Pending,
-        };
+        if begin.is_ok() && output.is_ok() && self.commit_result.is_none() {
+            return Step::Pending;
+        }
+        // The first real error in the order things were sent, not one that
+        // only follows from it (a deferred constraint failing COMMIT makes
+        // the server void BEGIN and the work too).
+        let errors = [
+            begin.as_ref().err(),
+            output.as_ref().err(),
+            self.commit_result.as_ref().and_then(|r| r.as_ref().err()),
+        ];
+        let error = errors
+            .iter()
+            .flatten()
+            .find(|e| !super::is_consequence(e))
+            .or_else(|| errors.iter().flatten().next())
+            .map(|e| (*e).clone());
         match error {
             None => {
                 let out = self.output.take().expect("output present");

@@ -596,7 +596,7 @@ impl FakeServer {
             }
             b'P' => {
                 let p = parse_parse(body);
-                if p.sql.contains("badsql") {
+                if p.sql.contains("badsql") || p.sql.ends_with(" FROM") {
                     self.pending = Some("42601".into());
                     return self.error("42601", "syntax error at or near \"badsql\"");
                 }
