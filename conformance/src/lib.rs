@@ -3,6 +3,7 @@
 //! [`conformance_tests!`]. [`server`] starts the throwaway PostgreSQL the
 //! tests, examples and benches share.
 
+pub mod faults;
 pub mod server;
 
 use std::future::Future;

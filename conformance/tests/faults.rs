@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use duet_conformance::faults::{self, Fault, FakeServer, Proxy};
+use duet_conformance::faults::{self, FakeServer, Fault, Proxy};
 use duet_conformance::server::TestServer;
 use duet_conformance::{conformance_tests, Driver, TxStep};
 use duet_core::ops::{atomic, pipeline, query};
@@ -62,7 +62,9 @@ fn table<D: Driver>(c: &mut D, name: &str, columns: &str) -> String {
 }
 
 fn count<D: Driver>(c: &mut D, table: &str) -> i64 {
-    c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0)
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0)
 }
 
 /// Ends within `limit` or fails the test: the "must not hang" check, with
@@ -84,8 +86,9 @@ fn abandoned_transaction_with_an_unsent_commit_never_commits<D: Driver>() {
     let big = "x".repeat(32 << 20);
     let insert_big = format!("INSERT INTO {t} VALUES ($1)");
     let insert_small = format!("INSERT INTO {t} VALUES ('small')");
+    let p: [duet_core::Param; 1] = [&big];
     let op = atomic(pipeline((
-        query(insert_big.as_str(), &[&big]).affected(),
+        query(insert_big.as_str(), &p).affected(),
         query(insert_small.as_str(), &[]).affected(),
     )));
     // One step: everything is queued, a part of the 32 MiB leaves, and the
@@ -165,16 +168,22 @@ fn notice_flood_cannot_outlast_a_limit<D: Driver>() {
 fn unanswered_cancel_connection_does_not_hang<D: Driver>() {
     let fake = FakeServer::start(faults::unanswered_cancel());
     let mut c = D::connect(&fake.url("&cancel_grace_ms=500")).unwrap();
-    let r = within(Duration::from_secs(20), "a limit whose cancel is never answered", || {
-        c.run_with_timeout(query("SELECT 1", &[]).rows(), Duration::from_millis(200))
-    });
+    let r = within(
+        Duration::from_secs(20),
+        "a limit whose cancel is never answered",
+        || c.run_with_timeout(query("SELECT 1", &[]).rows(), Duration::from_millis(200)),
+    );
     assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     assert!(fake.cancels() >= 1, "the cancel was sent");
 }
 
 fn limits_of_any_size_are_accepted<D: Driver>() {
     let mut c = D::connect(&format!("{}?connect_timeout=18446744073709551615", server().url())).unwrap();
-    for limit in [Duration::MAX, Duration::from_secs(35 * 24 * 3600), Duration::from_secs(u64::MAX)] {
+    for limit in [
+        Duration::MAX,
+        Duration::from_secs(35 * 24 * 3600),
+        Duration::from_secs(u64::MAX),
+    ] {
         let rows = c.run_with_timeout(query("SELECT 1", &[]).rows(), limit).unwrap();
         assert_eq!(rows.len(), 1);
     }
@@ -188,7 +197,11 @@ fn close_gives_up_on_a_peer_that_stops_reading<D: Driver>() {
     // Fill the socket buffers: the peer reads nothing, so most stays unsent.
     let big = "x".repeat(16 << 20);
     assert!(c.run_steps(query("SELECT $1::text", &[&big]).rows(), 2).is_none());
-    let r = within(Duration::from_secs(15), "close with a peer that stopped reading", || c.close());
+    let r = within(
+        Duration::from_secs(15),
+        "close with a peer that stopped reading",
+        || c.close(),
+    );
     assert!(r.is_err(), "close cannot claim it delivered Terminate");
 }
 
@@ -213,7 +226,10 @@ fn stalled_server_ends_as_timeout<D: Driver>() {
 fn nul_in_sql_is_named<D: Driver>() {
     let mut c = connect::<D>();
     let e = c.execute("SELECT 1\0", &[]).unwrap_err();
-    assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("NUL byte"), "{e}");
+    assert!(
+        matches!(e, Error::Invalid(_)) && e.to_string().contains("NUL byte"),
+        "{e}"
+    );
     let e = c.batch_execute("SELECT\0 1").unwrap_err();
     assert!(e.to_string().contains("NUL byte at byte 6"), "{e}");
     assert_usable(&mut c);
@@ -238,7 +254,9 @@ impl Matrix {
             Ok(_) if committed => self.ok += 1,
             Err(Error::InDoubt(_)) => self.in_doubt += 1,
             Err(_) if !committed => self.not_committed += 1,
-            _ => self.wrong.push(format!("cut at {at}: {r:?} but committed = {committed}")),
+            _ => self
+                .wrong
+                .push(format!("cut at {at}: {r:?} but committed = {committed}")),
         }
     }
 
@@ -299,25 +317,46 @@ fn sweep<D: Driver, T: std::fmt::Debug>(
 fn pipelined_transaction<D: Driver>(c: &mut D, t: &str) -> Result<(u64, u64), Error> {
     let a = format!("INSERT INTO {t} VALUES (1)");
     let b = format!("INSERT INTO {t} VALUES (2)");
-    c.run(atomic(pipeline((query(a.as_str(), &[]).affected(), query(b.as_str(), &[]).affected()))))
+    c.run(atomic(pipeline((
+        query(a.as_str(), &[]).affected(),
+        query(b.as_str(), &[]).affected(),
+    ))))
 }
 
 fn lost_commit_tells_the_truth<D: Driver>() {
     sweep::<D, _>("reply_cut", Fault::CutServerAfter, true, 1, pipelined_transaction::<D>);
-    sweep::<D, _>("reply_reset", Fault::ResetServerAfter, true, 7, pipelined_transaction::<D>);
+    sweep::<D, _>(
+        "reply_reset",
+        Fault::ResetServerAfter,
+        true,
+        7,
+        pipelined_transaction::<D>,
+    );
 }
 
 fn lost_request_tells_the_truth<D: Driver>() {
-    sweep::<D, _>("request_cut", Fault::CutClientAfter, false, 3, pipelined_transaction::<D>);
+    sweep::<D, _>(
+        "request_cut",
+        Fault::CutClientAfter,
+        false,
+        3,
+        pipelined_transaction::<D>,
+    );
 }
 
 fn lost_interactive_commit_tells_the_truth<D: Driver>() {
-    sweep::<D, _>("interactive_cut", Fault::CutServerAfter, true, 1, |c: &mut D, t: &str| {
-        c.atomic_script(&[
-            TxStep::Execute(format!("INSERT INTO {t} VALUES (1)")),
-            TxStep::Execute(format!("INSERT INTO {t} VALUES (2)")),
-        ])
-    });
+    sweep::<D, _>(
+        "interactive_cut",
+        Fault::CutServerAfter,
+        true,
+        1,
+        |c: &mut D, t: &str| {
+            c.atomic_script(&[
+                TxStep::Execute(format!("INSERT INTO {t} VALUES (1)")),
+                TxStep::Execute(format!("INSERT INTO {t} VALUES (2)")),
+            ])
+        },
+    );
 }
 
 fn result_cut_at_every_byte_fails_cleanly<D: Driver>() {
@@ -338,7 +377,11 @@ fn result_cut_at_every_byte_fails_cleanly<D: Driver>() {
     }
     let mut c = D::connect(&url).unwrap();
     proxy.arm(Fault::CutServerAfter(total));
-    assert_eq!(c.query(sql, &[]).unwrap().len(), expected, "the whole reply is a result");
+    assert_eq!(
+        c.query(sql, &[]).unwrap().len(),
+        expected,
+        "the whole reply is a result"
+    );
 }
 
 fn trickled_and_reset_connections<D: Driver>() {
@@ -346,7 +389,9 @@ fn trickled_and_reset_connections<D: Driver>() {
     let url = proxy.url(&server().url());
     proxy.arm(Fault::Trickle);
     let mut c = D::connect(&url).unwrap();
-    let rows = c.query("SELECT i, repeat('y', i) FROM generate_series(1, 50) i", &[]).unwrap();
+    let rows = c
+        .query("SELECT i, repeat('y', i) FROM generate_series(1, 50) i", &[])
+        .unwrap();
     assert_eq!(rows.len(), 50);
     assert_eq!(rows[49].get::<String>(1).len(), 50);
     let mut check = connect::<D>();
@@ -402,13 +447,7 @@ struct HookLog {
 
 impl Hooks for Hooked {
     fn after_save(&mut self, ctx: &mut HookCtx) -> Result<(), Error> {
-        ctx.queue(
-            HookLog {
-                id: 0,
-                hooked: self.id,
-            }
-            .into_save(),
-        );
+        ctx.queue(HookLog { id: 0, hooked: self.id }.into_save());
         Ok(())
     }
 }
@@ -431,7 +470,9 @@ where
         let r = c.run_steps(make(), k);
         let finished = r.is_some();
         if let Some(r) = &r {
-            assert!(r.is_ok(), "{what} after {k} steps: {r:?}");
+            if let Err(e) = r {
+                panic!("{what} after {k} steps: {e}");
+            }
         }
         assert_usable(&mut c);
         let state: String = check
@@ -441,7 +482,11 @@ where
         assert_eq!(state, "idle", "{what} dropped after {k} steps left the session {state}");
         if transactional && !finished {
             for t in tables {
-                assert_eq!(count(&mut check, t), 0, "{what} dropped after {k} steps left rows in {t}");
+                assert_eq!(
+                    count(&mut check, t),
+                    0,
+                    "{what} dropped after {k} steps left rows in {t}"
+                );
             }
         }
         if finished {
@@ -466,11 +511,18 @@ fn abandonment_at_every_step_leaves_nothing_behind<D: Driver>() {
     let ins = ins.as_str();
     let sel = "SELECT pg_sleep(0.001), 1";
     let steps = [
-        ("query", abandon_sweep::<D, _>("query", &[&t], false, || query(ins, &[]).affected())),
+        (
+            "query",
+            abandon_sweep::<D, _>("query", &[&t], false, || query(ins, &[]).affected()),
+        ),
         (
             "pipeline",
             abandon_sweep::<D, _>("pipeline", &[&t], false, || {
-                pipeline((query(ins, &[]).affected(), query(sel, &[]).rows(), query(ins, &[]).affected()))
+                pipeline((
+                    query(ins, &[]).affected(),
+                    query(sel, &[]).rows(),
+                    query(ins, &[]).affected(),
+                ))
             }),
         ),
         (
@@ -513,7 +565,10 @@ fn abandonment_at_every_step_leaves_nothing_behind<D: Driver>() {
         ),
     ];
     for (what, k) in steps {
-        println!("fault matrix | abandonment | {} | {what}: dropped after each of 0..{k} steps, all clean", D::NAME);
+        println!(
+            "fault matrix | abandonment | {} | {what}: dropped after each of 0..{k} steps, all clean",
+            D::NAME
+        );
     }
 }
 
@@ -523,9 +578,7 @@ fn terminated_backend_and_idle_transaction_timeout<D: Driver>() {
     let mut c = connect::<D>();
     let mut admin = connect::<D>();
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    admin
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .unwrap();
+    admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
     let e = within(Duration::from_secs(15), "a query on a terminated backend", || {
         c.query("SELECT 1", &[]).unwrap_err()
     });
@@ -533,7 +586,8 @@ fn terminated_backend_and_idle_transaction_timeout<D: Driver>() {
     assert!(c.is_closed());
     // A transaction left idle past idle_in_transaction_session_timeout.
     let mut c = connect::<D>();
-    c.batch_execute("SET idle_in_transaction_session_timeout = 100; BEGIN; SELECT 1").unwrap();
+    c.batch_execute("SET idle_in_transaction_session_timeout = 100; BEGIN; SELECT 1")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(600));
     let e = c.query("SELECT 1", &[]).unwrap_err();
     assert!(e.is_fatal(), "{e}");

@@ -247,9 +247,11 @@ impl Config {
                 self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
             "cancel_grace_ms" => {
-                let ms: u64 = value
-                    .parse()
-                    .map_err(|_| Error::config(format!("cancel_grace_ms {value:?} is not a whole number of milliseconds")))?;
+                let ms: u64 = value.parse().map_err(|_| {
+                    Error::config(format!(
+                        "cancel_grace_ms {value:?} is not a whole number of milliseconds"
+                    ))
+                })?;
                 self.cancel_grace = Duration::from_millis(ms);
             }
             "statement_cache_capacity" => {

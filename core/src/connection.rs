@@ -1391,6 +1391,11 @@ impl Connection {
             }
             Message::ReadyForQuery(body) => {
                 self.tx_status = tx_status(body.status())?;
+                if !matches!(self.queue.front(), Some(Entry::Sync | Entry::Simple(_))) {
+                    // Left in the queue, the request fails with the
+                    // connection instead of vanishing.
+                    return Err(Error::protocol("ReadyForQuery with no sync point pending"));
+                }
                 match self.queue.pop_front() {
                     Some(Entry::Sync) => {}
                     Some(Entry::Simple(s)) => {
@@ -1716,7 +1721,11 @@ impl Connection {
     /// result type changed, or it was deallocated), closing it on the
     /// server. Operations call this before they retry.
     pub fn forget_statement(&mut self, sql: &str) {
-        for name in self.cache.remove_sql(sql) {
+        let names = self.cache.remove_sql(sql);
+        if matches!(self.phase, Phase::Closed(_)) {
+            return;
+        }
+        for name in names {
             let buf = self.send_buf();
             if frontend::close(b'S', &name, buf).is_ok() {
                 self.queue.push_back(Entry::Close);

@@ -216,6 +216,10 @@ impl Row {
             )));
         }
         let value = self.value(i);
+        if let (Some(bytes), postgres_types::Kind::Array(_)) = (value, col.type_.kind()) {
+            check_array(bytes)
+                .map_err(|why| Error::decode(format!("column {} ({:?}) is a malformed array: {why}", i, col.name)))?;
+        }
         let decoded = match value {
             Some(bytes) => T::from_sql(&col.type_, bytes),
             None => T::from_sql_null(&col.type_),
@@ -229,6 +233,43 @@ impl Row {
             Error::decode(format!("column {} ({:?}) {}", i, col.name, what))
         })
     }
+}
+
+/// Checks a binary array's header against the bytes that follow it before
+/// `FromSql` sees it: postgres-types reserves room for as many elements as
+/// the header claims, so a hostile count must not reach it. Each element
+/// takes at least its 4-byte length word.
+fn check_array(bytes: &[u8]) -> Result<(), String> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|w| i32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let Some(ndim) = word(0) else {
+        return Err("shorter than its header".into());
+    };
+    // PostgreSQL's MAXDIM.
+    let ndim = usize::try_from(ndim)
+        .ok()
+        .filter(|n| *n <= 6)
+        .ok_or(format!("{ndim} dimensions"))?;
+    let header = 12 + 8 * ndim;
+    let mut count: usize = 1;
+    for d in 0..ndim {
+        let len = word(12 + 8 * d).ok_or("shorter than its header")?;
+        let len = usize::try_from(len).map_err(|_| format!("dimension of length {len}"))?;
+        count = count.saturating_mul(len);
+    }
+    if ndim == 0 {
+        count = 0;
+    }
+    let room = bytes.len().saturating_sub(header);
+    if count.saturating_mul(4) > room {
+        return Err(format!(
+            "its header claims {count} elements but only {room} bytes follow"
+        ));
+    }
+    Ok(())
 }
 
 /// The length word at `at`: `Some(None)` for NULL (any negative length, as
