@@ -255,17 +255,20 @@ fn nul_in_sql_is_named<D: Driver>() {
 #[derive(Default, Debug)]
 struct Matrix {
     ok: usize,
+    committed_without_result: usize,
     not_committed: usize,
     in_doubt: usize,
     wrong: Vec<String>,
 }
 
 impl Matrix {
-    /// Judges one outcome against what the server holds: `Ok` must have
-    /// committed, a plain error must not, in doubt may be either.
+    /// Judges one outcome against what the server holds: `Ok` and
+    /// "committed without result" must have committed, a plain error must
+    /// not, in doubt may be either.
     fn judge<T: std::fmt::Debug>(&mut self, at: usize, r: &Result<T, Error>, committed: bool) {
         match r {
             Ok(_) if committed => self.ok += 1,
+            Err(Error::CommittedWithoutResult(_)) if committed => self.committed_without_result += 1,
             Err(Error::InDoubt(_)) => self.in_doubt += 1,
             Err(_) if !committed => self.not_committed += 1,
             _ => self
@@ -276,8 +279,9 @@ impl Matrix {
 
     fn report(&self, what: &str, driver: &str, points: usize) {
         println!(
-            "fault matrix | {what} | {driver} | {points} cut points: {} ok, {} not committed, {} in doubt, {} wrong",
+            "fault matrix | {what} | {driver} | {points} cut points: {} ok, {} committed without result, {} not committed, {} in doubt, {} wrong",
             self.ok,
+            self.committed_without_result,
             self.not_committed,
             self.in_doubt,
             self.wrong.len()

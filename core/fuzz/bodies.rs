@@ -330,11 +330,8 @@ fn submit_one(conn: &mut Connection, k: u8, statements: &[Statement], tickets: &
             b
         }
         8 => {
-            // As a retrying `Query` does; never on a closed connection
-            // (there it queues a Close that never completes: see README).
-            if conn.closed_reason().is_none() {
-                conn.forget_statement("SELECT $1");
-            }
+            // As a retrying `Query` does (on a closed connection too).
+            conn.forget_statement("SELECT $1");
             conn.submit(Request::query("SELECT $1", &one), now)
         }
         _ => {

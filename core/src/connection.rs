@@ -330,7 +330,17 @@ pub struct Connection {
     /// connection (see [`Connection::poll_outcome_query`]).
     outcome_wanted: Option<i64>,
     outcome: Option<Result<TxOutcome, Error>>,
+    /// Set when a top-level transaction begins: the next statement sent
+    /// carries [`XID_PROBE`] right behind it, so the transaction's id is
+    /// known as early as its first write.
+    probe_next: bool,
+    early_probe: Option<Ticket>,
 }
+
+/// Asks for the id of the transaction in progress without assigning one
+/// (so it costs nothing when the transaction wrote nothing, and works on a
+/// standby). `NULL`: nothing written yet. PostgreSQL 10 and later.
+pub(crate) const XID_PROBE: &str = "SELECT pg_catalog.txid_current_if_assigned()";
 
 /// What became of a transaction whose COMMIT was sent on a connection that
 /// was lost before the answer came back, as another session sees it.
@@ -399,6 +409,8 @@ impl Connection {
             never_sent: Vec::new(),
             outcome_wanted: None,
             outcome: None,
+            probe_next: false,
+            early_probe: None,
         }
     }
 
@@ -888,7 +900,30 @@ impl Connection {
         if let Some(d) = req.deadline.or(self.default_deadline) {
             self.deadlines.push((ticket, d));
         }
+        let statement = matches!(
+            req.kind,
+            RequestKind::Query(..) | RequestKind::Encoded(..) | RequestKind::Execute(..)
+        );
+        if self.probe_next && statement {
+            self.probe_next = false;
+            let probe = Request {
+                kind: RequestKind::Encoded(XID_PROBE, Encoded::default()),
+                deadline: None,
+            };
+            self.early_probe = self.submit_request(&probe).ok();
+        }
         Ok(ticket)
+    }
+
+    /// The next statement submitted carries the transaction-id probe behind
+    /// it (see `ops::atomic`); `false` takes that back.
+    pub(crate) fn probe_next_statement(&mut self, on: bool) {
+        self.probe_next = on;
+    }
+
+    /// The probe sent behind a transaction's first statement, once.
+    pub(crate) fn take_early_probe(&mut self) -> Option<Ticket> {
+        self.early_probe.take()
     }
 
     fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {

@@ -148,6 +148,10 @@ pub enum Error {
     /// with `SELECT txid_status(id)`). Never a plain [`Error::Closed`],
     /// which would hide a commit. Fatal.
     InDoubt(Option<i64>),
+    /// The transaction committed (its id, looked up on a new connection,
+    /// says so), but the connection was lost before all of its results
+    /// arrived, so there is no output to return. Fatal.
+    CommittedWithoutResult(i64),
 }
 
 impl Error {
@@ -199,7 +203,8 @@ impl Error {
             | Error::Auth(_)
             | Error::Io(_)
             | Error::Connect { .. }
-            | Error::InDoubt(_) => true,
+            | Error::InDoubt(_)
+            | Error::CommittedWithoutResult(_) => true,
             // FATAL/PANIC from the server end the session (e.g. 57P01, 28P01).
             Error::Db(e) => e.severity == "FATAL" || e.severity == "PANIC",
             _ => false,
@@ -239,6 +244,10 @@ impl fmt::Display for Error {
             Error::InDoubt(Some(xid)) => write!(
                 f,
                 "in doubt: the connection was lost after COMMIT was sent, and whether transaction {xid} committed could not be found out"
+            ),
+            Error::CommittedWithoutResult(xid) => write!(
+                f,
+                "committed without a result: transaction {xid} committed, but the connection was lost before its results arrived"
             ),
             Error::InDoubt(None) => f.write_str(
                 "in doubt: the connection was lost after COMMIT was sent, before the transaction's id was known; it may have committed",

@@ -417,14 +417,16 @@ fn a_transaction_around_a_save_commits_only_after_its_checks() {
         user_id: 1,
         title: "t".into(),
     };
-    // BEGIN and INSERT in the first flight, one Sync. The save still has to
-    // read the row back into the model (an update that finds no row is an
+    // BEGIN, INSERT and the transaction-id probe riding behind the first
+    // statement in the first flight, one Sync. The save still has to read
+    // the row back into the model (an update that finds no row is an
     // error), so COMMIT waits for that: a transaction never commits work
     // its caller is told failed.
-    assert_eq!(first_flight(atomic(post.into_save())), (2, 1));
-    assert_eq!(first_flight(atomic(Audited { id: 0 }.into_save())), (2, 1));
+    assert_eq!(first_flight(atomic(post.into_save())), (3, 1));
+    assert_eq!(first_flight(atomic(Audited { id: 0 }.into_save())), (3, 1));
     // Work with nothing to check afterwards commits in the same flight:
-    // BEGIN, DELETE, the transaction-id probe and COMMIT.
+    // BEGIN, DELETE, the probe (parsed once, then cached: the second probe
+    // before COMMIT is Bind/Execute only) and COMMIT.
     let gone = Post::objects().filter(Post::ID.lt(0)).delete();
     assert_eq!(first_flight(atomic(gone)), (4, 1));
 }

@@ -56,11 +56,15 @@ fn control(tag: &str) -> Backend {
     Backend::new().parse_complete().bind_complete().command_complete(tag)
 }
 
-/// The answer to the transaction-id probe sent before COMMIT.
+/// The answer to the transaction-id probe, its first time on a connection.
 fn probe(xid: Option<i64>) -> Backend {
+    Backend::new().parse_complete().extend(&probe_again(xid).build())
+}
+
+/// The answer to the probe once its statement is cached.
+fn probe_again(xid: Option<i64>) -> Backend {
     let bytes = xid.map(|x| x.to_be_bytes());
     Backend::new()
-        .parse_complete()
         .bind_complete()
         .row_description(&[Field::new("txid_current_if_assigned", 20)])
         .data_row(&[bytes.as_ref().map(|b| &b[..])])
@@ -1307,8 +1311,9 @@ fn abandoning_a_transaction_rolls_it_back() {
     let mut conn = ready_connection(&config(), now);
     let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
     pending(&mut op, &mut conn, now);
-    // BEGIN, the work, the id probe and COMMIT in one batch, all sent.
-    assert_eq!(tags(&drain(&mut conn)), "PBEPBDEPBDEPBES");
+    // BEGIN, the work with the id probe behind it, the probe again and
+    // COMMIT in one batch, all sent.
+    assert_eq!(tags(&drain(&mut conn)), "PBEPBDEPBDEBDEPBES");
     op.abandon(&mut conn);
     let sent = drain(&mut conn);
     assert_eq!(
@@ -1321,6 +1326,7 @@ fn abandoning_a_transaction_rolls_it_back() {
     let reply = control("BEGIN")
         .extend(&first_run(1).build())
         .extend(&probe(None).build())
+        .extend(&probe_again(None).build())
         .extend(&control("COMMIT").build())
         .ready_for_query(b'I')
         .notice("WARNING", "25P01", "there is no transaction in progress")
@@ -1393,7 +1399,7 @@ fn atomic_sends_begin_work_commit_together() {
     )));
     pending(&mut op, &mut conn, now);
     let sent = drain(&mut conn);
-    assert_eq!(tags(&sent), "PBEPBDEPBDEPBDEPBES");
+    assert_eq!(tags(&sent), "PBEPBDEPBDEPBDEBDEPBES");
     let sqls: Vec<String> = frontend_messages(&sent)
         .iter()
         .filter(|m| m.tag == b'P')
@@ -1401,12 +1407,13 @@ fn atomic_sends_begin_work_commit_together() {
         .collect();
     assert_eq!(
         sqls,
-        vec!["BEGIN", A, C, "SELECT pg_catalog.txid_current_if_assigned()", "COMMIT"]
+        vec!["BEGIN", A, "SELECT pg_catalog.txid_current_if_assigned()", C, "COMMIT"]
     );
     let reply = control("BEGIN")
         .extend(&first_run(1).build())
-        .extend(&first_run(2).build())
         .extend(&probe(Some(1234)).build())
+        .extend(&first_run(2).build())
+        .extend(&probe_again(Some(1234)).build())
         .extend(&control("COMMIT").build())
         .ready_for_query(b'I');
     conn.handle_input(&reply.build(), now).unwrap();
@@ -1422,8 +1429,9 @@ fn atomic_rolls_back_when_the_work_fails() {
     let mut conn = ready_connection(&config(), now);
     let mut op = ops::atomic(ops::query(B, &[&2i32]).one());
     pending(&mut op, &mut conn, now);
-    // `.one()` is checked before COMMIT: it waits for the row.
-    assert_eq!(tags(&drain(&mut conn)), "PBEPBDES");
+    // `.one()` is checked before COMMIT: it waits for the row (the id probe
+    // rides behind the statement).
+    assert_eq!(tags(&drain(&mut conn)), "PBEPBDEPBDES");
     let reply = control("BEGIN")
         .parse_complete()
         .bind_complete()
@@ -1869,9 +1877,10 @@ fn fake_server_round_trip_through_ops() {
     let mut op = ops::atomic(ops::query("SELECT $1::int4", &[&4i32]).one());
     assert_eq!(run(&mut op, &mut conn, &mut server, now).unwrap().get::<i32>(0), 4);
     // BEGIN (unnamed, so an unsent one can be taken back) travels with the
-    // cached statement; `.one()` must be checked before COMMIT, which then
-    // goes out behind the transaction-id probe.
-    assert_eq!(server.received, "PBDEPBDESPBDESPBEBESPBDEPBES");
+    // cached statement and the transaction-id probe behind it; `.one()`
+    // must be checked before COMMIT, which then goes out behind the probe
+    // again (the first one saw no id: a SELECT writes nothing).
+    assert_eq!(server.received, "PBDEPBDESPBDESPBEBEPBDESBEPBES");
     assert!(matches!(conn.poll_event(), Some(Event::Notice(_))));
     assert!(conn.is_idle());
 }
@@ -2264,6 +2273,7 @@ fn abandoned_transaction_takes_back_its_unsent_commit() {
     let reply = control("BEGIN")
         .extend(&first_run(1).build())
         .extend(&probe(Some(5)).build())
+        .extend(&probe_again(Some(5)).build())
         .ready_for_query(b'T')
         .command_complete("ROLLBACK")
         .ready_for_query(b'I');
@@ -2305,6 +2315,7 @@ fn lost_commit_is_looked_up_by_transaction_id() {
         control("BEGIN")
             .extend(&first_run(1).build())
             .extend(&probe(Some(77)).build())
+            .extend(&probe_again(Some(77)).build())
     };
     for (outcome, committed) in [(TxOutcome::Committed, true), (TxOutcome::Aborted, false)] {
         let (mut conn, mut op) = lose_after(before_commit());
@@ -2329,15 +2340,56 @@ fn lost_commit_is_looked_up_by_transaction_id() {
     pending(&mut op, &mut conn, now);
     conn.handle_outcome(Err(Error::Timeout));
     assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::InDoubt(Some(77)))));
+    // The id came behind the first statement, the rest was lost: the
+    // lookup decides, and the work's output (all there) is the result.
+    let (mut conn, mut op) = lose_after(
+        control("BEGIN")
+            .extend(&first_run(1).build())
+            .extend(&probe(Some(78)).build()),
+    );
+    pending(&mut op, &mut conn, now);
+    assert_eq!(conn.poll_outcome_query(), Some(78));
+    conn.handle_outcome(Ok(TxOutcome::Committed));
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap()[0].get::<i32>(0), 1);
+    // With a second statement whose result was lost: committed, but
+    // without the work's output, and said so.
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::pipeline((
+        ops::query(A, &[&1i32]).rows(),
+        ops::query(C, &[&2i32]).rows(),
+    )));
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    let reply = control("BEGIN")
+        .extend(&first_run(1).build())
+        .extend(&probe(Some(79)).build());
+    conn.handle_input(&reply.build(), now).unwrap();
+    conn.handle_eof(now);
+    pending(&mut op, &mut conn, now);
+    assert_eq!(conn.poll_outcome_query(), Some(79));
+    conn.handle_outcome(Ok(TxOutcome::Committed));
+    assert!(matches!(
+        ready(&mut op, &mut conn, now),
+        Err(Error::CommittedWithoutResult(79))
+    ));
     // Nothing was written: the results stand whatever became of COMMIT.
+    let (mut conn, mut op) = lose_after(
+        control("BEGIN")
+            .extend(&first_run(1).build())
+            .extend(&probe(None).build())
+            .extend(&probe_again(None).build()),
+    );
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap()[0].get::<i32>(0), 1);
+    assert_eq!(conn.poll_outcome_query(), None);
+    // The first statement wrote nothing and the rest was lost before the
+    // second probe: in doubt, without an id.
     let (mut conn, mut op) = lose_after(
         control("BEGIN")
             .extend(&first_run(1).build())
             .extend(&probe(None).build()),
     );
-    assert_eq!(ready(&mut op, &mut conn, now).unwrap()[0].get::<i32>(0), 1);
-    assert_eq!(conn.poll_outcome_query(), None);
-    // Lost before the id arrived: in doubt, without one.
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::InDoubt(None))));
+    // Lost before any id arrived: in doubt, without one.
     let (mut conn, mut op) = lose_after(control("BEGIN").extend(&first_run(1).build()));
     assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::InDoubt(None))));
 }

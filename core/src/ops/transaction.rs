@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{lazy, BoxOp, HasConnection, Operation, Query, Single, Step};
-use crate::connection::{Request, Response, Ticket, TransactionStatus, TxOutcome};
+use crate::connection::{Request, Response, Ticket, TransactionStatus, TxOutcome, XID_PROBE};
 use crate::error::sqlstate;
 use crate::params;
 use crate::row::SimpleMessage;
@@ -61,11 +61,6 @@ impl Scope {
 
 // ---- commit truth ----
 
-/// Asks for the id of the transaction in progress without assigning one
-/// (so it costs nothing when the transaction wrote nothing, and works on a
-/// standby). `NULL`: nothing was written. PostgreSQL 10 and later.
-const XID_PROBE: &str = "SELECT pg_catalog.txid_current_if_assigned()";
-
 /// Whether the server has the functions commit truth needs (10+).
 fn probe_supported(conn: &Connection) -> bool {
     conn.parameter("server_version")
@@ -75,9 +70,13 @@ fn probe_supported(conn: &Connection) -> bool {
 
 /// What a top-level transaction learns before its COMMIT leaves, so that a
 /// lost answer to that COMMIT can be resolved rather than guessed: the
-/// transaction's id, asked for in the same flight just before COMMIT.
+/// transaction's id, asked for right behind its first statement (known as
+/// early as the first write) and again just before COMMIT (for work whose
+/// first statement wrote nothing), in the same flights.
 #[derive(Default)]
 struct CommitProbe {
+    early: Option<Ticket>,
+    early_answer: Option<Result<Option<i64>, Error>>,
     ticket: Option<Ticket>,
     answer: Option<Result<Option<i64>, Error>>,
     /// The id the driver is looking up on a new connection.
@@ -95,8 +94,33 @@ enum Lost {
 }
 
 impl CommitProbe {
+    /// A top-level transaction begins: its first statement takes the
+    /// early probe along.
+    fn begin(conn: &mut Connection) {
+        conn.probe_next_statement(probe_supported(conn));
+    }
+
+    /// Picks up the early probe once the first statement went out.
+    fn adopt_early(&mut self, conn: &mut Connection) {
+        if self.early.is_none() {
+            self.early = conn.take_early_probe();
+        }
+    }
+
+    /// The id as known so far.
+    fn xid(&self) -> Option<i64> {
+        match (&self.early_answer, &self.answer) {
+            (Some(Ok(Some(x))), _) | (_, Some(Ok(Some(x)))) => Some(*x),
+            _ => None,
+        }
+    }
+
+    /// Sends the probe that goes just before COMMIT, unless the id is known.
     fn submit(&mut self, conn: &mut Connection, now: Instant) {
-        if probe_supported(conn) {
+        conn.probe_next_statement(false);
+        self.adopt_early(conn);
+        self.collect(conn);
+        if probe_supported(conn) && self.xid().is_none() {
             // Should it fail to encode, the commit goes on without truth.
             self.ticket = conn
                 .submit_encoded(XID_PROBE, params::Encoded::default(), None, now)
@@ -105,16 +129,29 @@ impl CommitProbe {
     }
 
     fn collect(&mut self, conn: &mut Connection) {
+        let read = |r: Result<Response, Error>| {
+            r.and_then(|resp| match resp {
+                Response::Rows(q) => match q.rows.first() {
+                    Some(row) => row.try_get::<Option<i64>>(0),
+                    None => Err(Error::protocol("the transaction id query returned no row")),
+                },
+                _ => Err(Error::protocol("internal: the transaction id query gave no rows")),
+            })
+        };
+        if let (Some(t), None) = (self.early, &self.early_answer) {
+            self.early_answer = conn.take_result(t).map(read);
+        }
         if let (Some(t), None) = (self.ticket, &self.answer) {
-            if let Some(r) = conn.take_result(t) {
-                self.answer = Some(r.and_then(|resp| match resp {
-                    Response::Rows(q) => match q.rows.first() {
-                        Some(row) => row.try_get::<Option<i64>>(0),
-                        None => Err(Error::protocol("the transaction id query returned no row")),
-                    },
-                    _ => Err(Error::protocol("internal: the transaction id query gave no rows")),
-                }));
-            }
+            self.answer = conn.take_result(t).map(read);
+        }
+    }
+
+    /// The transaction ends without a lookup: forget the probes.
+    fn abandon(&mut self, conn: &mut Connection) {
+        conn.probe_next_statement(false);
+        self.adopt_early(conn);
+        for t in [self.early.take(), self.ticket.take()].into_iter().flatten() {
+            conn.abandon(t);
         }
     }
 
@@ -127,26 +164,27 @@ impl CommitProbe {
     /// The connection was lost after COMMIT left: find out what happened.
     fn judge(&mut self, conn: &mut Connection) -> Lost {
         self.collect(conn);
-        match self.answer.take() {
-            Some(Ok(None)) => Lost::NothingWritten,
-            Some(Ok(Some(xid))) => {
-                conn.request_outcome(xid);
-                self.looking_up = Some(xid);
-                Lost::LookingUp
-            }
+        if let Some(xid) = self.xid() {
+            conn.request_outcome(xid);
+            self.looking_up = Some(xid);
+            return Lost::LookingUp;
+        }
+        match (&self.early_answer, &self.answer) {
+            // The probe behind all the work saw no id: nothing was written.
+            (_, Some(Ok(None))) => Lost::NothingWritten,
             // The id never arrived: nothing to look up.
             _ => Lost::Failed(Error::InDoubt(None)),
         }
     }
 
-    /// The driver's answer to the lookup: `Ok` when the transaction
+    /// The driver's answer to the lookup: the transaction id when it
     /// committed. `None` while it is still pending.
-    fn outcome(&mut self, conn: &mut Connection) -> Option<Result<(), Error>> {
+    fn outcome(&mut self, conn: &mut Connection) -> Option<Result<i64, Error>> {
         let xid = self.looking_up?;
         let r = conn.take_outcome()?;
         self.looking_up = None;
         Some(match r {
-            Ok(TxOutcome::Committed) => Ok(()),
+            Ok(TxOutcome::Committed) => Ok(xid),
             Ok(TxOutcome::Aborted) => Err(Error::closed(format!(
                 "the connection was lost after COMMIT was sent; the server rolled transaction {xid} back"
             ))),
@@ -237,6 +275,9 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
         let scope = Scope::next(conn);
         let prev_depth = conn.atomic_depth();
         conn.submit_detached(&scope.begin_sql());
+        if scope.0 == 0 {
+            CommitProbe::begin(conn);
+        }
         // Everything the closure runs belongs to this scope.
         conn.set_atomic_depth(scope.0 + 1);
         conn.set_active_depth(scope.0 + 1);
@@ -258,11 +299,13 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
         let conn = self.client.connection_mut();
         conn.set_atomic_depth(prev);
         conn.set_active_depth(prev);
-        if commit && scope.0 == 0 {
-            return Box::new(Commit {
-                probe: CommitProbe::default(),
-                commit: None,
-            });
+        if scope.0 == 0 {
+            let mut probe = CommitProbe::default();
+            if !commit {
+                probe.abandon(conn);
+            } else {
+                return Box::new(Commit { probe, commit: None });
+            }
         }
         let sql = if commit {
             scope.commit_sql()
@@ -287,6 +330,9 @@ impl<C: HasConnection> Drop for TxGuard<'_, C> {
             let conn = self.client.connection_mut();
             conn.set_atomic_depth(self.prev_depth);
             conn.set_active_depth(self.prev_depth);
+            if scope.0 == 0 {
+                CommitProbe::default().abandon(conn);
+            }
             scope.submit_detached_rollback(conn);
         }
     }
@@ -302,7 +348,7 @@ impl Operation for Commit {
     type Output = ();
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<()> {
         if let Some(r) = self.probe.outcome(conn) {
-            return Step::Ready(r);
+            return Step::Ready(r.map(|_| ()));
         }
         if self.probe.looking_up.is_some() {
             return Step::Pending;
@@ -313,6 +359,8 @@ impl Operation for Commit {
             // (which then answers ROLLBACK) down with it: nothing to learn.
             if conn.transaction_status() != TransactionStatus::Failed {
                 self.probe.submit(conn, now);
+            } else {
+                self.probe.abandon(conn);
             }
             let submitted = conn.submit_control("COMMIT");
             conn.end_batch();
@@ -342,7 +390,8 @@ impl Operation for Commit {
     fn abandon(&mut self, conn: &mut Connection) {
         // A COMMIT that has not started to leave is taken back, and the
         // transaction rolled back: a dropped commit must not commit.
-        for t in [self.probe.ticket, self.commit].into_iter().flatten() {
+        self.probe.abandon(conn);
+        for t in self.commit.into_iter() {
             conn.abandon(t);
         }
         if let Some(t) = self.commit.take() {
@@ -484,13 +533,16 @@ impl<O: Operation> Atomic<O> {
         Step::Ready(r)
     }
 
-    /// The work's output once the commit is known to have happened (or to
-    /// make no difference).
-    fn committed(&mut self) -> Step<O::Output> {
-        let out = match (self.begin_result.take(), self.output.take()) {
-            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
-            (_, Some(Ok(v))) => Ok(v),
-            (_, None) => Err(Error::misuse("internal: a committed transaction without its output")),
+    /// The work's output once the commit is known to have happened (`xid`)
+    /// or to make no difference (`None`: nothing was written). When the
+    /// transaction committed but the connection died before all of the
+    /// work's results arrived, that is said, not hidden behind `Closed`.
+    fn committed(&mut self, xid: Option<i64>) -> Step<O::Output> {
+        let out = match (self.begin_result.take(), self.output.take(), xid) {
+            (Some(Ok(())), Some(Ok(v)), _) => Ok(v),
+            (_, _, Some(xid)) => Err(Error::CommittedWithoutResult(xid)),
+            (Some(Err(e)), _, None) | (_, Some(Err(e)), None) => Err(e),
+            _ => Err(Error::InDoubt(None)),
         };
         self.done(out)
     }
@@ -505,7 +557,7 @@ impl<O: Operation> Operation for Atomic<O> {
         }
         if let Some(r) = self.probe.outcome(conn) {
             return match r {
-                Ok(()) => self.committed(),
+                Ok(xid) => self.committed(Some(xid)),
                 Err(e) => self.done(Err(e)),
             };
         }
@@ -538,7 +590,12 @@ impl<O: Operation> Operation for Atomic<O> {
             self.prev_depth = conn.atomic_depth();
             self.depth = Scope::next(conn).0;
             match conn.submit_control(&Scope(self.depth).begin_sql()) {
-                Ok(t) => self.begin = Some(t),
+                Ok(t) => {
+                    self.begin = Some(t);
+                    if self.depth == 0 {
+                        CommitProbe::begin(conn);
+                    }
+                }
                 Err(e) => {
                     conn.end_batch();
                     return self.done(Err(e));
@@ -551,6 +608,9 @@ impl<O: Operation> Operation for Atomic<O> {
             conn.set_active_depth(self.depth + 1);
             let step = self.op.poll(conn, now);
             conn.set_active_depth(outer);
+            if self.depth == 0 {
+                self.probe.adopt_early(conn);
+            }
             if let Step::Ready(r) = step {
                 self.output = Some(r);
             }
@@ -578,7 +638,7 @@ impl<O: Operation> Operation for Atomic<O> {
         if let (0, Some(commit), Some(Err(_))) = (self.depth, self.commit, &self.commit_result) {
             if CommitProbe::lost(conn, commit) {
                 return match self.probe.judge(conn) {
-                    Lost::NothingWritten => self.committed(),
+                    Lost::NothingWritten => self.committed(None),
                     Lost::LookingUp => Step::Pending,
                     Lost::Failed(e) => self.done(Err(e)),
                 };
@@ -655,7 +715,10 @@ impl<O: Operation> Operation for Atomic<O> {
                 self.commit = None;
             }
         }
-        for t in [self.begin, self.probe.ticket, self.commit].into_iter().flatten() {
+        if self.depth == 0 {
+            self.probe.abandon(conn);
+        }
+        for t in [self.begin, self.commit].into_iter().flatten() {
             conn.abandon(t);
         }
         if let Some((t, _)) = self.rollback.take() {
