@@ -285,6 +285,22 @@ impl TestServer {
         }
     }
 
+    /// Stops the server the harness started (immediate shutdown, as a crash
+    /// or a failover would) and starts it again on the same port: what a
+    /// client sees when its server restarts under it. An error for a
+    /// `DATABASE_URL` server, which the harness does not control.
+    pub fn restart(&mut self) -> io::Result<()> {
+        let port = self.port();
+        let owned = self
+            .owned
+            .as_mut()
+            .ok_or_else(|| io::Error::other("restart needs a server the harness started, not DATABASE_URL's"))?;
+        owned.stop();
+        owned.pg_start(port).map_err(|e| match e {
+            StartError::PortInUse(e) | StartError::Other(e) => e,
+        })
+    }
+
     /// The server shared by everything in this process, started on first
     /// use, so a test binary pays for `initdb` once. Stopped by the watchdog
     /// when the process exits.

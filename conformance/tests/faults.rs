@@ -37,6 +37,7 @@ conformance_tests!(
     peers_that_are_not_postgres_are_named,
     abandonment_at_every_step_leaves_nothing_behind,
     terminated_backend_and_idle_transaction_timeout,
+    server_restart_under_a_client,
 );
 
 fn server() -> &'static TestServer {
@@ -612,4 +613,28 @@ fn terminated_backend_and_idle_transaction_timeout<D: Driver>() {
     assert!(e.is_fatal(), "{e}");
     assert!(c.is_closed());
     assert_usable(&mut connect::<D>());
+}
+
+fn server_restart_under_a_client<D: Driver>() {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.trim().is_empty()) {
+        eprintln!("DATABASE_URL is set: the harness cannot restart that server; skipping");
+        return;
+    }
+    let mut own = TestServer::start().unwrap();
+    let mut c = D::connect(&own.url()).unwrap();
+    // The harness runs with synchronous_commit off; this test's commits must
+    // survive an immediate shutdown.
+    c.batch_execute("SET synchronous_commit = on").unwrap();
+    let t = table(&mut c, "restart", "v int");
+    c.execute(&format!("INSERT INTO {t} VALUES (1)"), &[]).unwrap();
+    own.restart().unwrap();
+    // The old session is gone: a fatal error that says so, not a hang.
+    let e = within(Duration::from_secs(30), "a query across a restart", || {
+        c.query("SELECT 1", &[]).unwrap_err()
+    });
+    assert!(e.is_fatal(), "{e}");
+    assert!(c.is_closed());
+    let mut c = D::connect(&own.url()).unwrap();
+    assert_eq!(count(&mut c, &t), 1, "committed work survives the restart");
+    assert_usable(&mut c);
 }
