@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use duet_conformance::faults::{self, FakeServer, Fault, Proxy};
 use duet_conformance::server::TestServer;
 use duet_conformance::{conformance_tests, Driver, TxStep};
-use duet_core::ops::{atomic, pipeline, query};
+use duet_core::ops::{atomic, pipeline, query, simple_query};
 use duet_core::orm::prelude::*;
 use duet_core::orm::{HookCtx, Hooks};
 use duet_core::{Error, Operation, TransactionStatus};
@@ -38,6 +38,8 @@ conformance_tests!(
     abandonment_at_every_step_leaves_nothing_behind,
     terminated_backend_and_idle_transaction_timeout,
     server_restart_under_a_client,
+    refused_sibling_takes_back_a_transaction,
+    commit_truth_keeps_transaction_semantics,
 );
 
 fn server() -> &'static TestServer {
@@ -637,4 +639,49 @@ fn server_restart_under_a_client<D: Driver>() {
     let mut c = D::connect(&own.url()).unwrap();
     assert_eq!(count(&mut c, &t), 1, "committed work survives the restart");
     assert_usable(&mut c);
+}
+
+fn refused_sibling_takes_back_a_transaction<D: Driver>() {
+    let mut c = connect::<D>();
+    let t = table(&mut c, "refused_sibling", "v int");
+    let ins = format!("INSERT INTO {t} VALUES (1)");
+    let e = c
+        .run(pipeline((
+            atomic(query(ins.as_str(), &[]).affected()),
+            simple_query("SELECT 1", None),
+        )))
+        .unwrap_err();
+    assert!(matches!(e, Error::Misuse(_)), "{e}");
+    assert_usable(&mut c);
+    assert_eq!(
+        count(&mut c, &t),
+        0,
+        "the pipeline failed, yet its transaction committed"
+    );
+}
+
+fn commit_truth_keeps_transaction_semantics<D: Driver>() {
+    let mut c = connect::<D>();
+    let t = table(&mut c, "semantics", "v int");
+    let ins = format!("INSERT INTO {t} VALUES (1)");
+    // SET TRANSACTION must come before any query: the id probe must not be one.
+    c.run(atomic(pipeline((
+        query("SET LOCAL lock_timeout = '5s'", &[]).affected(),
+        query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[]).affected(),
+        query(ins.as_str(), &[]).affected(),
+    ))))
+    .unwrap();
+    let log = c
+        .atomic_script(&[
+            TxStep::Execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ".into()),
+            TxStep::Execute(format!("LOCK TABLE {t} IN SHARE MODE")),
+            TxStep::Execute(ins.clone()),
+        ])
+        .unwrap();
+    assert_eq!(log.len(), 3);
+    assert_eq!(count(&mut c, &t), 2);
+    // With commit_lookup=off no probe is sent at all.
+    let mut off = D::connect(&format!("{}?commit_lookup=off", server().url())).unwrap();
+    off.run(atomic(query(ins.as_str(), &[]).affected())).unwrap();
+    assert_eq!(count(&mut off, &t), 3);
 }

@@ -52,6 +52,12 @@ pub struct Config {
     /// mapping (a container) while another listens on the local socket:
     /// disable this there.
     pub local_socket_dirs: Vec<String>,
+    /// Whether a top-level transaction learns its id on the way
+    /// (`txid_current_if_assigned()`, PostgreSQL 10+) so that a COMMIT whose
+    /// answer is lost with the connection can be looked up
+    /// (`commit_lookup=off` in a connection string turns it off, for a
+    /// server that claims PostgreSQL's version without its functions).
+    pub commit_lookup: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -95,6 +101,7 @@ impl Default for Config {
             cancel_grace: Duration::from_secs(5),
             event_capacity: 1024,
             local_socket_dirs: LOCAL_SOCKET_DIRS.iter().map(|d| d.to_string()).collect(),
+            commit_lookup: true,
         }
     }
 }
@@ -245,6 +252,13 @@ impl Config {
                 })?;
                 // libpq treats 0 as "wait forever".
                 self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "commit_lookup" => {
+                self.commit_lookup = match value {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => return Err(Error::config(format!("commit_lookup {value:?} is not on or off"))),
+                }
             }
             "cancel_grace_ms" => {
                 let ms: u64 = value.parse().map_err(|_| {

@@ -601,12 +601,6 @@ impl Connection {
 
     /// Feeds bytes read from the server, in any split.
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
-        // A socket that stays readable (a flood of notices, rows arriving
-        // faster than they are consumed) must not outlast a limit: time is
-        // judged here too, not only when the driver's wait times out.
-        if self.has_timers() {
-            self.handle_timeout(now);
-        }
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
@@ -652,6 +646,16 @@ impl Connection {
             if let Err(e) = self.handle_message(msg) {
                 return Err(self.fail(e));
             }
+            if let Phase::Closed(e) = &self.phase {
+                return Err(e.clone());
+            }
+        }
+        // A socket that stays readable (a flood of notices, rows arriving
+        // faster than they are consumed) must not outlast a limit: time is
+        // judged here too, not only when the driver's wait times out, and
+        // after the bytes, so an answer that came in them counts.
+        if self.has_timers() {
+            self.handle_timeout(now);
             if let Phase::Closed(e) = &self.phase {
                 return Err(e.clone());
             }
@@ -716,8 +720,10 @@ impl Connection {
     /// Queues Terminate; the driver sends it and closes the socket.
     pub fn close(&mut self) {
         if !matches!(self.phase, Phase::Closed(_)) {
-            frontend::terminate(&mut self.out);
             self.fail(Error::closed("the client closed the connection"));
+            // Only Terminate leaves now: what was queued (a COMMIT its
+            // caller was told failed, say) must never reach the server.
+            frontend::terminate(&mut self.out);
         }
     }
 
@@ -900,11 +906,16 @@ impl Connection {
         if let Some(d) = req.deadline.or(self.default_deadline) {
             self.deadlines.push((ticket, d));
         }
-        let statement = matches!(
-            req.kind,
-            RequestKind::Query(..) | RequestKind::Encoded(..) | RequestKind::Execute(..)
-        );
-        if self.probe_next && statement {
+        // Behind a statement that has taken the transaction's snapshot
+        // already, the probe changes nothing the application can see (after
+        // a `SET TRANSACTION` or a `LOCK`, a query would take the snapshot
+        // too early): it waits for such a statement.
+        let snapshot_taken = match req.kind {
+            RequestKind::Query(sql, _) | RequestKind::Encoded(sql, _) => takes_snapshot(sql),
+            RequestKind::Execute(..) => false,
+            _ => false,
+        };
+        if self.probe_next && snapshot_taken {
             self.probe_next = false;
             let probe = Request {
                 kind: RequestKind::Encoded(XID_PROBE, Encoded::default()),
@@ -1231,7 +1242,8 @@ impl Connection {
         self.never_sent.clear();
         for entry in std::mem::take(&mut self.queue) {
             if let Entry::Stmt(s) = &entry {
-                if s.span.is_none_or(|(start, _)| start >= self.sent) {
+                // A statement not wholly handed to the socket never ran.
+                if s.span.is_none_or(|(start, len)| start + len > self.sent) {
                     self.never_sent.push(s.ticket);
                 }
             }
@@ -1246,14 +1258,28 @@ impl Connection {
                 self.group.push((t, Err(err)));
             }
         }
-        for (t, r) in std::mem::take(&mut self.group) {
+        // Statements after an answered COMMIT in the group ran in a new
+        // implicit transaction whose fate nobody looks up.
+        let keep_until = match self
+            .ending_tx
+            .and_then(|c| self.group.iter().position(|(g, _)| *g == c))
+        {
+            Some(i) => i + 1,
+            None => self.group.len(),
+        };
+        for (i, (t, r)) in std::mem::take(&mut self.group).into_iter().enumerate() {
             let r = match r {
-                Ok(v) if fate_pending => Ok(v),
+                Ok(v) if fate_pending && i < keep_until => Ok(v),
                 Ok(_) => Err(e.clone()),
                 Err(x) => Err(x),
             };
             self.finish(t, r);
         }
+        // Nothing queued may leave after the connection is given up: a
+        // driver that flushes later (a `close`) must not send a COMMIT
+        // whose caller was told it failed.
+        self.out.clear();
+        self.held.clear();
         self.deadlines.clear();
         self.cancel_grace_until = None;
         self.group_failed = false;
@@ -1456,7 +1482,10 @@ impl Connection {
                     .iter()
                     .any(|e| entry_ticket(e).is_some_and(|t| self.timed_out.contains(&t)))
                 {
+                    // Nothing timed out is left: no cancel is owed, and one
+                    // sent now would hit whatever runs next.
                     self.cancel_grace_until = None;
+                    self.cancel_wanted = false;
                 }
                 // A cancel stops one statement: if the next one to run is
                 // past its deadline too, it needs a cancel of its own.
@@ -1804,6 +1833,33 @@ fn tx_status(b: u8) -> Result<TransactionStatus, Error> {
         b'E' => Ok(TransactionStatus::Failed),
         other => Err(Error::protocol(format!("unknown transaction status {other:#x}"))),
     }
+}
+
+/// Whether a statement surely takes a snapshot when it runs: a query or a
+/// data-changing statement, by its first word (comments and parentheses
+/// skipped).
+fn takes_snapshot(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else if let Some(r) = rest.strip_prefix('(') {
+            rest = r.trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        word.as_str(),
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE"
+    )
 }
 
 /// `now + d`, or `None` (no limit) when that is past the end of the clock:

@@ -2105,7 +2105,12 @@ fn pipeline_child_encode_failure_voids_its_group() {
     // statement that cannot parse ends it, and the server rolls the
     // implicit transaction back (the conformance test
     // `refused_statement_mid_pipeline` checks that on a real server).
+    // The pipeline answers at once; the voided group still goes out.
+    let sent = drain(&mut conn);
+    server.receive(&sent);
+    conn.handle_input(&server.take_all_output(), now).unwrap();
     assert_eq!(server.received, "PBDEPBDEPBES", "siblings, then the poison, one Sync");
+    assert!(conn.is_idle());
     assert!(
         matches!(server.executed.last(), Some(Executed::Failed(code)) if code == "42601"),
         "{:?}",
@@ -2463,4 +2468,58 @@ fn nul_in_sql_is_named() {
     let e = conn.submit(Request::simple("SELECT 1\0--"), now).unwrap_err();
     assert!(e.to_string().contains("NUL byte at byte 8"), "{e}");
     assert!(!e.to_string().contains("parameter"), "{e}");
+}
+
+#[test]
+fn an_answer_read_past_its_deadline_is_no_timeout() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let deadline = now + Duration::from_millis(10);
+    let mut op = ops::query(A, &[&1i32]).deadline(Some(deadline)).rows();
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    // The whole answer arrives in a read made after the deadline.
+    let reply = first_run(1).ready_for_query(b'I');
+    conn.handle_input(&reply.build(), deadline + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap()[0].get::<i32>(0), 1);
+    assert!(conn.poll_cancel().is_none(), "no cancel for a finished request");
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn nothing_queued_leaves_after_the_connection_is_given_up() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    // Given up before any byte left (a grace expiry, a protocol error).
+    conn.handle_eof(now);
+    assert!(matches!(ready(&mut op, &mut conn, now), Err(Error::Closed(_))));
+    assert!(conn.poll_transmit().is_empty(), "the COMMIT must not leave later");
+    conn.close();
+    assert_eq!(tags(&drain(&mut conn)), "", "a closed connection sends nothing more");
+    // Closing a live connection sends Terminate alone, not what was queued.
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::query(A, &[&1i32]).rows());
+    pending(&mut op, &mut conn, now);
+    conn.close();
+    assert_eq!(tags(&drain(&mut conn)), "X");
+}
+
+#[test]
+fn the_early_probe_waits_for_a_statement_that_took_the_snapshot() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::atomic(ops::pipeline((
+        ops::query("SET LOCAL lock_timeout = '1s'", &[]).rows(),
+        ops::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[]).rows(),
+        ops::query(A, &[&1i32]).rows(),
+    )));
+    pending(&mut op, &mut conn, now);
+    let sqls = statements(&drain(&mut conn));
+    let probe = "SELECT pg_catalog.txid_current_if_assigned()";
+    let first_probe = sqls.iter().position(|s| s == probe).expect("a probe");
+    let work = sqls.iter().position(|s| s == A).expect("the query");
+    assert_eq!(first_probe, work + 1, "{sqls:?}");
 }

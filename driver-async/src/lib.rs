@@ -73,6 +73,15 @@ impl Socket {
         }
     }
 
+    /// Tells the server this session is over (FIN), so that a transaction
+    /// it still holds ends before its fate is looked up elsewhere.
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Socket::Tcp(s) => s.shutdown().await,
+            Socket::Unix(s) => s.shutdown().await,
+        };
+    }
+
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.try_write(buf),
@@ -241,6 +250,7 @@ impl Client {
             match running.next(Instant::now(), &mut io_error) {
                 ops::Next::Done(out) => return out,
                 ops::Next::LookUpOutcome(xid) => {
+                    running.client.sock.shutdown().await;
                     let config = running.client.conn.config().clone();
                     let answer = look_up_outcome(&config, xid).await;
                     running.client.conn.handle_outcome(answer);

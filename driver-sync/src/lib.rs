@@ -95,6 +95,15 @@ impl Socket {
         }
     }
 
+    /// Tells the server this session is over (FIN), so that a transaction
+    /// it still holds ends before its fate is looked up elsewhere.
+    fn shutdown(&self) {
+        let _ = match self {
+            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Socket::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.read(buf),
@@ -269,6 +278,7 @@ impl Client {
             match running.next(Instant::now(), &mut io_error) {
                 ops::Next::Done(out) => return Some(out),
                 ops::Next::LookUpOutcome(xid) => {
+                    running.client.sock.shutdown();
                     let conn = &mut running.client.conn;
                     conn.handle_outcome(look_up_outcome(conn.config(), xid));
                 }

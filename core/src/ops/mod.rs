@@ -826,6 +826,9 @@ pub trait PipelineOps {
     fn submitted_all(state: &Self::State) -> bool;
     fn finish(state: &mut Self::State) -> Result<Self::Output, Error>;
     fn abandon(state: &mut Self::State, conn: &mut Connection);
+    /// A child was refused: the unfinished ones are given up (a sibling
+    /// transaction's unsent COMMIT taken back) and marked skipped.
+    fn give_up(state: &mut Self::State, conn: &mut Connection);
 }
 
 /// One child of a pipeline: the operation and, once finished, its result.
@@ -858,6 +861,12 @@ impl<O: Operation> Slot<O> {
     fn abandon(&mut self, conn: &mut Connection) {
         if self.result.is_none() {
             self.op.abandon(conn);
+        }
+    }
+    fn give_up(&mut self, conn: &mut Connection) {
+        if self.result.is_none() {
+            self.op.abandon(conn);
+            self.result = Some(Err(Error::Skipped));
         }
     }
     fn take(&mut self) -> Result<O::Output, Error> {
@@ -896,10 +905,14 @@ impl<P: PipelineOps> Operation for Pipeline<P> {
     type Output = P::Output;
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<P::Output> {
         conn.begin_batch();
-        let (all, refused) = P::poll_all(&mut self.state, conn, now);
+        let (mut all, refused) = P::poll_all(&mut self.state, conn, now);
         if refused {
-            // All or nothing: what the siblings queued must not run.
+            // All or nothing: what the siblings queued this round must not
+            // take effect (the poison voids the group on the server), and
+            // those still running are given up.
             conn.poison_batch();
+            P::give_up(&mut self.state, conn);
+            all = true;
         }
         conn.end_batch();
         if all {
@@ -944,6 +957,9 @@ macro_rules! tuple_pipeline {
             }
             fn abandon(s: &mut Self::State, conn: &mut Connection) {
                 $( s.$idx.abandon(conn); )+
+            }
+            fn give_up(s: &mut Self::State, conn: &mut Connection) {
+                $( s.$idx.give_up(conn); )+
             }
         }
     };
@@ -990,6 +1006,11 @@ impl<O: Operation> PipelineOps for Vec<O> {
     fn abandon(s: &mut Self::State, conn: &mut Connection) {
         for x in s.iter_mut() {
             x.abandon(conn);
+        }
+    }
+    fn give_up(s: &mut Self::State, conn: &mut Connection) {
+        for x in s.iter_mut() {
+            x.give_up(conn);
         }
     }
 }

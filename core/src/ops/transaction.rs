@@ -61,11 +61,14 @@ impl Scope {
 
 // ---- commit truth ----
 
-/// Whether the server has the functions commit truth needs (10+).
+/// Whether commit truth is on (`commit_lookup`, on by default) and the
+/// server has the functions it needs (10+).
 fn probe_supported(conn: &Connection) -> bool {
-    conn.parameter("server_version")
-        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
-        .is_some_and(|major| major >= 10)
+    conn.config().commit_lookup
+        && conn
+            .parameter("server_version")
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok())
+            .is_some_and(|major| major >= 10)
 }
 
 /// What a top-level transaction learns before its COMMIT leaves, so that a
@@ -95,8 +98,12 @@ enum Lost {
 
 impl CommitProbe {
     /// A top-level transaction begins: its first statement takes the
-    /// early probe along.
+    /// early probe along. A probe an earlier transaction left unadopted is
+    /// not this one's.
     fn begin(conn: &mut Connection) {
+        if let Some(stale) = conn.take_early_probe() {
+            conn.abandon(stale);
+        }
         conn.probe_next_statement(probe_supported(conn));
     }
 
@@ -155,10 +162,21 @@ impl CommitProbe {
         }
     }
 
-    /// True when `commit` failed because the connection was lost after some
-    /// of it had left: the server may or may not have committed.
-    fn lost(conn: &Connection, commit: Ticket) -> bool {
-        conn.closed_reason().is_some() && !conn.never_sent(commit)
+    /// True when `commit` failed because the connection was lost after all
+    /// of it had left and before the server's answer came: the server may
+    /// or may not have committed. (An answer from the server, an error,
+    /// is the truth; a COMMIT not wholly sent never ran.)
+    fn lost(conn: &Connection, commit: Ticket, err: &Error) -> bool {
+        conn.closed_reason().is_some() && !conn.never_sent(commit) && !matches!(err, Error::Db(_))
+    }
+
+    /// The server's own errors for the probes, if any: the real cause when
+    /// a probe failed and took COMMIT down with it.
+    fn error(&self) -> Option<&Error> {
+        [&self.early_answer, &self.answer]
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.as_ref().err().filter(|e| matches!(e, Error::Db(_))))
     }
 
     /// The connection was lost after COMMIT left: find out what happened.
@@ -354,16 +372,15 @@ impl Operation for Commit {
             return Step::Pending;
         }
         let Some(commit) = self.commit else {
-            conn.begin_batch();
-            // In a failed transaction the probe would fail and take COMMIT
-            // (which then answers ROLLBACK) down with it: nothing to learn.
+            // The probe goes in a sync group of its own, in the same flight:
+            // should it fail, COMMIT still ends the transaction (answering
+            // ROLLBACK). In a failed transaction there is nothing to learn.
             if conn.transaction_status() != TransactionStatus::Failed {
                 self.probe.submit(conn, now);
             } else {
                 self.probe.abandon(conn);
             }
             let submitted = conn.submit_control("COMMIT");
-            conn.end_batch();
             return match submitted {
                 Ok(t) => {
                     conn.ends_transaction(t);
@@ -378,8 +395,8 @@ impl Operation for Commit {
             return Step::Pending;
         };
         match r {
-            Ok(resp) => Step::Ready(commit_answer(resp)),
-            Err(_) if CommitProbe::lost(conn, commit) => match self.probe.judge(conn) {
+            Ok(resp) => Step::Ready(commit_answer(resp).map_err(|e| self.probe.error().cloned().unwrap_or(e))),
+            Err(e) if CommitProbe::lost(conn, commit, &e) => match self.probe.judge(conn) {
                 Lost::NothingWritten => Step::Ready(Ok(())),
                 Lost::LookingUp => Step::Pending,
                 Lost::Failed(e) => Step::Ready(Err(e)),
@@ -533,6 +550,14 @@ impl<O: Operation> Atomic<O> {
         Step::Ready(r)
     }
 
+    /// Ends with `r`, the transaction over: no probe of it stays armed.
+    fn end(&mut self, conn: &mut Connection, r: Result<O::Output, Error>) -> Step<O::Output> {
+        if self.depth == 0 && self.started {
+            self.probe.abandon(conn);
+        }
+        self.done(r)
+    }
+
     /// The work's output once the commit is known to have happened (`xid`)
     /// or to make no difference (`None`: nothing was written). When the
     /// transaction committed but the connection died before all of the
@@ -558,7 +583,7 @@ impl<O: Operation> Operation for Atomic<O> {
         if let Some(r) = self.probe.outcome(conn) {
             return match r {
                 Ok(xid) => self.committed(Some(xid)),
-                Err(e) => self.done(Err(e)),
+                Err(e) => self.end(conn, Err(e)),
             };
         }
         if self.probe.looking_up.is_some() {
@@ -569,12 +594,12 @@ impl<O: Operation> Operation for Atomic<O> {
                 None => Step::Pending,
                 Some(Ok(_)) => {
                     let e = err.clone();
-                    self.done(Err(e))
+                    self.end(conn, Err(e))
                 }
                 // A failed rollback leaves the session in doubt: report both.
                 Some(Err(re)) => {
                     let e = Error::closed(format!("{err}; then the rollback failed too: {re}"));
-                    self.done(Err(e))
+                    self.end(conn, Err(e))
                 }
             };
         }
@@ -598,7 +623,7 @@ impl<O: Operation> Operation for Atomic<O> {
                 }
                 Err(e) => {
                     conn.end_batch();
-                    return self.done(Err(e));
+                    return self.end(conn, Err(e));
                 }
             }
             conn.set_atomic_depth(self.depth + 1);
@@ -635,12 +660,12 @@ impl<O: Operation> Operation for Atomic<O> {
             }
         }
         // The connection was lost after COMMIT left: find out, not guess.
-        if let (0, Some(commit), Some(Err(_))) = (self.depth, self.commit, &self.commit_result) {
-            if CommitProbe::lost(conn, commit) {
+        if let (0, Some(commit), Some(Err(e))) = (self.depth, self.commit, &self.commit_result) {
+            if CommitProbe::lost(conn, commit, e) {
                 return match self.probe.judge(conn) {
                     Lost::NothingWritten => self.committed(None),
                     Lost::LookingUp => Step::Pending,
-                    Lost::Failed(e) => self.done(Err(e)),
+                    Lost::Failed(e) => self.end(conn, Err(e)),
                 };
             }
         }
@@ -656,6 +681,7 @@ impl<O: Operation> Operation for Atomic<O> {
         let errors = [
             begin.as_ref().err(),
             output.as_ref().err(),
+            self.probe.error(),
             self.commit_result.as_ref().and_then(|r| r.as_ref().err()),
         ];
         let error = errors
@@ -667,7 +693,7 @@ impl<O: Operation> Operation for Atomic<O> {
         match error {
             None => {
                 let out = self.output.take().expect("output present");
-                self.done(out)
+                self.end(conn, out)
             }
             Some(e) => {
                 if self.commit.is_none() {
@@ -679,7 +705,7 @@ impl<O: Operation> Operation for Atomic<O> {
                 // Only a closed socket makes the rollback pointless: a client-side
                 // error of a fatal-looking kind still leaves a live transaction.
                 if committed_or_gone || conn.closed_reason().is_some() {
-                    return self.done(Err(e));
+                    return self.end(conn, Err(e));
                 }
                 let sql = self.rollback_sql();
                 match conn.submit(Request::simple(&sql), now) {
@@ -690,7 +716,7 @@ impl<O: Operation> Operation for Atomic<O> {
                         self.rollback = Some((t, e));
                         Step::Pending
                     }
-                    Err(re) => self.done(Err(re)),
+                    Err(re) => self.end(conn, Err(re)),
                 }
             }
         }
