@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{lazy, BoxOp, HasConnection, Operation, Query, Single, Step};
+use super::{BoxOp, HasConnection, Operation, Query, Single, Step};
 use crate::connection::{Request, Response, Ticket, TransactionStatus, TxOutcome, XID_PROBE};
 use crate::error::sqlstate;
 use crate::params;
@@ -330,7 +330,11 @@ impl<'c, C: HasConnection> TxGuard<'c, C> {
         } else {
             scope.rollback_sql()
         };
-        Box::new(lazy(move || Ok(simple_query_owned(sql))))
+        Box::new(EndScope {
+            scope,
+            sql: Some(sql),
+            op: None,
+        })
     }
 }
 
@@ -406,15 +410,44 @@ impl Operation for Commit {
     }
     fn abandon(&mut self, conn: &mut Connection) {
         // A COMMIT that has not started to leave is taken back, and the
-        // transaction rolled back: a dropped commit must not commit.
+        // transaction rolled back: a dropped commit must not commit. One
+        // never submitted rolls back too: nobody else will end it.
         self.probe.abandon(conn);
         for t in self.commit.into_iter() {
             conn.abandon(t);
         }
-        if let Some(t) = self.commit.take() {
-            if conn.retract(t) {
-                Scope(0).submit_detached_rollback(conn);
-            }
+        match self.commit.take() {
+            Some(t) if !conn.retract(t) => {}
+            _ => Scope(0).submit_detached_rollback(conn),
+        }
+    }
+}
+
+/// The end of an interactive scope other than a top-level COMMIT: a
+/// RELEASE, or a rollback. Dropped before it was sent, it still ends its
+/// scope (a rollback, detached), since the guard has handed the scope over.
+struct EndScope {
+    scope: Scope,
+    sql: Option<String>,
+    op: Option<Single<'static, ()>>,
+}
+
+impl Operation for EndScope {
+    type Output = ();
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<()> {
+        if let Some(sql) = self.sql.take() {
+            self.op = Some(simple_query_owned(sql));
+        }
+        match &mut self.op {
+            Some(op) => op.poll(conn, now),
+            None => Step::Ready(Err(Error::misuse("operation polled after it completed"))),
+        }
+    }
+    fn abandon(&mut self, conn: &mut Connection) {
+        match &mut self.op {
+            Some(op) => op.abandon(conn),
+            None if self.sql.take().is_some() => self.scope.submit_detached_rollback(conn),
+            None => {}
         }
     }
 }
