@@ -278,6 +278,18 @@ impl Driver for Tokio {
     }
 }
 
+/// A connection to the shared test server with driver `D`.
+pub fn connect<D: Driver>() -> D {
+    D::connect(&server::TestServer::shared().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME))
+}
+
+/// The connection answers a query and holds no transaction open.
+pub fn assert_usable<D: Driver>(c: &mut D) {
+    let row = c.query_one("SELECT 1 + $1", &[&1i32]).expect("connection usable");
+    assert_eq!(row.get::<i32>(0), 2);
+    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
+}
+
 /// Instantiates each named generic test for both drivers, as
 /// `name::sync` and `name::tokio`.
 #[macro_export]

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use duet_conformance::faults::{self, FakeServer, Fault, Proxy};
 use duet_conformance::server::TestServer;
-use duet_conformance::{conformance_tests, Driver, TxStep};
+use duet_conformance::{assert_usable, conformance_tests, connect, Driver, TxStep};
 use duet_core::ops::{atomic, pipeline, query, simple_query};
 use duet_core::orm::prelude::*;
 use duet_core::orm::{HookCtx, Hooks};
-use duet_core::{Error, Operation, TransactionStatus};
+use duet_core::{Error, Operation};
 
 conformance_tests!(
     abandoned_transaction_with_an_unsent_commit_never_commits,
@@ -44,16 +44,6 @@ conformance_tests!(
 
 fn server() -> &'static TestServer {
     TestServer::shared()
-}
-
-fn connect<D: Driver>() -> D {
-    D::connect(&server().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME))
-}
-
-fn assert_usable<D: Driver>(c: &mut D) {
-    let row = c.query_one("SELECT 1 + $1", &[&1i32]).expect("connection usable");
-    assert_eq!(row.get::<i32>(0), 2);
-    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
 }
 
 /// A table of its own for each test and driver (tests run in parallel).

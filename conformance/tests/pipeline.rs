@@ -8,22 +8,12 @@
 //! (the two drivers' instantiations run at the same time), dropped at the end.
 
 use duet_conformance::server::TestServer;
-use duet_conformance::{conformance_tests, Driver};
+use duet_conformance::{assert_usable, conformance_tests, connect, Driver};
 use duet_core::ops::{atomic, execute, lazy, pipeline, prepare, query, ready, simple_query, then_result, Ready};
 use duet_core::{Error, Event, Operation, Param, TransactionStatus, Type};
 
 fn server() -> &'static TestServer {
     TestServer::shared()
-}
-
-fn connect<D: Driver>() -> D {
-    D::connect(&server().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME))
-}
-
-fn assert_usable<D: Driver>(c: &mut D) {
-    let row = c.query_one("SELECT 1 + $1", &[&1i32]).expect("connection usable");
-    assert_eq!(row.get::<i32>(0), 2);
-    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
 }
 
 /// A table of one test and one driver, dropped (from a connection of its

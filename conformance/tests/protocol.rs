@@ -4,22 +4,12 @@
 use std::time::{Duration, Instant};
 
 use duet_conformance::server::{AuthRole, TestServer};
-use duet_conformance::{conformance_tests, Driver, TxStep};
+use duet_conformance::{assert_usable, conformance_tests, connect, Driver, TxStep};
 use duet_core::ops::{atomic, pipeline, query, simple_query, then, Ready};
 use duet_core::{Error, Event, Operation, Param, SimpleMessage, TransactionStatus};
 
 fn server() -> &'static TestServer {
     TestServer::shared()
-}
-
-fn connect<D: Driver>() -> D {
-    D::connect(&server().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME))
-}
-
-fn assert_usable<D: Driver>(c: &mut D) {
-    let row = c.query_one("SELECT 1 + $1", &[&1i32]).expect("connection usable");
-    assert_eq!(row.get::<i32>(0), 2);
-    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
 }
 
 conformance_tests!(

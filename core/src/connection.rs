@@ -259,6 +259,25 @@ struct StmtState {
     span: Option<(u64, u64)>,
 }
 
+impl StmtState {
+    /// A statement whose `Parse` (if any) creates no cache entry and whose
+    /// columns are known (or not described).
+    fn plain(ticket: Ticket, parse_sent: bool, columns: Option<Arc<[Column]>>, span: Option<(u64, u64)>) -> Self {
+        StmtState {
+            ticket,
+            parses: None,
+            parse_sent,
+            learns: None,
+            parsed: false,
+            bound: false,
+            columns,
+            rows: Vec::new(),
+            copy_out: false,
+            span,
+        }
+    }
+}
+
 struct PrepareState {
     ticket: Ticket,
     name: String,
@@ -977,18 +996,9 @@ impl Connection {
                 params::write_bind("", stmt.name(), &enc, buf)?;
                 frontend::execute("", 0, buf).map_err(io_to_encode)?;
                 let span = self.span_of(start, buf.len());
-                self.queue.push_back(Entry::Stmt(Box::new(StmtState {
-                    ticket,
-                    parses: None,
-                    parse_sent: false,
-                    learns: None,
-                    parsed: false,
-                    bound: false,
-                    columns: Some(stmt.0.columns.clone()),
-                    rows: Vec::new(),
-                    copy_out: false,
-                    span,
-                })));
+                let columns = Some(stmt.0.columns.clone());
+                self.queue
+                    .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, false, columns, span))));
             }
             RequestKind::Prepare(sql, types) => {
                 self.next_statement += 1;
@@ -1091,18 +1101,9 @@ impl Connection {
             return Err(e);
         }
         let span = self.span_of(start, buf.len());
-        self.queue.push_back(Entry::Stmt(Box::new(StmtState {
-            ticket,
-            parses: None,
-            parse_sent: true,
-            learns: None,
-            parsed: false,
-            bound: false,
-            columns: Some(Arc::from(Vec::new())),
-            rows: Vec::new(),
-            copy_out: false,
-            span,
-        })));
+        let columns = Some(Arc::from(Vec::new()));
+        self.queue
+            .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, true, columns, span))));
         self.end_request(&mut buf);
         *self.send_buf() = buf;
         self.next_ticket += 1;
