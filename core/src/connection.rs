@@ -929,12 +929,11 @@ impl Connection {
         // already, the probe changes nothing the application can see (after
         // a `SET TRANSACTION` or a `LOCK`, a query would take the snapshot
         // too early): it waits for such a statement.
-        let snapshot_taken = match req.kind {
+        let snapshot_taken = || match req.kind {
             RequestKind::Query(sql, _) | RequestKind::Encoded(sql, _) => takes_snapshot(sql),
-            RequestKind::Execute(..) => false,
             _ => false,
         };
-        if self.probe_next && snapshot_taken {
+        if self.probe_next && snapshot_taken() {
             self.probe_next = false;
             let probe = Request {
                 kind: RequestKind::Encoded(XID_PROBE, Encoded::default()),
@@ -1852,15 +1851,11 @@ fn takes_snapshot(sql: &str) -> bool {
             break;
         }
     }
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(
-        word.as_str(),
-        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE"
-    )
+    let len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let word = &rest[..len];
+    ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// `now + d`, or `None` (no limit) when that is past the end of the clock:
