@@ -1853,9 +1853,11 @@ fn takes_snapshot(sql: &str) -> bool {
     }
     let len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
     let word = &rest[..len];
-    ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE"]
-        .iter()
-        .any(|w| word.eq_ignore_ascii_case(w))
+    [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// `now + d`, or `None` (no limit) when that is past the end of the clock:

@@ -216,9 +216,14 @@ impl Row {
             )));
         }
         let value = self.value(i);
-        if let (Some(bytes), postgres_types::Kind::Array(_)) = (value, col.type_.kind()) {
-            check_array(bytes)
-                .map_err(|why| Error::decode(format!("column {} ({:?}) is a malformed array: {why}", i, col.name)))?;
+        // An array value starts with a small dimension count (three zero
+        // bytes): only then is the column's kind worth looking up.
+        if let Some(bytes) = value.filter(|b| b.len() >= 12 && b[..3] == [0, 0, 0]) {
+            if let postgres_types::Kind::Array(_) = col.type_.kind() {
+                check_array(bytes).map_err(|why| {
+                    Error::decode(format!("column {} ({:?}) is a malformed array: {why}", i, col.name))
+                })?;
+            }
         }
         let decoded = match value {
             Some(bytes) => T::from_sql(&col.type_, bytes),
