@@ -762,7 +762,7 @@ pub fn config_strings(data: &[u8]) {
             return;
         }
     };
-    let _ = (config.unix_socket_path("/tmp"), config.for_cancel());
+    let _ = (config.unix_socket_path("/tmp"), config.for_side_connection());
     let _ = config.local_route(|_| true);
     let _ = Connection::new(&config, Instant::now());
     let Some(pw) = config.password.clone() else { return };

@@ -82,6 +82,10 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// How long a driver's `close` tries to hand its last bytes (Terminate) to
+/// a server that does not read them, before it gives up.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
 /// Where Debian, Red Hat and source builds of PostgreSQL put the socket.
 const LOCAL_SOCKET_DIRS: [&str; 3] = ["/run/postgresql", "/var/run/postgresql", "/tmp"];
 
@@ -179,10 +183,10 @@ impl Config {
         })
     }
 
-    /// The settings a side connection uses (a cancel, the lookup of a lost
-    /// commit): the same server, and a connect time limit even when the
-    /// session has none (a side connection must not hang).
-    pub fn for_cancel(&self) -> Config {
+    /// The settings a side connection uses (the lookup of a lost commit):
+    /// the same server, and a connect time limit even when the session has
+    /// none (a side connection must not hang).
+    pub fn for_side_connection(&self) -> Config {
         let mut c = self.clone();
         c.connect_timeout = Some(self.side_limit());
         c

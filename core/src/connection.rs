@@ -172,6 +172,10 @@ enum RequestKind<'a> {
     Prepare(&'a str, &'a [Type]),
     /// A statement whose parameters [`crate::ops::Query`] already encoded.
     Encoded(&'a str, Encoded),
+    /// Transaction control (`BEGIN`, `COMMIT`, …) as an unnamed statement:
+    /// nothing else depends on its `Parse`, so an unsent one can be taken
+    /// back whole ([`Connection::retract`]).
+    Control(&'a str),
 }
 
 impl<'a> Request<'a> {
@@ -989,6 +993,16 @@ impl Connection {
                 self.encode_query(sql, &enc, ticket, buf)?;
             }
             RequestKind::Encoded(sql, ref enc) => self.encode_query(sql, enc, ticket, buf)?,
+            RequestKind::Control(sql) => {
+                let start = buf.len();
+                frontend::parse("", sql, std::iter::empty(), buf).map_err(|e| sql_error(sql, e))?;
+                params::write_bind("", "", &Encoded::default(), buf)?;
+                frontend::execute("", 0, buf).map_err(io_to_encode)?;
+                let span = self.span_of(start, buf.len());
+                let columns = Some(Arc::from(Vec::new()));
+                self.queue
+                    .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, true, columns, span))));
+            }
             RequestKind::Execute(stmt, params) => {
                 let enc = params::encode_typed(params, stmt.params())?;
                 let start = buf.len();
@@ -1080,36 +1094,12 @@ impl Connection {
             .then(|| (self.sent + start as u64, (end - start) as u64))
     }
 
-    /// Encodes a transaction-control statement (`BEGIN`, `COMMIT`, …) as an
-    /// unnamed statement: nothing else depends on its `Parse`, so an unsent
-    /// one can be taken back whole ([`Connection::retract`]).
+    /// Submits a transaction-control statement (see `RequestKind::Control`).
     pub(crate) fn submit_control(&mut self, sql: &str) -> Result<Ticket, Error> {
-        if let Phase::Closed(e) = &self.phase {
-            return Err(e.clone());
-        }
-        let ticket = Ticket(self.next_ticket);
-        let mut buf = std::mem::take(self.send_buf());
-        let start = buf.len();
-        let r = frontend::parse("", sql, std::iter::empty(), &mut buf)
-            .map_err(|e| sql_error(sql, e))
-            .and_then(|()| params::write_bind("", "", &Encoded::default(), &mut buf))
-            .and_then(|()| frontend::execute("", 0, &mut buf).map_err(io_to_encode));
-        if let Err(e) = r {
-            buf.truncate(start);
-            *self.send_buf() = buf;
-            return Err(e);
-        }
-        let span = self.span_of(start, buf.len());
-        let columns = Some(Arc::from(Vec::new()));
-        self.queue
-            .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, true, columns, span))));
-        self.end_request(&mut buf);
-        *self.send_buf() = buf;
-        self.next_ticket += 1;
-        if let Some(d) = self.default_deadline {
-            self.deadlines.push((ticket, d));
-        }
-        Ok(ticket)
+        self.submit_request(&Request {
+            kind: RequestKind::Control(sql),
+            deadline: None,
+        })
     }
 
     /// Takes back a statement none of whose bytes has left yet: its
@@ -1870,7 +1860,8 @@ pub fn deadline_after(now: Instant, d: std::time::Duration) -> Option<Instant> {
 /// instead of reported as a message of an absurd length.
 fn not_postgres(input: &[u8]) -> Option<Error> {
     let first = *input.first()?;
-    if input.starts_with(b"HTTP/") || (input.len() < 5 && b"HTTP/".starts_with(input)) {
+    // Judged once five bytes are in: before that, "HT" may still be HTTP.
+    if b"HTTP/".starts_with(&input[..input.len().min(5)]) {
         return (input.len() >= 5)
             .then(|| Error::protocol("the server answered like an HTTP server, not PostgreSQL: is the port right?"));
     }

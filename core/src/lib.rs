@@ -33,7 +33,7 @@ pub mod orm;
 pub mod params;
 mod row;
 
-pub use config::{Config, Host};
+pub use config::{Config, Host, CLOSE_LIMIT};
 pub use connection::{
     deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, Statement, Ticket,
     TransactionStatus, TxOutcome,

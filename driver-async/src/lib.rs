@@ -119,10 +119,6 @@ impl Socket {
     }
 }
 
-/// How long [`Client::close`] tries to hand its last bytes to a server
-/// that does not read them.
-pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
-
 /// An asynchronous connection to PostgreSQL.
 pub struct Client {
     conn: Connection,
@@ -175,7 +171,7 @@ fn look_up_outcome(
     xid: i64,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<TxOutcome, Error>> + Send + '_>> {
     Box::pin(async move {
-        let config = config.for_cancel();
+        let config = config.for_side_connection();
         let mut client = Client::connect_config(&config).await?;
         client.run_with_timeout(ops::tx_outcome(xid), config.side_limit()).await
     })

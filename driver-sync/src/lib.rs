@@ -144,10 +144,6 @@ impl Socket {
     }
 }
 
-/// How long [`Client::close`] tries to hand its last bytes to a server
-/// that does not read them.
-pub const CLOSE_LIMIT: Duration = Duration::from_secs(1);
-
 /// A blocking connection to PostgreSQL.
 pub struct Client {
     conn: Connection,
@@ -200,7 +196,7 @@ fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Resu
 /// What became of a transaction whose COMMIT was lost with its
 /// connection, asked on a new connection within the side limit.
 fn look_up_outcome(config: &Config, xid: i64) -> Result<TxOutcome, Error> {
-    let config = config.for_cancel();
+    let config = config.for_side_connection();
     let mut client = Client::connect_config(&config)?;
     client.run_with_timeout(ops::tx_outcome(xid), config.side_limit())
 }
