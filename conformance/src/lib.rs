@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod server;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

