@@ -123,7 +123,8 @@ fn anchors_built() -> bool {
 /// Creates the `duet_bench` database if needed and loads the schema.
 fn load(server_url: &str) -> Result<Target, BenchError> {
     let cfg = duet_core::Config::parse(server_url)?;
-    let host = match &cfg.host {
+    let endpoint = cfg.endpoints()?.remove(0);
+    let host = match &endpoint.host {
         duet_core::Host::Tcp(h) => h.clone(),
         duet_core::Host::Unix(d) => d.clone(),
     };
@@ -136,7 +137,7 @@ fn load(server_url: &str) -> Result<Target, BenchError> {
     }
     let target = Target {
         host,
-        port: cfg.port,
+        port: endpoint.port,
         user: cfg.user.clone(),
         password: cfg.password.clone(),
         dbname: "duet_bench".into(),

@@ -599,6 +599,7 @@ impl FakeServer {
                         };
                         let _ = stream.set_nodelay(true);
                         let conn = FakeConn {
+                            negotiate_down: false,
                             stream,
                             shared: shared.clone(),
                         };
@@ -686,13 +687,12 @@ impl Drop for FakeServer {
 /// The first message of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Opening {
-    /// StartupMessage (protocol 3.0) with its parameters.
+    /// StartupMessage (protocol 3.x) with its parameters.
     Startup(Vec<(String, String)>),
     Cancel {
         process_id: i32,
         secret_key: i32,
     },
-    Ssl,
     /// Any other request code (GSSENCRequest, another protocol version).
     Other(i32),
 }
@@ -713,52 +713,69 @@ fn invalid(msg: String) -> io::Error {
 pub struct FakeConn {
     pub stream: TcpStream,
     shared: Arc<FakeShared>,
+    /// The client asked for a protocol newer than 3.0: the greeting starts
+    /// with NegotiateProtocolVersion, as PostgreSQL before 18 answers.
+    negotiate_down: bool,
 }
 
 impl FakeConn {
-    /// Reads the first message: startup, cancel (code 80877102; also counted
-    /// in [`FakeServer::cancels`]) or SSLRequest.
+    /// Reads the first message: startup (of any 3.x protocol) or cancel
+    /// (code 80877102; also counted in [`FakeServer::cancels`]). An
+    /// SSLRequest is refused with `N` first, as a server without TLS does.
     pub fn read_opening(&mut self) -> io::Result<Opening> {
-        let len = self.read_i32()?;
-        if !(8..=10_000).contains(&len) {
-            return Err(invalid(format!("opening message length {len}")));
-        }
-        let code = self.read_i32()?;
-        let mut body = vec![0u8; len as usize - 8];
-        self.stream.read_exact(&mut body)?;
-        Ok(match code {
-            PROTOCOL_3_0 => Opening::Startup(parse_startup_params(&body)?),
-            CANCEL_REQUEST_CODE if body.len() == 8 => {
-                self.shared.cancels.fetch_add(1, Ordering::SeqCst);
-                Opening::Cancel {
-                    process_id: i32::from_be_bytes(body[0..4].try_into().unwrap()),
-                    secret_key: i32::from_be_bytes(body[4..8].try_into().unwrap()),
-                }
-            }
-            CANCEL_REQUEST_CODE => return Err(invalid(format!("CancelRequest of {len} bytes"))),
-            SSL_REQUEST_CODE => Opening::Ssl,
-            other => Opening::Other(other),
-        })
-    }
-
-    /// [`read_opening`](Self::read_opening) expecting a Startup (an
-    /// SSLRequest is refused with `N` first, as a server without TLS does),
-    /// then [`greet`](Self::greet).
-    pub fn handshake(&mut self) -> io::Result<()> {
         loop {
-            match self.read_opening()? {
-                Opening::Startup(_) => return self.greet(),
-                Opening::Ssl => self.send(b"N")?,
-                other => return Err(invalid(format!("expected a startup message, got {other:?}"))),
+            let len = self.read_i32()?;
+            if !(8..=10_000).contains(&len) {
+                return Err(invalid(format!("opening message length {len}")));
             }
+            let code = self.read_i32()?;
+            let mut body = vec![0u8; len as usize - 8];
+            self.stream.read_exact(&mut body)?;
+            return Ok(match code {
+                code if code >> 16 == 3 => {
+                    self.negotiate_down = code != PROTOCOL_3_0;
+                    Opening::Startup(parse_startup_params(&body)?)
+                }
+                CANCEL_REQUEST_CODE if body.len() >= 8 => {
+                    self.shared.cancels.fetch_add(1, Ordering::SeqCst);
+                    Opening::Cancel {
+                        process_id: i32::from_be_bytes(body[0..4].try_into().unwrap()),
+                        secret_key: i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                    }
+                }
+                CANCEL_REQUEST_CODE => return Err(invalid(format!("CancelRequest of {len} bytes"))),
+                SSL_REQUEST_CODE => {
+                    self.send(b"N")?;
+                    continue;
+                }
+                other => Opening::Other(other),
+            });
         }
     }
 
-    /// What a trusting server answers a startup with: AuthenticationOk,
+    /// [`read_opening`](Self::read_opening) expecting a Startup, then
+    /// [`greet`](Self::greet).
+    pub fn handshake(&mut self) -> io::Result<()> {
+        match self.read_opening()? {
+            Opening::Startup(_) => self.greet(),
+            other => Err(invalid(format!("expected a startup message, got {other:?}"))),
+        }
+    }
+
+    /// What a trusting server answers a startup with: NegotiateProtocolVersion
+    /// 3.0 when a newer one was asked for, AuthenticationOk,
     /// BackendKeyData (pid 4242, key 7), ParameterStatus server_version=15.0
     /// and client_encoding=UTF8, ReadyForQuery 'I'.
     pub fn greet(&mut self) -> io::Result<()> {
-        let mut out = backend::auth_ok();
+        let mut out = Vec::new();
+        if self.negotiate_down {
+            // NegotiateProtocolVersion: newest supported 3.0, no options refused.
+            out.push(b'v');
+            out.extend_from_slice(&12i32.to_be_bytes());
+            out.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
+            out.extend_from_slice(&0i32.to_be_bytes());
+        }
+        out.extend(backend::auth_ok());
         out.extend(backend::backend_key_data(4242, 7));
         out.extend(backend::parameter_status("server_version", "15.0"));
         out.extend(backend::parameter_status("client_encoding", "UTF8"));
@@ -1141,7 +1158,10 @@ mod tests {
             format!("host=db user=u host=127.0.0.1 port={port} local_socket=disable")
         );
         let c = duet_core::Config::parse(&kv).unwrap();
-        assert_eq!((c.host, c.port), (duet_core::Host::Tcp("127.0.0.1".into()), port));
+        assert_eq!(
+            (c.host, c.port),
+            (vec![duet_core::Host::Tcp("127.0.0.1".into())], vec![port])
+        );
     }
 
     #[test]

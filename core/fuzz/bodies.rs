@@ -220,7 +220,7 @@ fn fuzz_config(b: u8) -> Config {
     let timeout = if b & 8 != 0 { 10 } else { 0 };
     let s = format!(
         "user=fuzz password=fuzz-password dbname=db application_name=fz statement_cache_capacity={cache} \
-         max_message_size={max} connect_timeout={timeout}"
+         max_message_size={max} connect_timeout={timeout} sslmode=disable"
     );
     Config::parse(&s).expect("the fuzz config parses")
 }
@@ -762,9 +762,14 @@ pub fn config_strings(data: &[u8]) {
             return;
         }
     };
-    let _ = (config.unix_socket_path("/tmp"), config.for_side_connection());
-    let _ = config.local_route(|_| true);
-    let _ = Connection::new(&config, Instant::now());
+    let _ = (config.validate(), config.for_side_connection());
+    for e in config.endpoints().expect("a parsed config has endpoints") {
+        let _ = (e.to_string(), config.for_endpoint(&e));
+    }
+    // Files named in the text are not the fuzzer's to read.
+    if config.ssl_root_cert.is_none() && config.ssl_cert.is_none() && config.ssl_key.is_none() {
+        let _ = Connection::new(&config, Instant::now());
+    }
     let Some(pw) = config.password.clone() else { return };
     if !check_redaction() || pw.chars().count() < 6 {
         return;

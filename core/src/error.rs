@@ -124,6 +124,16 @@ pub enum Error {
         target: Arc<str>,
         source: Arc<std::io::Error>,
     },
+    /// TLS could not be set up or failed: the handshake, the server's
+    /// certificate (named as `sslmode` judges it), or the records. Fatal.
+    Tls(Arc<str>),
+    /// The session was opened but is not one the configuration accepts
+    /// (`target_session_attrs`, or a server that refused TLS or channel
+    /// binding that was required); the text says why. Fatal: it is closed.
+    Rejected(Arc<str>),
+    /// No server of the list gave an acceptable session: each one tried,
+    /// and why it failed, in the order tried. Fatal.
+    Unreachable(Arc<[(Arc<str>, Error)]>),
     /// A parameter could not be encoded; nothing was sent.
     Encode(Arc<str>),
     /// A column could not be decoded into the requested Rust type.
@@ -203,6 +213,9 @@ impl Error {
             | Error::Auth(_)
             | Error::Io(_)
             | Error::Connect { .. }
+            | Error::Tls(_)
+            | Error::Rejected(_)
+            | Error::Unreachable(_)
             | Error::InDoubt(_)
             | Error::CommittedWithoutResult(_) => true,
             // FATAL/PANIC from the server end the session (e.g. 57P01, 28P01).
@@ -226,6 +239,22 @@ impl fmt::Display for Error {
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Connect { target, source } => write!(f, "cannot connect to {target}: {source}"),
+            Error::Tls(m) => write!(f, "TLS: {m}"),
+            Error::Rejected(m) => write!(f, "server not accepted: {m}"),
+            Error::Unreachable(tried) => {
+                write!(f, "no server could be used ({} tried): ", tried.len())?;
+                for (i, (target, e)) in tried.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    match e {
+                        // Already names its target.
+                        Error::Connect { .. } => write!(f, "{e}")?,
+                        e => write!(f, "{target}: {e}")?,
+                    }
+                }
+                Ok(())
+            }
             Error::Encode(m) => write!(f, "cannot encode parameter: {m}"),
             Error::Decode(m) => write!(f, "cannot decode column: {m}"),
             Error::Config(m) => write!(f, "invalid configuration: {m}"),

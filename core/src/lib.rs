@@ -14,9 +14,9 @@
 //! fn open(now: Instant) -> Connection {
 //!     Connection::new(&Config::parse("postgres://app@localhost/db").unwrap(), now)
 //! }
-//! # let conn = open(Instant::now());
-//! // The StartupMessage is ready for the driver to write.
-//! assert!(!conn.poll_transmit().is_empty());
+//! # let mut conn = open(Instant::now());
+//! // sslmode=prefer (libpq's default): an SSLRequest is ready to write.
+//! assert_eq!(conn.poll_transmit(), [0, 0, 0, 8, 4, 210, 22, 47]);
 //! assert!(conn.wants_input());
 //! ```
 
@@ -25,18 +25,24 @@ extern crate self as duet_core;
 
 mod cache;
 mod client_api;
-mod config;
+pub mod config;
+mod connect;
 mod connection;
 mod error;
 pub mod ops;
 pub mod orm;
 pub mod params;
 mod row;
+mod tls;
 
-pub use config::{Config, Host, CLOSE_LIMIT};
+pub use config::{
+    ChannelBindingMode, Config, Endpoint, Host, LoadBalanceHosts, ProtocolVersion, SslMode, SslNegotiation,
+    TargetSessionAttrs, CLOSE_LIMIT,
+};
+pub use connect::{Attempt, Connector};
 pub use connection::{
-    deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, Statement, Ticket,
-    TransactionStatus, TxOutcome,
+    deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, SecretKey, Statement,
+    Ticket, TransactionStatus, TxOutcome,
 };
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};

@@ -275,7 +275,7 @@ fn startup_message_and_trust_startup() {
         conn.cancel_token(),
         Some(CancelRequest {
             process_id: 77,
-            secret_key: -5
+            secret_key: (-5).into()
         })
     );
     assert_eq!(conn.parameter("server_version"), Some("16.4"));
@@ -283,7 +283,7 @@ fn startup_message_and_trust_startup() {
     // Startup parameters are state, not events.
     assert_eq!(conn.poll_event(), None);
     assert_eq!(conn.transaction_status(), TransactionStatus::Idle);
-    assert!(matches!(ops::Startup.poll(&mut conn, now), Step::Ready(Ok(()))));
+    assert!(matches!(ops::startup().poll(&mut conn, now), Step::Ready(Ok(()))));
 }
 
 #[test]
@@ -338,7 +338,7 @@ fn missing_password_is_an_auth_error() {
         Backend::new().auth_md5([1, 2, 3, 4]),
         Backend::new().auth_sasl(&["SCRAM-SHA-256"]),
     ] {
-        let mut conn = Connection::new(&Config::parse("postgres://u@h/db").unwrap(), now);
+        let mut conn = Connection::new(&Config::parse("postgres://u@h/db?sslmode=disable").unwrap(), now);
         drain(&mut conn);
         let err = conn.handle_input(&request.build(), now).unwrap_err();
         assert!(matches!(err, Error::Auth(_)), "{err:?}");
@@ -348,7 +348,7 @@ fn missing_password_is_an_auth_error() {
         assert!(conn.poll_transmit().is_empty(), "no password message was sent");
         assert!(!conn.wants_input());
         assert!(matches!(
-            ops::Startup.poll(&mut conn, now),
+            ops::startup().poll(&mut conn, now),
             Step::Ready(Err(Error::Auth(_)))
         ));
     }
@@ -1492,7 +1492,7 @@ fn deadline_asks_for_cancel_once_then_57014_is_a_timeout() {
         cancel,
         CancelRequest {
             process_id: 4242,
-            secret_key: 0x5EC2E7
+            secret_key: 0x5EC2E7.into()
         }
     );
     let mut expected = Vec::new();
@@ -1741,7 +1741,7 @@ fn server_eof_fails_requests_in_flight() {
     let mut conn = Connection::new(&config(), now);
     conn.handle_eof(now);
     assert!(matches!(
-        ops::Startup.poll(&mut conn, now),
+        ops::startup().poll(&mut conn, now),
         Step::Ready(Err(Error::Closed(_)))
     ));
 }

@@ -44,17 +44,16 @@ enum Socket {
 }
 
 impl Socket {
-    async fn connect(config: &Config) -> io::Result<Socket> {
+    /// Opens a socket to `endpoint`: its Unix socket, or TCP to `hostaddr`
+    /// or each address its name resolves to, in turn, all within
+    /// `connect_timeout`.
+    async fn connect(endpoint: &Endpoint, config: &Config) -> io::Result<Socket> {
         let connect = async {
-            match &config.host {
-                Host::Unix(dir) => {
-                    let path = config.unix_socket_path(dir);
-                    Ok(Socket::Unix(UnixStream::connect(path).await?))
-                }
-                Host::Tcp(host) => {
-                    let s = TcpStream::connect((host.as_str(), config.port)).await?;
-                    s.set_nodelay(true)?;
-                    Ok(Socket::Tcp(s))
+            match (&endpoint.host, endpoint.hostaddr) {
+                (Host::Unix(dir), _) => Ok(Socket::Unix(UnixStream::connect(endpoint.unix_socket_path(dir)).await?)),
+                (Host::Tcp(_), Some(ip)) => Socket::tcp(TcpStream::connect((ip, endpoint.port)).await?, config),
+                (Host::Tcp(host), None) => {
+                    Socket::tcp(TcpStream::connect((host.as_str(), endpoint.port)).await?, config)
                 }
             }
         };
@@ -64,6 +63,29 @@ impl Socket {
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect_timeout passed"))?,
             None => connect.await,
         }
+    }
+
+    /// No Nagle delay (requests are whole when written), and the keepalives
+    /// and user timeout the configuration asks for.
+    fn tcp(s: TcpStream, config: &Config) -> io::Result<Socket> {
+        let sock = socket2::SockRef::from(&s);
+        sock.set_tcp_nodelay(true)?;
+        if config.keepalives {
+            let mut k = socket2::TcpKeepalive::new();
+            if let Some(t) = config.keepalives_idle {
+                k = k.with_time(t);
+            }
+            if let Some(t) = config.keepalives_interval {
+                k = k.with_interval(t);
+            }
+            if let Some(n) = config.keepalives_count {
+                k = k.with_retries(n);
+            }
+            sock.set_tcp_keepalive(&k)?;
+        }
+        #[cfg(target_os = "linux")]
+        sock.set_tcp_user_timeout(config.tcp_user_timeout)?;
+        Ok(Socket::Tcp(s))
     }
 
     async fn ready(&self, interest: TokioInterest) -> io::Result<tokio::io::Ready> {
@@ -146,7 +168,11 @@ impl CancelToken {
 async fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
     let bytes = request.encode();
     let exchange = async {
-        match Socket::connect(config).await.map_err(|e| config.connect_error(e))? {
+        let endpoint = &config.endpoints()?[0];
+        match Socket::connect(endpoint, config)
+            .await
+            .map_err(|e| endpoint.connect_error(e))?
+        {
             Socket::Tcp(mut s) => {
                 s.write_all(&bytes).await?;
                 let _ = s.read(&mut [0u8; 1]).await;
@@ -184,31 +210,39 @@ impl ops::HasConnection for Client {
 }
 
 impl Client {
-    /// Connects with a `postgres://` URL or a libpq `key=value` string.
+    /// Connects with a `postgres://` URL or a libpq `key=value` string,
+    /// read as libpq reads it: over the `PG*` environment, with the password
+    /// file and the operating system's user (see [`Config::from_env`]).
     pub async fn connect(params: &str) -> Result<Client, Error> {
-        Client::connect_config(&Config::parse(params)?).await
+        Client::connect_config(&Config::from_env(params)?).await
     }
 
-    /// Connects over the local Unix socket when there is one (see
-    /// [`Config::local_route`]), else as configured.
+    /// Connects to the first server of the configuration that gives an
+    /// acceptable session (the core's [`Connector`] decides which to try,
+    /// how TLS starts, and whether the session will do).
     pub async fn connect_config(config: &Config) -> Result<Client, Error> {
-        if let Some(local) = config.local_route(|path| std::path::Path::new(path).exists()) {
-            if let Ok(client) = Client::connect_route(&local).await {
-                return Ok(client);
+        let mut plan = Connector::new(config)?;
+        while let Some(attempt) = plan.next_attempt() {
+            let endpoint = attempt.endpoint();
+            let sock = match Socket::connect(endpoint, config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = endpoint.connect_error(e);
+                    plan.failed(attempt, e);
+                    continue;
+                }
+            };
+            let mut client = Client {
+                conn: plan.start(&attempt, Instant::now()),
+                sock,
+                buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            };
+            match client.run(ops::startup()).await {
+                Ok(()) => return Ok(client),
+                Err(e) => plan.session_failed(attempt, &client.conn, e),
             }
         }
-        Client::connect_route(config).await
-    }
-
-    async fn connect_route(config: &Config) -> Result<Client, Error> {
-        let sock = Socket::connect(config).await.map_err(|e| config.connect_error(e))?;
-        let mut client = Client {
-            conn: Connection::new(config, Instant::now()),
-            sock,
-            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
-        };
-        client.run(ops::Startup).await?;
-        Ok(client)
+        Err(plan.into_error())
     }
 
     /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back

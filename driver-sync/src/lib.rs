@@ -14,7 +14,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -41,30 +41,33 @@ enum Socket {
 }
 
 impl Socket {
-    fn connect(config: &Config) -> io::Result<Socket> {
-        match &config.host {
-            Host::Unix(dir) => {
-                let path = config.unix_socket_path(dir);
-                Ok(Socket::Unix(UnixStream::connect(path)?))
-            }
-            Host::Tcp(host) => {
-                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
-                for addr in (host.as_str(), config.port).to_socket_addrs()? {
-                    let attempt = match config.connect_timeout {
-                        Some(t) => TcpStream::connect_timeout(&addr, t),
-                        None => TcpStream::connect(addr),
-                    };
-                    match attempt {
-                        Ok(s) => {
-                            s.set_nodelay(true)?;
-                            return Ok(Socket::Tcp(s));
-                        }
-                        Err(e) => last = e,
-                    }
+    /// Opens a socket to `endpoint`: its Unix socket, or TCP to `hostaddr`
+    /// or each address its name resolves to, in turn, each within
+    /// `connect_timeout`.
+    fn connect(endpoint: &Endpoint, config: &Config) -> io::Result<Socket> {
+        let host = match &endpoint.host {
+            Host::Unix(dir) => return Ok(Socket::Unix(UnixStream::connect(endpoint.unix_socket_path(dir))?)),
+            Host::Tcp(host) => host,
+        };
+        let addrs: Vec<SocketAddr> = match endpoint.hostaddr {
+            Some(ip) => vec![SocketAddr::new(ip, endpoint.port)],
+            None => (host.as_str(), endpoint.port).to_socket_addrs()?.collect(),
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
+        for addr in addrs {
+            let attempt = match config.connect_timeout {
+                Some(t) => TcpStream::connect_timeout(&addr, t),
+                None => TcpStream::connect(addr),
+            };
+            match attempt {
+                Ok(s) => {
+                    tcp_options(&s, config)?;
+                    return Ok(Socket::Tcp(s));
                 }
-                Err(last)
+                Err(e) => last = e,
             }
         }
+        Err(last)
     }
 
     fn fd(&self) -> RawFd {
@@ -144,6 +147,29 @@ impl Socket {
     }
 }
 
+/// No Nagle delay (requests are whole when written), and the keepalives
+/// and user timeout the configuration asks for.
+fn tcp_options(s: &TcpStream, config: &Config) -> io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    sock.set_tcp_nodelay(true)?;
+    if config.keepalives {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = config.keepalives_idle {
+            k = k.with_time(t);
+        }
+        if let Some(t) = config.keepalives_interval {
+            k = k.with_interval(t);
+        }
+        if let Some(n) = config.keepalives_count {
+            k = k.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&k)?;
+    }
+    #[cfg(target_os = "linux")]
+    sock.set_tcp_user_timeout(config.tcp_user_timeout)?;
+    Ok(())
+}
+
 /// A blocking connection to PostgreSQL.
 pub struct Client {
     conn: Connection,
@@ -173,7 +199,8 @@ fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Resu
         connect_timeout: Some(limit),
         ..config.clone()
     };
-    let mut s = Socket::connect(&config).map_err(|e| config.connect_error(e))?;
+    let endpoint = &config.endpoints()?[0];
+    let mut s = Socket::connect(endpoint, &config).map_err(|e| endpoint.connect_error(e))?;
     let bytes = request.encode();
     let limit = Some(limit);
     match &mut s {
@@ -208,31 +235,39 @@ impl ops::HasConnection for Client {
 }
 
 impl Client {
-    /// Connects with a `postgres://` URL or a libpq `key=value` string.
+    /// Connects with a `postgres://` URL or a libpq `key=value` string,
+    /// read as libpq reads it: over the `PG*` environment, with the password
+    /// file and the operating system's user (see [`Config::from_env`]).
     pub fn connect(params: &str) -> Result<Client, Error> {
-        Client::connect_config(&Config::parse(params)?)
+        Client::connect_config(&Config::from_env(params)?)
     }
 
-    /// Connects over the local Unix socket when there is one (see
-    /// [`Config::local_route`]), else as configured.
+    /// Connects to the first server of the configuration that gives an
+    /// acceptable session (the core's [`Connector`] decides which to try,
+    /// how TLS starts, and whether the session will do).
     pub fn connect_config(config: &Config) -> Result<Client, Error> {
-        if let Some(local) = config.local_route(|path| std::path::Path::new(path).exists()) {
-            if let Ok(client) = Client::connect_route(&local) {
-                return Ok(client);
+        let mut plan = Connector::new(config)?;
+        while let Some(attempt) = plan.next_attempt() {
+            let endpoint = attempt.endpoint();
+            let sock = match Socket::connect(endpoint, config) {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = endpoint.connect_error(e);
+                    plan.failed(attempt, e);
+                    continue;
+                }
+            };
+            let mut client = Client {
+                conn: plan.start(&attempt, Instant::now()),
+                sock,
+                buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            };
+            match client.run(ops::startup()) {
+                Ok(()) => return Ok(client),
+                Err(e) => plan.session_failed(attempt, &client.conn, e),
             }
         }
-        Client::connect_route(config)
-    }
-
-    fn connect_route(config: &Config) -> Result<Client, Error> {
-        let sock = Socket::connect(config).map_err(|e| config.connect_error(e))?;
-        let mut client = Client {
-            conn: Connection::new(config, Instant::now()),
-            sock,
-            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
-        };
-        client.run(ops::Startup)?;
-        Ok(client)
+        Err(plan.into_error())
     }
 
     /// Runs `f` in a transaction: committed if it returns `Ok`, rolled back

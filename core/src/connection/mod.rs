@@ -13,21 +13,25 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::ScramSha256;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use postgres_types::Type;
 
 use crate::cache::StatementCache;
+use crate::config::{ProtocolVersion, SslMode, SslNegotiation, TargetSessionAttrs};
+use crate::connect::{SessionPlan, TlsPlan};
 use crate::params::{Encoded, Param};
 use crate::row::{Column, Row, SimpleMessage};
 use crate::{Config, DbError, Error};
+use wire::Wire;
 
 mod outcome;
 mod request;
 mod response;
 mod startup;
+mod wire;
 
 pub use outcome::TxOutcome;
 pub(crate) use outcome::XID_PROBE;
@@ -73,7 +77,48 @@ pub enum Event {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CancelRequest {
     pub process_id: i32,
-    pub secret_key: i32,
+    pub secret_key: SecretKey,
+}
+
+/// The key that proves a cancel comes from the session's owner: 4 bytes
+/// with protocol 3.0, up to 256 with 3.2 (PostgreSQL 18 sends 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretKey {
+    len: u16,
+    bytes: [u8; 256],
+}
+
+impl SecretKey {
+    /// A key of 4 to 256 bytes.
+    pub fn new(key: &[u8]) -> Option<SecretKey> {
+        if !(4..=256).contains(&key.len()) {
+            return None;
+        }
+        let mut bytes = [0; 256];
+        bytes[..key.len()].copy_from_slice(key);
+        Some(SecretKey {
+            len: key.len() as u16,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Protocol 3.0's four-byte key.
+impl From<i32> for SecretKey {
+    fn from(k: i32) -> SecretKey {
+        SecretKey::new(&k.to_be_bytes()).expect("four bytes")
+    }
+}
+
+/// Never shows the key: whoever has it can cancel this session's queries.
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted {} bytes>", self.len)
+    }
 }
 
 /// Never shows `secret_key`: whoever has it can cancel this session's queries.
@@ -87,11 +132,15 @@ impl std::fmt::Debug for CancelRequest {
 }
 
 impl CancelRequest {
-    /// The 16 bytes of the CancelRequest message.
+    /// The CancelRequest message: length, code 80877102, process id, key.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = BytesMut::new();
-        frontend::cancel_request(self.process_id, self.secret_key, &mut b);
-        b.to_vec()
+        let key = self.secret_key.as_bytes();
+        let mut b = Vec::with_capacity(12 + key.len());
+        b.extend_from_slice(&(12 + key.len() as i32).to_be_bytes());
+        b.extend_from_slice(&80877102i32.to_be_bytes());
+        b.extend_from_slice(&self.process_id.to_be_bytes());
+        b.extend_from_slice(key);
+        b
     }
 }
 
@@ -366,26 +415,101 @@ pub struct Connection {
     /// known as early as its first write.
     probe_next: bool,
     early_probe: Option<Ticket>,
+    /// Plaintext, the SSLRequest exchange, or TLS.
+    wire: Wire,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// The host name TLS verifies and sends as SNI.
+    server_name: String,
+    /// What the session must be (judged by `ops::Startup` once ready).
+    session_attrs: TargetSessionAttrs,
+    /// Why the password file was not used, for an authentication error.
+    passfile_note: Option<String>,
+    /// The protocol version in use: the one asked for, or the server's
+    /// answer in NegotiateProtocolVersion.
+    protocol: ProtocolVersion,
+    /// SCRAM-SHA-256-PLUS bound this session to its TLS channel.
+    channel_bound: bool,
 }
 
 impl Connection {
-    /// Starts a session: queues the StartupMessage.
+    /// Starts a session with the configuration's first endpoint, TLS as
+    /// its `sslmode` asks (a driver choosing among several hosts uses
+    /// [`crate::Connector`], which calls [`Connection::start`]).
     pub fn new(config: &Config, now: Instant) -> Connection {
+        let endpoint = config.endpoints().ok().and_then(|e| e.into_iter().next());
+        let (tls, server_name) = match endpoint.as_ref().map(|e| &e.host) {
+            Some(crate::Host::Tcp(h)) => (
+                match (config.ssl_mode(), config.ssl_negotiation) {
+                    (SslMode::Disable | SslMode::Allow, _) => TlsPlan::Off,
+                    (_, SslNegotiation::Direct) => TlsPlan::Direct,
+                    (_, SslNegotiation::Postgres) => TlsPlan::Negotiate,
+                },
+                h.clone(),
+            ),
+            _ => (TlsPlan::Off, String::new()),
+        };
+        let (tls_config, error) = match tls {
+            TlsPlan::Off => (None, None),
+            _ => match crate::tls::client_config(config) {
+                Ok(c) => (c, None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        let plan = SessionPlan {
+            tls,
+            tls_config,
+            server_name,
+            attrs: config.target_session_attrs,
+            passfile_note: None,
+        };
+        let mut conn = Connection::start(config, plan, now);
+        if let Some(e) = error {
+            conn.fail(e);
+        }
+        conn
+    }
+
+    /// Starts a session as `plan` says: queues the StartupMessage (behind
+    /// an SSLRequest, or a TLS handshake, when TLS is wanted).
+    pub(crate) fn start(config: &Config, plan: SessionPlan, now: Instant) -> Connection {
         let mut out = BytesMut::new();
         let mut params: Vec<(&str, &str)> = vec![("user", &config.user), ("client_encoding", "UTF8")];
         if let Some(db) = &config.dbname {
             params.push(("database", db));
         }
-        if let Some(a) = &config.application_name {
+        if let Some(a) = config
+            .application_name
+            .as_ref()
+            .or(config.fallback_application_name.as_ref())
+        {
             params.push(("application_name", a));
         }
         if let Some(o) = &config.options {
             params.push(("options", o));
         }
-        // Only fails for interior NUL bytes; the server would reject those too.
-        let phase = match frontend::startup_message(params.iter().copied(), &mut out) {
+        let protocol = config.max_protocol_version;
+        let mut phase = match startup::startup_message(protocol, &params, &mut out) {
             Ok(()) => Phase::Auth,
-            Err(e) => Phase::Closed(Error::config(format!("startup parameters: {e}"))),
+            Err(e) => Phase::Closed(e),
+        };
+        let wire = match plan.tls {
+            TlsPlan::Off => Wire::Plain,
+            TlsPlan::Negotiate => Wire::AwaitingSsl { sent: 0 },
+            TlsPlan::Direct => match plan
+                .tls_config
+                .clone()
+                .map(|c| crate::tls::Tls::start(c, &plan.server_name, config.ssl_mode(), true))
+            {
+                Some(Ok(tls)) => Wire::Tls(Box::new(tls)),
+                Some(Err(e)) => {
+                    phase = Phase::Closed(e);
+                    Wire::Plain
+                }
+                None => {
+                    phase = Phase::Closed(Error::config("sslnegotiation=direct without TLS settings"));
+                    Wire::Plain
+                }
+            },
         };
         Connection {
             cache: StatementCache::new(config.statement_cache_capacity),
@@ -426,6 +550,13 @@ impl Connection {
             outcome: None,
             probe_next: false,
             early_probe: None,
+            wire,
+            tls_config: plan.tls_config,
+            server_name: plan.server_name,
+            session_attrs: plan.attrs,
+            passfile_note: plan.passfile_note,
+            protocol,
+            channel_bound: false,
         }
     }
 
@@ -493,18 +624,6 @@ impl Connection {
 
     // ---- outputs ----
 
-    /// Bytes to send; empty when there is nothing to send.
-    pub fn poll_transmit(&self) -> &[u8] {
-        &self.out
-    }
-
-    /// Marks `n` bytes of [`Connection::poll_transmit`] as sent.
-    pub fn advance_transmit(&mut self, n: usize) {
-        let n = n.min(self.out.len());
-        self.out.advance(n);
-        self.sent += n as u64;
-    }
-
     /// The earliest instant at which [`Connection::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.cancel_grace_until;
@@ -548,7 +667,7 @@ impl Connection {
     pub fn interest(&self, wrote: bool) -> Result<Option<Interest>, Error> {
         let i = Interest {
             read: self.wants_input(),
-            write: !self.out.is_empty(),
+            write: self.has_output(),
         };
         if i.read || i.write {
             return Ok(Some(i));
@@ -619,7 +738,9 @@ impl Connection {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
-        self.input.extend_from_slice(bytes);
+        if let Err(e) = self.take_in(bytes) {
+            return Err(self.fail(e));
+        }
         if !self.is_ready() {
             if let Some(e) = not_postgres(&self.input) {
                 return Err(self.fail(e));
@@ -639,6 +760,18 @@ impl Connection {
                         len as usize + 1,
                         self.config.max_message_size
                     ))));
+                }
+                // Startup frames postgres-protocol cannot parse (3.2's long
+                // cancel keys, NegotiateProtocolVersion).
+                if !matches!(self.phase, Phase::Ready)
+                    && matches!(self.input[0], b'K' | b'v')
+                    && self.input.len() > len as usize
+                {
+                    let frame = self.input.split_to(len as usize + 1);
+                    if let Err(e) = self.handle_startup_frame(frame[0], &frame[5..]) {
+                        return Err(self.fail(e));
+                    }
+                    continue;
                 }
                 // Rows are most of the traffic: a statement's DataRows become
                 // Rows over their own bytes, without the general parser.
@@ -681,7 +814,14 @@ impl Connection {
     /// The server closed the socket.
     pub fn handle_eof(&mut self, _now: Instant) {
         if !matches!(self.phase, Phase::Closed(_)) {
-            self.fail(Error::closed("the server closed the connection"));
+            let e = match &self.wire {
+                Wire::Tls(t) if t.is_handshaking() => Error::Tls(t.closed_during_handshake().into()),
+                Wire::AwaitingSsl { .. } => {
+                    Error::closed("the server closed the connection instead of answering the SSLRequest")
+                }
+                _ => Error::closed("the server closed the connection"),
+            };
+            self.fail(e);
         }
     }
 
@@ -791,8 +931,11 @@ impl Connection {
         }
         // Nothing queued may leave after the connection is given up: a
         // driver that flushes later (a `close`) must not send a COMMIT
-        // whose caller was told it failed.
+        // whose caller was told it failed — nor the rest of its records.
         self.out.clear();
+        if let Wire::Tls(t) = &mut self.wire {
+            t.discard_output();
+        }
         self.held.clear();
         self.deadlines.clear();
         self.cancel_grace_until = None;

@@ -386,7 +386,7 @@ impl Connection {
         };
         let Entry::Stmt(s) = &self.queue[i] else { return false };
         let Some((start, len)) = s.span else { return false };
-        if start < self.sent || s.parses.is_some() {
+        if start < self.committed_to_wire() || s.parses.is_some() {
             return false;
         }
         let (at, len_us) = ((start - self.sent) as usize, len as usize);

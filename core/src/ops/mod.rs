@@ -26,7 +26,7 @@ pub use pipeline::{pipeline, Pipeline, PipelineOps, Slot};
 pub use query::{query, Convert, Query};
 pub use ready::{ready, Ready};
 pub use single::{execute, prepare, simple_query, Single};
-pub use startup::Startup;
+pub use startup::{startup, Startup};
 pub use then::{then, then_result, Then};
 pub use transaction::*;
 

@@ -310,7 +310,10 @@ pub fn drain(conn: &mut Connection) -> Vec<u8> {
 pub fn split_startup(bytes: &[u8]) -> (Vec<(String, String)>, &[u8]) {
     let len = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
     let version = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    assert_eq!(version, 196608, "protocol 3.0");
+    assert!(
+        matches!(version, 196608 | 196610),
+        "protocol 3.0 or 3.2, not {version:#x}"
+    );
     let mut r = Reader::new(&bytes[8..len]);
     let mut params = Vec::new();
     loop {
@@ -797,7 +800,7 @@ fn tx_control(sql: &str, tx: &mut Tx) -> Option<Result<String, (&'static str, &'
 
 /// The configuration most tests use: user `u`, password `pw`, database `db`.
 pub fn config() -> Config {
-    Config::parse("postgres://u:pw@h/db").expect("valid URL")
+    Config::parse("postgres://u:pw@h/db?sslmode=disable").expect("valid URL")
 }
 
 /// A connection that has completed the usual scripted startup.
@@ -817,7 +820,7 @@ pub fn ready_connection(config: &Config, now: Instant) -> Connection {
 pub fn fake_session(config: &Config, now: Instant) -> (Connection, FakeServer) {
     let mut conn = Connection::new(config, now);
     let mut server = FakeServer::new();
-    run(&mut duet_core::ops::Startup, &mut conn, &mut server, now).expect("scripted startup succeeds");
+    run(&mut duet_core::ops::startup(), &mut conn, &mut server, now).expect("scripted startup succeeds");
     (conn, server)
 }
 
