@@ -40,6 +40,8 @@ pub trait Driver: Sized {
     fn transaction_status(&self) -> TransactionStatus;
     fn is_closed(&self) -> bool;
     fn cached_statements(&self) -> usize;
+    /// The protocol machine, for what a session is (TLS, protocol version).
+    fn connection(&self) -> &duet_core::Connection;
     fn close(self) -> Result<(), Error>;
     /// Runs `script` inside the driver's interactive `atomic(|tx| …)`;
     /// returns the log of what ran (see [`TxStep`]).
@@ -163,6 +165,9 @@ impl Driver for Sync {
     fn cached_statements(&self) -> usize {
         self.0.connection().cached_statements()
     }
+    fn connection(&self) -> &duet_core::Connection {
+        self.0.connection()
+    }
     fn close(self) -> Result<(), Error> {
         self.0.close()
     }
@@ -252,6 +257,9 @@ impl Driver for Tokio {
     }
     fn cached_statements(&self) -> usize {
         self.client.connection().cached_statements()
+    }
+    fn connection(&self) -> &duet_core::Connection {
+        self.client.connection()
     }
     fn close(self) -> Result<(), Error> {
         let Tokio { client, rt } = self;

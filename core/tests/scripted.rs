@@ -286,6 +286,188 @@ fn startup_message_and_trust_startup() {
     assert!(matches!(ops::startup().poll(&mut conn, now), Step::Ready(Ok(()))));
 }
 
+/// SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+fn conn_with(words: &str, now: Instant) -> Connection {
+    Connection::new(&Config::parse(&format!("postgres://u:pw@h/db?{words}")).unwrap(), now)
+}
+
+#[test]
+fn sslrequest_declined_under_prefer_continues_in_plaintext() {
+    let now = t0();
+    let mut conn = conn_with("sslmode=prefer", now);
+    assert_eq!(
+        drain(&mut conn),
+        SSL_REQUEST,
+        "nothing but the SSLRequest before the answer"
+    );
+    assert!(
+        conn.poll_transmit().is_empty(),
+        "the StartupMessage waits for the answer"
+    );
+    conn.handle_input(b"N", now).unwrap();
+    let sent = drain(&mut conn);
+    let (params, rest) = split_startup(&sent);
+    assert!(rest.is_empty() && params[0] == ("user".into(), "u".into()));
+    conn.handle_input(&Backend::new().startup(1, 2).build(), now).unwrap();
+    assert!(conn.is_ready() && !conn.is_tls());
+}
+
+#[test]
+fn sslrequest_declined_under_require_is_refused() {
+    let now = t0();
+    let mut conn = conn_with("sslmode=require", now);
+    drain(&mut conn);
+    let e = conn.handle_input(b"N", now).unwrap_err();
+    assert!(
+        matches!(e, Error::Rejected(_)) && e.to_string().contains("sslmode=require"),
+        "{e:?}"
+    );
+    assert!(
+        conn.poll_transmit().is_empty(),
+        "the StartupMessage never goes out in plaintext"
+    );
+}
+
+#[test]
+fn bytes_after_the_servers_tls_answer_are_refused() {
+    let now = t0();
+    // CVE-2021-23222: plaintext injected right after 'S' must not be read as
+    // if it came through TLS.
+    let mut conn = conn_with("sslmode=require", now);
+    drain(&mut conn);
+    let injected = [b"S".as_slice(), &Backend::new().auth_ok().build()].concat();
+    let e = conn.handle_input(&injected, now).unwrap_err();
+    assert!(
+        e.to_string().contains("unencrypted bytes right after agreeing to TLS"),
+        "{e}"
+    );
+    // The same after 'N'.
+    let mut conn = conn_with("sslmode=prefer", now);
+    drain(&mut conn);
+    let e = conn.handle_input(b"NR", now).unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+}
+
+#[test]
+fn tls_accepted_starts_a_handshake_before_the_startup_message() {
+    let now = t0();
+    let mut conn = conn_with("sslmode=require", now);
+    drain(&mut conn);
+    conn.handle_input(b"S", now).unwrap();
+    let hello = drain(&mut conn);
+    // A TLS record of type handshake (22), version 3.x: a ClientHello, not
+    // the StartupMessage in the clear.
+    assert_eq!((hello[0], hello[1]), (22, 3), "{hello:?}");
+    assert!(
+        !hello.windows(2).any(|w| w == b"u\0"),
+        "no startup parameter in the clear"
+    );
+    assert!(conn.is_tls());
+    // A server that answers a ClientHello with plaintext is refused.
+    let e = conn.handle_input(&Backend::new().auth_ok().build(), now).unwrap_err();
+    assert!(matches!(e, Error::Tls(_)), "{e:?}");
+}
+
+#[test]
+fn a_server_error_instead_of_the_tls_answer_is_reported() {
+    let now = t0();
+    let mut conn = conn_with("sslmode=prefer", now);
+    drain(&mut conn);
+    let e = conn
+        .handle_input(
+            &Backend::new()
+                .error("FATAL", "53300", "sorry, too many clients already")
+                .build(),
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some("53300"), "{e}");
+}
+
+#[test]
+fn unix_sockets_never_ask_for_tls() {
+    let now = t0();
+    let mut conn = Connection::new(&Config::parse("host=/tmp user=u sslmode=require").unwrap(), now);
+    let sent = drain(&mut conn);
+    let (params, _) = split_startup(&sent);
+    assert_eq!(params[0], ("user".into(), "u".into()));
+}
+
+#[test]
+fn protocol_32_is_asked_for_and_negotiated_down() {
+    let now = t0();
+    let mut conn = Connection::new(&config(), now);
+    let sent = drain(&mut conn);
+    assert_eq!(&sent[4..8], &196610i32.to_be_bytes(), "3.2 asked for by default");
+    // PostgreSQL before 18: NegotiateProtocolVersion 3.0, no options refused.
+    let mut v = 196608i32.to_be_bytes().to_vec();
+    v.extend_from_slice(&0i32.to_be_bytes());
+    conn.handle_input(&Backend::new().raw(b'v', &v).build(), now).unwrap();
+    conn.handle_input(&Backend::new().startup(7, 9).build(), now).unwrap();
+    assert!(conn.is_ready());
+    assert_eq!(conn.protocol_version(), duet_core::ProtocolVersion::V3_0);
+    // A floor above what the server speaks is refused.
+    let mut conn = conn_with("sslmode=disable&min_protocol_version=3.2", now);
+    drain(&mut conn);
+    let e = conn
+        .handle_input(&Backend::new().raw(b'v', &v).build(), now)
+        .unwrap_err();
+    assert!(e.to_string().contains("min_protocol_version 3.2"), "{e}");
+    // max_protocol_version=3.0 asks for 3.0.
+    let mut conn = conn_with("sslmode=disable&max_protocol_version=3.0", now);
+    assert_eq!(&drain(&mut conn)[4..8], &196608i32.to_be_bytes());
+}
+
+#[test]
+fn protocol_32_cancel_keys_are_long() {
+    let now = t0();
+    let mut conn = Connection::new(&config(), now);
+    drain(&mut conn);
+    let key: Vec<u8> = (0..32).collect();
+    let mut body = 4242i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&key);
+    let startup = Backend::new().auth_ok().raw(b'K', &body).ready_for_query(b'I').build();
+    conn.handle_input(&startup, now).unwrap();
+    let cancel = conn.cancel_token().unwrap();
+    assert_eq!(cancel.secret_key.as_bytes(), key.as_slice());
+    let encoded = cancel.encode();
+    assert_eq!(&encoded[..4], &(12 + 32i32).to_be_bytes());
+    assert_eq!(&encoded[4..8], &80877102i32.to_be_bytes());
+    assert_eq!(&encoded[12..], key.as_slice());
+    assert!(!format!("{cancel:?}").contains("31"), "the key is never shown");
+    // A key longer than 256 bytes is a protocol error, not a panic.
+    let mut conn = Connection::new(&config(), now);
+    drain(&mut conn);
+    let mut body = 1i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&[7; 300]);
+    let e = conn
+        .handle_input(&Backend::new().auth_ok().raw(b'K', &body).build(), now)
+        .unwrap_err();
+    assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+}
+
+#[test]
+fn channel_binding_required_refuses_unbound_authentication() {
+    let now = t0();
+    // A Unix socket has no TLS, so nothing can bind.
+    let cfg = Config::parse("host=/tmp user=u password=pw channel_binding=require").unwrap();
+    for (what, server) in [
+        ("trust", Backend::new().auth_ok().build()),
+        ("MD5", Backend::new().auth_md5([1, 2, 3, 4]).build()),
+        ("cleartext", Backend::new().auth_cleartext().build()),
+        ("not TLS", Backend::new().auth_sasl(&["SCRAM-SHA-256"]).build()),
+    ] {
+        let mut conn = Connection::new(&cfg, now);
+        drain(&mut conn);
+        let e = conn.handle_input(&server, now).unwrap_err();
+        assert!(matches!(e, Error::Rejected(_)), "{what}: {e:?}");
+        assert!(e.to_string().contains(what), "{what}: {e}");
+        assert!(drain(&mut conn).is_empty(), "{what}: no password leaves");
+    }
+}
+
 #[test]
 fn cleartext_password() {
     let now = t0();

@@ -45,24 +45,35 @@ enum Socket {
 
 impl Socket {
     /// Opens a socket to `endpoint`: its Unix socket, or TCP to `hostaddr`
-    /// or each address its name resolves to, in turn, all within
-    /// `connect_timeout`.
+    /// or each address its name resolves to, in turn, each within
+    /// `connect_timeout` (as libpq and the blocking driver do).
     async fn connect(endpoint: &Endpoint, config: &Config) -> io::Result<Socket> {
-        let connect = async {
-            match (&endpoint.host, endpoint.hostaddr) {
-                (Host::Unix(dir), _) => Ok(Socket::Unix(UnixStream::connect(endpoint.unix_socket_path(dir)).await?)),
-                (Host::Tcp(_), Some(ip)) => Socket::tcp(TcpStream::connect((ip, endpoint.port)).await?, config),
-                (Host::Tcp(host), None) => {
-                    Socket::tcp(TcpStream::connect((host.as_str(), endpoint.port)).await?, config)
-                }
+        let host = match &endpoint.host {
+            Host::Unix(dir) => {
+                let path = endpoint.unix_socket_path(dir);
+                return limit(config.connect_timeout, UnixStream::connect(path))
+                    .await
+                    .map(Socket::Unix);
             }
+            Host::Tcp(host) => host,
         };
-        match config.connect_timeout {
-            Some(t) => tokio::time::timeout(t, connect)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect_timeout passed"))?,
-            None => connect.await,
+        let addrs: Vec<std::net::SocketAddr> = match endpoint.hostaddr {
+            Some(ip) => vec![std::net::SocketAddr::new(ip, endpoint.port)],
+            None => limit(
+                config.connect_timeout,
+                tokio::net::lookup_host((host.as_str(), endpoint.port)),
+            )
+            .await?
+            .collect(),
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"));
+        for addr in addrs {
+            match limit(config.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(s) => return Socket::tcp(s, config),
+                Err(e) => last = e,
+            }
         }
+        Err(last)
     }
 
     /// No Nagle delay (requests are whole when written), and the keepalives
@@ -138,6 +149,16 @@ impl Socket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
             r => r,
         }
+    }
+}
+
+/// `f` within `limit` (no limit: as long as it takes).
+async fn limit<T>(limit: Option<Duration>, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, f)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect_timeout passed"))?,
+        None => f.await,
     }
 }
 
