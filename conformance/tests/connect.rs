@@ -107,6 +107,10 @@ fn certificates_are_judged_as_sslmode_says<D: Driver>() {
         let e = connect("localhost", &format!("sslmode={mode} {wrong}")).err().unwrap();
         assert!(e.to_string().contains("not signed by a trusted root"), "{mode}: {e}");
     }
+    // The platform's store does not hold the test CA: sslrootcert=system
+    // (verify-full implied) reads it and refuses this server.
+    let e = connect("localhost", "sslrootcert=system").err().unwrap();
+    assert!(e.to_string().contains("not signed by a trusted root"), "{e}");
     // require without a root certificate encrypts without judging.
     let mut c = connect("127.0.0.1", "sslmode=require").unwrap();
     assert!(session_ssl(&mut c));

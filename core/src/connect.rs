@@ -176,8 +176,10 @@ impl Connector {
                 Passfile::Read(contents) => {
                     let host = match &attempt.named.host {
                         Host::Tcp(h) => h.clone(),
-                        // libpq matches the default socket directory as "localhost".
-                        Host::Unix(_) => "localhost".to_string(),
+                        // libpq matches the default socket directory as
+                        // "localhost", any other by its path.
+                        Host::Unix(dir) if crate::config::is_default_socket_dir(dir) => "localhost".to_string(),
+                        Host::Unix(dir) => dir.clone(),
                     };
                     let db = config.dbname.clone().unwrap_or_else(|| config.user.clone());
                     config.password = passfile::find(contents, &host, attempt.named.port, &db, &config.user);

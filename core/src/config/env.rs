@@ -223,6 +223,18 @@ mod tests {
         assert_eq!(c.user, "bob");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn the_os_user_is_the_effective_users_name() {
+        let id = std::process::Command::new("id").arg("-un").output().expect("id -un");
+        let expected = String::from_utf8(id.stdout).unwrap().trim().to_string();
+        assert_eq!(SystemEnv.os_user().as_deref(), Some(expected.as_str()));
+        let c = Config::from_env_with("host=h", &SystemEnv).unwrap();
+        if std::env::var_os("PGUSER").is_none() {
+            assert_eq!(c.user, expected);
+        }
+    }
+
     #[test]
     fn bad_environment_values_name_the_variable_not_the_value() {
         let env = Fake([("PGPORT", "sixty")].into(), vec![]);

@@ -327,6 +327,12 @@ const LOCAL_SOCKET_DIRS: [&str; 3] = ["/run/postgresql", "/var/run/postgresql", 
 
 const DEFAULT_PORT: u16 = 5432;
 
+/// Whether `dir` is where a distribution's server puts its socket by
+/// default (what libpq's password file lookup calls "localhost").
+pub(crate) fn is_default_socket_dir(dir: &str) -> bool {
+    LOCAL_SOCKET_DIRS.contains(&dir.trim_end_matches('/'))
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
