@@ -4,6 +4,7 @@
 //! and reused, as the point-select workload asks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 use sqlx::{Connection as _, Row as _};
@@ -151,6 +152,7 @@ macro_rules! pg_workload {
                     sum += assoc::tree_sum(&assoc::assemble(users, posts, comments));
                 }
             }
+            Workload::Connect(_) => return Err("connect runs outside pg_workload!".into()),
             Workload::Stream1M => {
                 let s = stmt!(w::STREAM_SQL);
                 for _ in 0..iters {
@@ -196,26 +198,75 @@ macro_rules! pg_workload {
     }};
 }
 
+/// tokio-postgres knows `sslmode` up to `require`; the hostname check of
+/// verify-full is the rustls verifier's (see `Tls`).
 fn pg_config(t: &Target) -> String {
-    t.key_value()
+    let mode = if t.tls_ca.is_some() { "require" } else { "disable" };
+    format!("{} sslmode={mode}", t.key_value())
+}
+
+/// How postgres and tokio-postgres connect: without TLS, or with
+/// tokio-postgres-rustls on a rustls configuration (ring, as duet's) that
+/// trusts the run's CA alone and checks the server's name, i.e. libpq's
+/// verify-full. Built once per contender, as an application would.
+#[derive(Clone)]
+enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Tls {
+    fn for_target(t: &Target) -> Result<Tls, BenchError> {
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let Some(ca) = &t.tls_ca else {
+            return Ok(Tls::None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+    }
 }
 
 pub struct Postgres {
     client: postgres::Client,
     stmts: HashMap<String, postgres::Statement>,
+    config: String,
+    tls: Tls,
 }
 
 impl Postgres {
     pub fn connect(t: &Target) -> Result<Self, BenchError> {
+        let (config, tls) = (pg_config(t), Tls::for_target(t)?);
         Ok(Postgres {
-            client: postgres::Client::connect(&pg_config(t), postgres::NoTls)?,
+            client: Self::open(&config, &tls)?,
             stmts: HashMap::new(),
+            config,
+            tls,
+        })
+    }
+
+    fn open(config: &str, tls: &Tls) -> Result<postgres::Client, BenchError> {
+        Ok(match tls {
+            Tls::None => postgres::Client::connect(config, postgres::NoTls)?,
+            Tls::Rustls(m) => postgres::Client::connect(config, m.clone())?,
         })
     }
 }
 
 impl Contender for Postgres {
     fn run(&mut self, work: Workload, iters: u64, from: u64) -> Result<u64, BenchError> {
+        if let Workload::Connect(_) = work {
+            for _ in 0..iters {
+                Self::open(&self.config, &self.tls)?.close()?;
+            }
+            return Ok(iters);
+        }
         pg_workload!(&mut self.client, &mut self.stmts, work, iters, from, sequential,)
     }
 }
@@ -223,18 +274,47 @@ impl Contender for Postgres {
 pub struct TokioPostgres {
     client: tokio_postgres::Client,
     stmts: HashMap<String, tokio_postgres::Statement>,
+    config: String,
+    tls: Tls,
     rt: tokio::runtime::Runtime,
 }
 
 impl TokioPostgres {
     pub fn connect(t: &Target) -> Result<Self, BenchError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (client, conn) = rt.block_on(tokio_postgres::connect(&pg_config(t), tokio_postgres::NoTls))?;
+        let (config, tls) = (pg_config(t), Tls::for_target(t)?);
+        let (client, conn) = rt.block_on(Self::open(&config, &tls))?;
         rt.spawn(conn);
         Ok(TokioPostgres {
             client,
             stmts: HashMap::new(),
+            config,
+            tls,
             rt,
+        })
+    }
+
+    /// A client and its connection task (to spawn), the task boxed: its
+    /// type differs with and without TLS.
+    async fn open(
+        config: &str,
+        tls: &Tls,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>,
+        ),
+        BenchError,
+    > {
+        Ok(match tls {
+            Tls::None => {
+                let (c, conn) = tokio_postgres::connect(config, tokio_postgres::NoTls).await?;
+                (c, Box::pin(conn))
+            }
+            Tls::Rustls(m) => {
+                let (c, conn) = tokio_postgres::connect(config, m.clone()).await?;
+                (c, Box::pin(conn))
+            }
         })
     }
 }
@@ -242,18 +322,34 @@ impl TokioPostgres {
 impl Contender for TokioPostgres {
     fn run(&mut self, work: Workload, iters: u64, from: u64) -> Result<u64, BenchError> {
         let (client, stmts) = (&mut self.client, &mut self.stmts);
-        self.rt
-            .block_on(async move { pg_workload!(client, stmts, work, iters, from, join_all, .await) })
+        let (config, tls) = (&self.config, &self.tls);
+        self.rt.block_on(async move {
+            if let Workload::Connect(_) = work {
+                for _ in 0..iters {
+                    // Dropping the client makes the connection task send
+                    // Terminate and finish: the session is closed when the
+                    // task is.
+                    let (c, conn) = Self::open(config, tls).await?;
+                    let task = tokio::spawn(conn);
+                    drop(c);
+                    task.await??;
+                }
+                return Ok(iters);
+            }
+            pg_workload!(client, stmts, work, iters, from, join_all, .await)
+        })
     }
 }
 
 pub struct Sqlx {
     conn: sqlx::PgConnection,
+    options: sqlx::postgres::PgConnectOptions,
     rt: tokio::runtime::Runtime,
 }
 
 impl Sqlx {
     pub fn connect(t: &Target) -> Result<Self, BenchError> {
+        use sqlx::postgres::PgSslMode;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut o = sqlx::postgres::PgConnectOptions::new()
             .port(t.port)
@@ -266,8 +362,14 @@ impl Sqlx {
         if let Some(p) = &t.password {
             o = o.password(p);
         }
+        // sqlx's default is `prefer`, which now that it is built with TLS
+        // would take TLS on a TLS server: plaintext rows say `disable`.
+        o = match &t.tls_ca {
+            Some(ca) => o.ssl_mode(PgSslMode::VerifyFull).ssl_root_cert(ca),
+            None => o.ssl_mode(PgSslMode::Disable),
+        };
         let conn = rt.block_on(sqlx::PgConnection::connect_with(&o))?;
-        Ok(Sqlx { conn, rt })
+        Ok(Sqlx { conn, options: o, rt })
     }
 }
 
@@ -281,10 +383,16 @@ fn sqlx_user(r: &sqlx::postgres::PgRow) -> Result<assoc::User, sqlx::Error> {
 
 impl Contender for Sqlx {
     fn run(&mut self, work: Workload, iters: u64, from: u64) -> Result<u64, BenchError> {
-        let c = &mut self.conn;
+        let (c, options) = (&mut self.conn, &self.options);
         self.rt.block_on(async move {
             let mut sum = 0u64;
             match work {
+                Workload::Connect(_) => {
+                    for _ in 0..iters {
+                        sqlx::PgConnection::connect_with(options).await?.close().await?;
+                    }
+                    sum = iters;
+                }
                 Workload::Point(_) | Workload::Pipeline100(_) => {
                     // sqlx has no pipelining: 100 selects are 100 round trips.
                     let per = if matches!(work, Workload::Point(_)) { 1 } else { 100 };

@@ -371,6 +371,10 @@ macro_rules! duet_workload {
                     })$($aw)*?;
                 }
             }
+            (Workload::Connect(_), _) => {
+                // Run by the contender itself: it needs no session.
+                return Err("connect runs outside duet_workload!".into());
+            }
             (Workload::Stream1M, Level::Orm) => {
                 for _ in 0..iters {
                     c.run(Series::objects().for_each(|s: Series| {
@@ -385,27 +389,42 @@ macro_rules! duet_workload {
 }
 
 /// TCP figures must be TCP's: duet would otherwise take a local Unix
-/// socket it finds (`local_socket`), which the other clients do not.
+/// socket it finds (`local_socket`), which the other clients do not. TLS
+/// in libpq's words: verify-full against the run's CA, or none at all.
 fn duet_url(t: &Target) -> String {
-    format!("{} local_socket=disable", t.key_value())
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let tls = match &t.tls_ca {
+        Some(ca) => format!("sslmode=verify-full sslrootcert={}", q(ca)),
+        None => "sslmode=disable".to_string(),
+    };
+    format!("{} {tls} local_socket=disable", t.key_value())
 }
 
 pub struct DuetSync {
     client: duet_sync::Client,
     level: Level,
+    url: String,
 }
 
 impl DuetSync {
     pub fn connect(t: &Target, level: Level) -> Result<Self, BenchError> {
+        let url = duet_url(t);
         Ok(DuetSync {
-            client: duet_sync::Client::connect(&duet_url(t))?,
+            client: duet_sync::Client::connect(&url)?,
             level,
+            url,
         })
     }
 }
 
 impl Contender for DuetSync {
     fn run(&mut self, work: Workload, iters: u64, from: u64) -> Result<u64, BenchError> {
+        if let Workload::Connect(_) = work {
+            for _ in 0..iters {
+                duet_sync::Client::connect(&self.url)?.close()?;
+            }
+            return Ok(iters);
+        }
         duet_workload!(&mut self.client, self.level, work, iters, from, [],)
     }
 }
@@ -413,21 +432,30 @@ impl Contender for DuetSync {
 pub struct DuetAsync {
     client: duet_async::Client,
     level: Level,
+    url: String,
     rt: tokio::runtime::Runtime,
 }
 
 impl DuetAsync {
     pub fn connect(t: &Target, level: Level) -> Result<Self, BenchError> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = rt.block_on(duet_async::Client::connect(&duet_url(t)))?;
-        Ok(DuetAsync { client, level, rt })
+        let url = duet_url(t);
+        let client = rt.block_on(duet_async::Client::connect(&url))?;
+        Ok(DuetAsync { client, level, url, rt })
     }
 }
 
 impl Contender for DuetAsync {
     fn run(&mut self, work: Workload, iters: u64, from: u64) -> Result<u64, BenchError> {
-        let (client, level) = (&mut self.client, self.level);
-        self.rt
-            .block_on(async move { duet_workload!(client, level, work, iters, from, [async], .await) })
+        let (client, level, url) = (&mut self.client, self.level, &self.url);
+        self.rt.block_on(async move {
+            if let Workload::Connect(_) = work {
+                for _ in 0..iters {
+                    duet_async::Client::connect(url).await?.close().await?;
+                }
+                return Ok(iters);
+            }
+            duet_workload!(client, level, work, iters, from, [async], .await)
+        })
     }
 }

@@ -48,6 +48,8 @@ pub struct Floor {
     end: usize,
     out: Vec<u8>,
     prepared: HashMap<String, String>,
+    /// Where it connected, for the connect workload's new sessions.
+    target: Target,
 }
 
 impl Floor {
@@ -67,6 +69,7 @@ impl Floor {
             end: 0,
             out: Vec::with_capacity(1 << 16),
             prepared: HashMap::new(),
+            target: t.clone(),
         };
         f.startup(t)?;
         Ok(f)
@@ -455,6 +458,14 @@ impl Contender for Floor {
                     let ids = int4_array(&posts.iter().map(|p| p.id).collect::<Vec<_>>());
                     let comments = self.fetch(w::ASSOC_COMMENTS_SQL, &[Some(&ids)], |f| f.comment())?;
                     sum += assoc::tree_sum(&assoc::assemble(users, posts, comments));
+                }
+            }
+            Workload::Connect(_) => {
+                // Startup and authentication, then Terminate and close.
+                for _ in 0..iters {
+                    let mut f = Floor::connect(&self.target)?;
+                    f.sock.write_all(&[b'X', 0, 0, 0, 4])?;
+                    sum += 1;
                 }
             }
             Workload::Stream1M => {

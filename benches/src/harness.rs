@@ -172,7 +172,24 @@ impl Outcome {
 }
 
 /// Anchors every row is also compared with, when they ran.
-pub const ANCHORS: [&str; 5] = ["floor", "postgres", "tokio-postgres", "sqlx", "pgbench"];
+pub const ANCHORS: [&str; 6] = [
+    "floor",
+    "postgres",
+    "tokio-postgres",
+    "sqlx",
+    "zero-postgres",
+    "pgbench",
+];
+
+/// The other clients, for "the fastest other".
+const OTHERS: [&str; 6] = [
+    "postgres",
+    "tokio-postgres",
+    "sqlx",
+    "zero-postgres",
+    "zero-postgres tokio",
+    "pgbench",
+];
 
 /// Formats seconds per operation with a unit that keeps 3–4 digits.
 pub fn time(s: f64) -> String {
@@ -271,7 +288,7 @@ pub fn summary(results: &[(String, Vec<Outcome>)]) -> String {
             (Some((w, c)), Some((fw, fc))) => format!("{} ({})", ratio(w, fw), ratio(c, fc)),
             _ => "-".into(),
         };
-        let fastest = ["postgres", "tokio-postgres", "sqlx", "pgbench"]
+        let fastest = OTHERS
             .iter()
             .filter_map(|a| median(a).map(|(w, _)| (*a, w)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -301,9 +318,57 @@ pub fn summary(results: &[(String, Vec<Outcome>)]) -> String {
     out
 }
 
+/// The TLS rows in the terms of their targets: each duet driver's TLS
+/// figure over its own plaintext TCP one (the point select's target:
+/// ≤ 1.10), and over each other client's TLS figure, wall time and (in
+/// parentheses) client CPU; below 1 = duet is ahead. Empty when no TLS
+/// workload ran.
+pub fn tls_summary(results: &[(String, Vec<Outcome>)]) -> String {
+    let find = |work: &str, name: &str| {
+        results
+            .iter()
+            .find(|(w, _)| w == work)
+            .and_then(|(_, os)| os.iter().find(|o| o.contender == name && o.failed.is_none()))
+            .map(|o| (o.wall.median, o.cpu.median))
+    };
+    let both = |a: Option<(f64, f64)>, b: Option<(f64, f64)>| match (a, b) {
+        (Some((aw, ac)), Some((bw, bc))) => format!("{} ({})", ratio(aw, bw), ratio(ac, bc)),
+        _ => "-".into(),
+    };
+    let others = ["tokio-postgres", "sqlx", "postgres", "pgbench"];
+    let mut out = String::new();
+    for (tls, plain) in [("point_tls", "point"), ("connect_tls", "connect")] {
+        if !results.iter().any(|(w, _)| w == tls) {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nTLS — duet's TLS figure ÷ its plaintext TCP one (point target ≤ 1.10) and ÷ each other client's TLS figure: wall (client CPU)"
+            );
+            let mut header = format!("  {:<13} {:<12} {:>15}", "workload", "contender", "×own plain");
+            for o in others {
+                let _ = write!(header, " {:>15}", format!("×{}", short(o)));
+            }
+            let _ = writeln!(out, "{header}");
+        }
+        for duet in ["duet-sync", "duet-async"] {
+            let mine = find(tls, duet);
+            let mut line = format!("  {:<13} {:<12} {:>15}", tls, duet, both(mine, find(plain, duet)));
+            for o in others {
+                let _ = write!(line, " {:>15}", both(mine, find(tls, o)));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
 fn short(anchor: &str) -> &str {
     match anchor {
         "tokio-postgres" => "tokio-pg",
+        "zero-postgres" => "zero-pg",
+        "zero-postgres tokio" => "zero-pg tokio",
         other => other,
     }
 }

@@ -2,7 +2,7 @@
 //! on the same server in the same run, reported as ratios.
 //!
 //! ```text
-//! cargo run -p duet-benches --release --features anchors -- [workload…] [--reps N] [--quick] [--json PATH]
+//! cargo run -p duet-benches --release --features anchors -- [workload…] [--reps N] [--quick] [--json PATH] [--server 15|18]
 //! ```
 //!
 //! Starts its own throwaway PostgreSQL unless `DATABASE_URL` is set (the
@@ -21,6 +21,8 @@ mod workload;
 
 #[cfg(feature = "anchors")]
 mod anchors;
+#[cfg(feature = "anchors")]
+mod zero;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -49,10 +51,16 @@ pub struct Target {
     pub dbname: String,
     /// Connect over the Unix socket in this directory instead of TCP.
     pub unix_dir: Option<String>,
+    /// TLS, verified against the CA certificate in this PEM file for the
+    /// name in `host` (libpq's `sslmode=verify-full`); `None`: plaintext,
+    /// and every contender is told not to try TLS (`sslmode=disable`), so
+    /// none spends a round trip on an SSLRequest the others skip.
+    pub tls_ca: Option<String>,
 }
 
 impl Target {
-    /// A libpq-style `key=value` string (duet, postgres, tokio-postgres).
+    /// A libpq-style `key=value` string (duet, postgres, tokio-postgres),
+    /// without the TLS words: each client spells those its own way.
     pub fn key_value(&self) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let host = self.unix_dir.as_deref().unwrap_or(&self.host);
@@ -86,7 +94,7 @@ pub fn insert_sql(rows: i32, returning: bool) -> String {
 }
 
 /// Every contender, in table order. The first is the floor.
-pub const CONTENDERS: [&str; 9] = [
+pub const CONTENDERS: [&str; 11] = [
     "floor",
     "duet-sync",
     "duet-sync orm",
@@ -95,8 +103,50 @@ pub const CONTENDERS: [&str; 9] = [
     "postgres",
     "tokio-postgres",
     "sqlx",
+    "zero-postgres",
+    "zero-postgres tokio",
     "pgbench",
 ];
+
+/// The contenders built only with `--features anchors`.
+const ANCHOR_BUILT: [&str; 5] = [
+    "postgres",
+    "tokio-postgres",
+    "sqlx",
+    "zero-postgres",
+    "zero-postgres tokio",
+];
+
+/// zero-postgres speaks protocol 3.2 only: PostgreSQL 17 and later.
+const ZERO: [&str; 2] = ["zero-postgres", "zero-postgres tokio"];
+
+/// Whether contender `name` has a row for `work`. A contender without one
+/// is left out of that table rather than shown failing: the floor speaks
+/// no TLS; the ORM level opens sessions as the raw level does; zero-postgres
+/// is written for the workloads it is compared on (point select, pipelined
+/// selects, fetch, inserts, connect) and its TLS is native-tls (OpenSSL),
+/// not rustls, so it sits out the TLS rows.
+pub fn supports(name: &str, work: Workload) -> bool {
+    let tls = work.transport() == Transport::Tls;
+    match name {
+        "floor" => !tls,
+        "duet-sync orm" | "duet-async orm" => !matches!(work, Workload::Connect(_)),
+        "zero-postgres" | "zero-postgres tokio" => {
+            !tls && matches!(
+                work,
+                Workload::Point(_)
+                    | Workload::Pipeline100(_)
+                    | Workload::Fetch10k
+                    | Workload::InsertEach1000
+                    | Workload::InsertBulk1000
+                    | Workload::Insert(_)
+                    | Workload::Connect(_)
+            )
+        }
+        "pgbench" => pgbench::supports(work),
+        _ => true,
+    }
+}
 
 fn connect(name: &str, t: &Target) -> Result<Box<dyn Contender>, BenchError> {
     use duet::{DuetAsync, DuetSync, Level};
@@ -112,6 +162,10 @@ fn connect(name: &str, t: &Target) -> Result<Box<dyn Contender>, BenchError> {
         "tokio-postgres" => Box::new(anchors::TokioPostgres::connect(t)?),
         #[cfg(feature = "anchors")]
         "sqlx" => Box::new(anchors::Sqlx::connect(t)?),
+        #[cfg(feature = "anchors")]
+        "zero-postgres" => Box::new(zero::ZeroSync::connect(t)?),
+        #[cfg(feature = "anchors")]
+        "zero-postgres tokio" => Box::new(zero::ZeroTokio::connect(t)?),
         other => return Err(format!("{other} is not built in (run with --features anchors)").into()),
     })
 }
@@ -142,6 +196,7 @@ fn load(server_url: &str) -> Result<Target, BenchError> {
         password: cfg.password.clone(),
         dbname: "duet_bench".into(),
         unix_dir: None,
+        tls_ca: None,
     };
     let mut c = duet_sync::Client::connect(&target.key_value())?;
     c.batch_execute(workload::SCHEMA)?;
@@ -149,14 +204,32 @@ fn load(server_url: &str) -> Result<Target, BenchError> {
     Ok(target)
 }
 
-/// Loads the data and says where to connect: over TCP, and over the Unix
-/// socket when the harness started the server.
+/// Loads the data and says where to connect: over TCP, over the Unix
+/// socket when the harness started the server, and over TLS when it
+/// started a TLS server (as `localhost`, the name its certificate bears;
+/// `localhost` is 127.0.0.1 here, the address the TCP rows use).
 fn targets(server: &TestServer) -> Result<HashMap<Transport, Target>, BenchError> {
     let tcp = load(&server.url())?;
     let mut targets = HashMap::from([(Transport::Tcp, tcp.clone())]);
     if let Some(dir) = server.socket_dir() {
         let unix_dir = Some(dir.to_string_lossy().into_owned());
-        targets.insert(Transport::Unix, Target { unix_dir, ..tcp });
+        targets.insert(
+            Transport::Unix,
+            Target {
+                unix_dir,
+                ..tcp.clone()
+            },
+        );
+    }
+    if let Some(certs) = server.certs() {
+        targets.insert(
+            Transport::Tls,
+            Target {
+                host: "localhost".into(),
+                tls_ca: Some(certs.ca_cert.to_string_lossy().into_owned()),
+                ..tcp
+            },
+        );
     }
     Ok(targets)
 }
@@ -168,6 +241,9 @@ struct Options {
     json: Option<String>,
     only: Option<Vec<String>>,
     placement: placement::Placement,
+    /// `--server 15|18`: the PostgreSQL major version the harness starts
+    /// (its `DUET_PG`); `None`: whatever `DUET_PG` already says.
+    server: Option<String>,
 }
 
 fn parse_args() -> Result<Options, BenchError> {
@@ -178,6 +254,7 @@ fn parse_args() -> Result<Options, BenchError> {
         json: None,
         only: None,
         placement: placement::Placement::default_for_machine(),
+        server: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -189,6 +266,13 @@ fn parse_args() -> Result<Options, BenchError> {
                 o.scale = 10;
             }
             "--json" => o.json = Some(args.next().ok_or("--json PATH")?),
+            "--server" => {
+                let v = args.next().ok_or("--server 15|18")?;
+                if !matches!(v.as_str(), "15" | "18") {
+                    return Err(format!("--server {v}: the harness starts 15 or 18").into());
+                }
+                o.server = Some(v);
+            }
             "--cpus" => {
                 let p = args.next().ok_or("--cpus split|shared|free")?;
                 o.placement = placement::Placement::parse(&p).ok_or("--cpus split|shared|free")?;
@@ -204,7 +288,7 @@ fn parse_args() -> Result<Options, BenchError> {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: duet-benches [workload…] [--reps N] [--scale N] [--quick] [--json PATH] [--only c1,c2] [--cpus split|shared|free]\n\
+                    "usage: duet-benches [workload…] [--reps N] [--scale N] [--quick] [--json PATH] [--only c1,c2] [--cpus split|shared|free] [--server 15|18]\n\
                      workloads: {}\ncontenders: {}",
                     Workload::all().iter().map(|w| w.name()).collect::<Vec<_>>().join(" "),
                     CONTENDERS.join(", ")
@@ -247,12 +331,20 @@ fn stream_child(name: &str) -> Result<(), BenchError> {
 }
 
 fn encode_target(t: &Target) -> String {
-    serde_json::json!([t.host, t.port, t.user, t.password, t.dbname, t.unix_dir]).to_string()
+    serde_json::json!([t.host, t.port, t.user, t.password, t.dbname, t.unix_dir, t.tls_ca]).to_string()
 }
 
 fn decode_target(s: &str) -> Result<Target, BenchError> {
-    let (host, port, user, password, dbname, unix_dir): (String, u16, String, Option<String>, String, Option<String>) =
-        serde_json::from_str(s)?;
+    type Fields = (
+        String,
+        u16,
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let (host, port, user, password, dbname, unix_dir, tls_ca): Fields = serde_json::from_str(s)?;
     Ok(Target {
         host,
         port,
@@ -260,6 +352,7 @@ fn decode_target(s: &str) -> Result<Target, BenchError> {
         password,
         dbname,
         unix_dir,
+        tls_ca,
     })
 }
 
@@ -304,19 +397,20 @@ fn run_workload(
     names: &[&str],
 ) -> Vec<Outcome> {
     let Some(target) = targets.get(&work.transport()) else {
-        return vec![Outcome::failed(
-            "(all)",
-            "no Unix socket to connect to (DATABASE_URL set)".into(),
-        )];
+        let why = match work.transport() {
+            Transport::Tls => "no TLS server (DATABASE_URL set, or these PostgreSQL binaries have no OpenSSL)",
+            _ => "no Unix socket to connect to (DATABASE_URL set)",
+        };
+        return vec![Outcome::failed("(all)", why.into())];
     };
     let pgbench_bin = pgbench::find();
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut live: Vec<&str> = Vec::new();
     for &name in names {
+        if !supports(name, work) {
+            continue;
+        }
         if name == "pgbench" {
-            if !pgbench::supports(work) {
-                continue;
-            }
             if pgbench_bin.is_none() {
                 outcomes.push(Outcome::failed(name, "pgbench not found".into()));
                 continue;
@@ -443,19 +537,51 @@ fn check_sums(outcomes: &mut Vec<Outcome>, sums: &[(String, u64)]) {
     }
 }
 
+/// Starts the server the run needs: a TLS one (which serves plaintext
+/// too) when a TLS workload is asked for and the binaries can serve TLS,
+/// else a plaintext one. Returns a note for the report when TLS was asked
+/// for and cannot be had.
+fn start_server(opts: &Options) -> Result<(TestServer, Option<String>), BenchError> {
+    if let Some(v) = &opts.server {
+        // Read by the harness when it first looks up the server binaries,
+        // below; no other thread exists yet.
+        std::env::set_var(duet_conformance::server::PG_VERSION_ENV, v);
+    }
+    let wants_tls = opts.workloads.iter().any(|w| w.transport() == Transport::Tls);
+    let external = std::env::var("DATABASE_URL").is_ok_and(|u| !u.trim().is_empty());
+    let (tls, note) = match (wants_tls, external) {
+        (false, _) => (false, None),
+        (true, true) => (
+            false,
+            Some("DATABASE_URL is set: no TLS server, so no TLS rows".to_string()),
+        ),
+        (true, false) => match TestServer::tls_supported()? {
+            true => (true, None),
+            false => (
+                false,
+                Some("these PostgreSQL binaries were built without OpenSSL: no TLS rows".to_string()),
+            ),
+        },
+    };
+    let start = if tls { TestServer::start_tls } else { TestServer::start };
+    Ok((opts.placement.apply(start)??, note))
+}
+
 fn main() -> Result<(), BenchError> {
     harness::fix_allocator_policy();
     let opts = parse_args()?;
     let started = Instant::now();
     progress("starting PostgreSQL and loading the data…");
-    let server = opts.placement.apply(TestServer::start)??;
+    let (server, tls_note) = start_server(&opts)?;
     let targets = targets(&server)?;
     let tcp = targets[&Transport::Tcp].clone();
+    let major = server_major(&tcp);
     let names: Vec<&str> = CONTENDERS
         .iter()
         .copied()
         .filter(|n| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == n)))
-        .filter(|n| anchors_built() || !matches!(*n, "postgres" | "tokio-postgres" | "sqlx"))
+        .filter(|n| anchors_built() || !ANCHOR_BUILT.contains(n))
+        .filter(|n| major >= 17 || !ZERO.contains(n))
         .collect();
     let machine = format!(
         "{} ({})",
@@ -471,7 +597,14 @@ fn main() -> Result<(), BenchError> {
         opts.reps
     );
     if !anchors_built() {
-        report.push_str("(built without --features anchors: postgres, tokio-postgres and sqlx did not run)\n");
+        report.push_str(
+            "(built without --features anchors: postgres, tokio-postgres, sqlx and zero-postgres did not run)\n",
+        );
+    } else if major < 17 {
+        report.push_str("(zero-postgres speaks protocol 3.2 only and needs PostgreSQL 17+: run with --server 18)\n");
+    }
+    if let Some(note) = &tls_note {
+        report.push_str(&format!("({note})\n"));
     }
     print!("{report}");
     for &work in &opts.workloads {
@@ -484,6 +617,7 @@ fn main() -> Result<(), BenchError> {
     }
     drop(clients);
     print!("{}", harness::summary(&results));
+    print!("{}", harness::tls_summary(&results));
     let json = harness::json(&machine, &results);
     let path = opts.json.clone().unwrap_or_else(|| {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/duet-benches");
@@ -493,6 +627,13 @@ fn main() -> Result<(), BenchError> {
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("\nresults written to {path} ({:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The server's major version (15, 18…), 0 if it cannot be read.
+fn server_major(t: &Target) -> u32 {
+    let v = server_version(t);
+    let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(0)
 }
 
 fn server_version(t: &Target) -> String {
@@ -506,25 +647,35 @@ fn server_version(t: &Target) -> String {
 mod tests {
     use super::*;
 
-    /// Every contender built without the anchors fetches and decodes the
-    /// same rows on every workload (one small batch each): the checksums
-    /// that guard the figures agree with the floor's, and pgbench runs.
-    #[test]
-    fn contenders_agree_on_every_workload() {
-        let targets = targets(TestServer::shared()).expect("data loads");
-        let opts = Options {
+    fn test_options() -> Options {
+        Options {
             workloads: Vec::new(),
             reps: 1,
             scale: 1_000_000,
             json: None,
             only: None,
             placement: placement::Placement::Free,
-        };
-        let names: Vec<&str> = CONTENDERS
+            server: None,
+        }
+    }
+
+    /// The contenders built without the anchors.
+    fn own_contenders() -> Vec<&'static str> {
+        CONTENDERS
             .iter()
             .copied()
-            .filter(|n| !matches!(*n, "postgres" | "tokio-postgres" | "sqlx"))
-            .collect();
+            .filter(|n| !ANCHOR_BUILT.contains(n))
+            .collect()
+    }
+
+    /// Every contender built without the anchors fetches and decodes the
+    /// same rows on every workload (one small batch each): the checksums
+    /// that guard the figures agree with the floor's, and pgbench runs.
+    #[test]
+    fn contenders_agree_on_every_workload() {
+        let targets = targets(TestServer::shared()).expect("data loads");
+        let opts = test_options();
+        let names = own_contenders();
         let mut clients = HashMap::new();
         for work in Workload::all() {
             if work == Workload::Stream1M {
@@ -538,8 +689,34 @@ mod tests {
                 assert!(o.failed.is_none(), "{work} {}: {:?}", o.contender, o.failed);
             }
             let ran: Vec<&str> = outcomes.iter().map(|o| o.contender.as_str()).collect();
+            let expected: Vec<&str> = names.iter().copied().filter(|n| supports(n, work)).collect();
+            assert_eq!(ran, expected, "{work}");
+            assert!(ran.contains(&"floor") && ran.contains(&"duet-async"), "{work}: {ran:?}");
+        }
+    }
+
+    /// Over TLS (verify-full against the harness's CA), duet's drivers
+    /// select and connect, the floor sits out, and pgbench (libpq) agrees.
+    #[test]
+    fn tls_rows_run_on_a_tls_server() {
+        if !TestServer::tls_supported().expect("server binaries") {
+            eprintln!("skipped: these PostgreSQL binaries have no OpenSSL");
+            return;
+        }
+        let targets = targets(TestServer::shared_tls()).expect("data loads");
+        assert_eq!(targets[&Transport::Tls].host, "localhost");
+        let opts = test_options();
+        let names = own_contenders();
+        let mut clients = HashMap::new();
+        for work in [Workload::Point(Transport::Tls), Workload::Connect(Transport::Tls)] {
+            let outcomes = run_workload(work, &targets, &mut clients, &opts, &names);
+            for o in &outcomes {
+                assert!(o.failed.is_none(), "{work} {}: {:?}", o.contender, o.failed);
+            }
+            let ran: Vec<&str> = outcomes.iter().map(|o| o.contender.as_str()).collect();
+            assert!(!ran.contains(&"floor"), "{work}: {ran:?}");
             assert!(
-                ran.contains(&"floor") && ran.contains(&"duet-async orm"),
+                ran.contains(&"duet-sync") && ran.contains(&"duet-async"),
                 "{work}: {ran:?}"
             );
         }
@@ -567,6 +744,9 @@ mod tests {
             assert_eq!(Workload::parse(&w.name()), Some(vec![w]));
         }
         assert_eq!(Workload::parse("trivial").map(|v| v.len()), Some(3));
+        assert_eq!(Workload::parse("point").map(|v| v.len()), Some(1));
+        assert_eq!(Workload::parse("point_").map(|v| v.len()), Some(2));
+        assert_eq!(Workload::parse("conn").map(|v| v.len()), Some(2));
         assert_eq!(Workload::parse("nope"), None);
         let _ = assoc::tree_sum(&Vec::new());
     }

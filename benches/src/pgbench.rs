@@ -68,6 +68,11 @@ pub fn run(bin: &PathBuf, t: &Target, w: Workload, transactions: u64) -> Result<
     if let Some(p) = &t.password {
         cmd.env("PGPASSWORD", p);
     }
+    // The same TLS as every contender's: verify-full against the run's CA.
+    match &t.tls_ca {
+        Some(ca) => cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", ca),
+        None => cmd.env("PGSSLMODE", "disable"),
+    };
     let cpu0 = cpu_time(true);
     let out = cmd.output()?;
     let cpu = cpu_time(true).saturating_sub(cpu0);

@@ -16,6 +16,9 @@ pub const STREAM_ROWS: i64 = 1_000_000;
 pub enum Transport {
     Tcp,
     Unix,
+    /// TCP with TLS, verified against the harness's CA for `localhost`
+    /// (libpq's `sslmode=verify-full`), the same check for every contender.
+    Tls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub enum Workload {
     Associations(Trips),
     /// 6. 1,000,000 rows streamed; peak RSS growth is the figure.
     Stream1M,
+    /// 7. Open a session and close it (over `Tls`: with the handshake).
+    Connect(Transport),
 }
 
 /// How the duet ORM loads associations.
@@ -55,9 +60,10 @@ pub enum Trips {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 17] = [
+    pub const ALL: [Workload; 20] = [
         Workload::Point(Transport::Tcp),
         Workload::Point(Transport::Unix),
+        Workload::Point(Transport::Tls),
         Workload::Pipeline100(Transport::Tcp),
         Workload::Pipeline100(Transport::Unix),
         Workload::Fetch10k,
@@ -73,6 +79,8 @@ impl Workload {
         Workload::Associations(Trips::One),
         Workload::Associations(Trips::PerLevel),
         Workload::Stream1M,
+        Workload::Connect(Transport::Tcp),
+        Workload::Connect(Transport::Tls),
     ];
 
     /// Every workload, in the order a full run takes them.
@@ -81,7 +89,11 @@ impl Workload {
     }
 
     pub fn name(self) -> String {
-        let t = |t: Transport| if t == Transport::Unix { "_unix" } else { "" };
+        let t = |t: Transport| match t {
+            Transport::Tcp => "",
+            Transport::Unix => "_unix",
+            Transport::Tls => "_tls",
+        };
         match self {
             Workload::Point(tr) => format!("point{}", t(tr)),
             Workload::Pipeline100(tr) => format!("pipeline100{}", t(tr)),
@@ -94,6 +106,7 @@ impl Workload {
             Workload::Associations(Trips::One) => "associations".into(),
             Workload::Associations(Trips::PerLevel) => "associations_per_level".into(),
             Workload::Stream1M => "stream1m".into(),
+            Workload::Connect(tr) => format!("connect{}", t(tr)),
         }
     }
 
@@ -116,6 +129,10 @@ impl Workload {
                 "5. the same; duet ORM: one query per level, as every other contender (per load)"
             }
             Workload::Stream1M => "6. stream 1,000,000 rows (int8, text); figure: peak RSS growth",
+            Workload::Connect(Transport::Tls) => {
+                "7. open a session over TLS (verify-full, one CA) and close it (per session)"
+            }
+            Workload::Connect(_) => "7. open a session and close it (per session)",
         }
     }
 
@@ -149,13 +166,14 @@ impl Workload {
             Workload::Insert(_) => 15,
             Workload::Associations(_) => 20,
             Workload::Stream1M => 1,
+            Workload::Connect(_) => 10,
         };
         (n / scale.max(1)).max(1)
     }
 
     pub fn transport(self) -> Transport {
         match self {
-            Workload::Point(t) | Workload::Pipeline100(t) => t,
+            Workload::Point(t) | Workload::Pipeline100(t) | Workload::Connect(t) => t,
             _ => Transport::Tcp,
         }
     }
