@@ -33,8 +33,15 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// Plaintext handed to rustls at a time: four full records.
 const CHUNK: usize = 64 * 1024;
 
+/// ring, with P-256 offered first: PostgreSQL before 18 accepts only the
+/// curve of `ssl_ecdh_curve` (prime256v1 by default), so offering X25519
+/// first (rustls's order) costs every connect a HelloRetryRequest — one more
+/// round trip and key generation. PostgreSQL 18 takes either.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::kx_group;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.kx_groups = vec![kx_group::SECP256R1, kx_group::X25519, kx_group::SECP384R1];
+    Arc::new(p)
 }
 
 /// The rustls settings a configuration asks for, with its files read:
