@@ -218,9 +218,12 @@ fn fuzz_config(b: u8) -> Config {
     let cache = [0, 1, 2, 256][(b & 3) as usize];
     let max = if b & 4 != 0 { 1 << 12 } else { 256 << 20 };
     let timeout = if b & 8 != 0 { 10 } else { 0 };
+    // prefer: the server's first byte answers the SSLRequest ('S' starts
+    // TLS over the fuzzer's bytes, 'N' goes on in plaintext).
+    let ssl = if b & 16 != 0 { "prefer" } else { "disable" };
     let s = format!(
         "user=fuzz password=fuzz-password dbname=db application_name=fz statement_cache_capacity={cache} \
-         max_message_size={max} connect_timeout={timeout} sslmode=disable"
+         max_message_size={max} connect_timeout={timeout} sslmode={ssl}"
     );
     Config::parse(&s).expect("the fuzz config parses")
 }
@@ -358,7 +361,8 @@ pub fn server_bytes(data: &[u8]) {
     let mut input = Input::new(data);
     let setup = input.byte();
     let phase = setup % 3;
-    let config = fuzz_config(input.byte());
+    let config_byte = input.byte();
+    let config = fuzz_config(config_byte);
     let mut now = Instant::now();
     let mut conn = Connection::new(&config, now);
     let one: [Param; 1] = [&1i32];
@@ -372,6 +376,12 @@ pub fn server_bytes(data: &[u8]) {
             submit_one(&mut conn, setup >> 3, &statements, &mut tickets, now);
         }
         drain_transmit(&mut conn, usize::MAX);
+        if config_byte & 16 != 0 {
+            // Declines TLS; the StartupMessage goes out next.
+            let r = conn.handle_input(b"N", now);
+            assert!(r.is_ok(), "declining TLS failed: {r:?}");
+            drain_transmit(&mut conn, usize::MAX);
+        }
         let r = conn.handle_input(&handshake(), now);
         assert!(r.is_ok() && conn.is_ready(), "the scripted handshake failed: {r:?}");
         if phase == 1 {
