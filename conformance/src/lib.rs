@@ -4,6 +4,7 @@
 //! tests, examples and benches share.
 
 pub mod faults;
+pub mod pgbouncer;
 pub mod server;
 pub mod tls;
 

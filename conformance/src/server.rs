@@ -1340,7 +1340,7 @@ fn hba_conf(tls: bool) -> String {
 /// Creates a fresh, unique temp dir (pid + counter + time) and, when we
 /// are root, hands it to the `postgres` user. Returns whether postgres
 /// programs must run via `runuser`.
-fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
+pub(crate) fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
     let base = std::env::temp_dir();
     let pid = std::process::id();
     let mut attempt = 0;
@@ -1387,7 +1387,7 @@ fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
 
 /// A port that was free a moment ago (bind to port 0, then release it).
 /// Racy by nature; `launch` retries with another port if the start fails.
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| annotate(e, "finding a free port on 127.0.0.1"))?;
     Ok(listener.local_addr()?.port())
 }

@@ -432,6 +432,30 @@ fn protocol_version_is_negotiated<D: Driver>() {
     }
 }
 
+/// PgBouncer 1.18 predates protocol 3.2 and refuses its StartupMessage
+/// ("bad packet header"): the default asks again for 3.0, so a pooled
+/// server is reached as before; 3.2 asked for by name is refused, saying so.
+fn a_pooler_that_predates_protocol_32_is_asked_for_30<D: Driver>() {
+    if !harness_started() {
+        return;
+    }
+    let pgb = duet_conformance::pgbouncer::PgBouncer::start(plain()).unwrap();
+    let mut c = D::connect(&pgb.url()).unwrap();
+    assert_eq!(c.connection().protocol_version(), ProtocolVersion::V3_0);
+    let row = c.query_one("SELECT $1::int4 + 1", &[&41i32]).unwrap();
+    assert_eq!(row.get::<i32>(0), 42);
+    assert_eq!(
+        c.atomic_script(&[duet_conformance::TxStep::Execute("SELECT 1".into())])
+            .unwrap(),
+        ["SELECT 1 -> 1"]
+    );
+    assert_usable(&mut c);
+    let e = D::connect(&format!("{}&max_protocol_version=3.2", pgb.url()))
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Some("08P01"), "{e}");
+}
+
 fn keepalive_words_are_applied<D: Driver>() {
     let s = plain();
     let url = words(
@@ -489,4 +513,5 @@ conformance_tests!(
     the_password_file_is_read_and_guarded,
     protocol_version_is_negotiated,
     keepalive_words_are_applied,
+    a_pooler_that_predates_protocol_32_is_asked_for_30,
 );

@@ -54,6 +54,8 @@ pub struct Attempt {
     local: bool,
     /// The same endpoint again, the other way (`sslmode` allow or prefer).
     retried: bool,
+    /// Protocol 3.0 asked for: the endpoint refused a newer StartupMessage.
+    protocol_3_0: bool,
 }
 
 impl Attempt {
@@ -138,6 +140,7 @@ impl Connector {
                     attrs,
                     local: true,
                     retried: false,
+                    protocol_3_0: false,
                 });
             }
         }
@@ -154,6 +157,7 @@ impl Connector {
             attrs,
             local: false,
             retried: false,
+            protocol_3_0: false,
         });
     }
 
@@ -170,6 +174,9 @@ impl Connector {
     /// The protocol machine for a socket opened to `attempt`'s endpoint.
     pub fn start(&self, attempt: &Attempt, now: Instant) -> Connection {
         let mut config = self.config.for_endpoint(&attempt.dial);
+        if attempt.protocol_3_0 {
+            config.max_protocol_version = Some(crate::ProtocolVersion::V3_0);
+        }
         let mut passfile_note = None;
         if config.password.is_none() {
             match &self.passfile {
@@ -212,6 +219,16 @@ impl Connector {
     /// when the server refused a TLS session, and `allow` with TLS when it
     /// refused a plaintext one.
     pub fn session_failed(&mut self, attempt: Attempt, conn: &Connection, e: Error) {
+        // A pooler that predates protocol 3.2 refuses its StartupMessage
+        // outright instead of negotiating: ask it for 3.0, unless 3.2 was
+        // asked for by name. Not counted as a failure.
+        if conn.refused_protocol(&e) && self.config.max_protocol_version.is_none() && !attempt.protocol_3_0 {
+            self.queue.push_front(Attempt {
+                protocol_3_0: true,
+                ..attempt
+            });
+            return;
+        }
         self.record(attempt, e, conn.is_tls())
     }
 

@@ -240,7 +240,11 @@ pub struct Config {
     pub target_session_attrs: TargetSessionAttrs,
     pub load_balance_hosts: LoadBalanceHosts,
     pub min_protocol_version: ProtocolVersion,
-    pub max_protocol_version: ProtocolVersion,
+    /// `max_protocol_version`; `None` (the default) asks for the newest and
+    /// falls back to 3.0 with a server or pooler that refuses the newer
+    /// StartupMessage outright (PgBouncer before 1.22 does). See
+    /// [`Config::max_protocol_version`].
+    pub max_protocol_version: Option<ProtocolVersion>,
     /// TCP keepalives (`keepalives`, on by default as in libpq) and their
     /// timing; `None` leaves the operating system's value.
     pub keepalives: bool,
@@ -307,7 +311,7 @@ impl std::fmt::Debug for Config {
             .field("load_balance_hosts", &self.load_balance_hosts)
             .field(
                 "protocol_versions",
-                &(self.min_protocol_version, self.max_protocol_version),
+                &(self.min_protocol_version, self.max_protocol_version()),
             )
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("max_message_size", &self.max_message_size)
@@ -359,7 +363,7 @@ impl Default for Config {
             target_session_attrs: TargetSessionAttrs::Any,
             load_balance_hosts: LoadBalanceHosts::Disable,
             min_protocol_version: ProtocolVersion::V3_0,
-            max_protocol_version: ProtocolVersion::LATEST,
+            max_protocol_version: None,
             keepalives: true,
             keepalives_idle: None,
             keepalives_interval: None,
@@ -432,6 +436,12 @@ impl Config {
             None if self.ssl_root_cert.as_deref() == Some("system") => SslMode::VerifyFull,
             None => SslMode::Prefer,
         }
+    }
+
+    /// The newest protocol version asked for: as set, else the newest duet
+    /// speaks (3.2; PostgreSQL before 18 answers 3.0).
+    pub fn max_protocol_version(&self) -> ProtocolVersion {
+        self.max_protocol_version.unwrap_or(ProtocolVersion::LATEST)
     }
 
     /// The servers to try, in the listed order: host, hostaddr and port
@@ -539,10 +549,11 @@ impl Config {
                 "channel_binding=require needs TLS, but sslmode=disable turns it off",
             ));
         }
-        if self.min_protocol_version > self.max_protocol_version {
+        if self.min_protocol_version > self.max_protocol_version() {
             return Err(Error::config(format!(
                 "min_protocol_version {} is above max_protocol_version {}",
-                self.min_protocol_version, self.max_protocol_version
+                self.min_protocol_version,
+                self.max_protocol_version()
             )));
         }
         if self.ssl_min_protocol_version > self.ssl_max_protocol_version {
@@ -673,7 +684,7 @@ impl Config {
                 }
             }
             "min_protocol_version" => self.min_protocol_version = ProtocolVersion::parse(key, value)?,
-            "max_protocol_version" => self.max_protocol_version = ProtocolVersion::parse(key, value)?,
+            "max_protocol_version" => self.max_protocol_version = Some(ProtocolVersion::parse(key, value)?),
             "keepalives" => self.keepalives = flag(key, value)?,
             "keepalives_idle" => self.keepalives_idle = seconds(key, value)?,
             "keepalives_interval" => self.keepalives_interval = seconds(key, value)?,

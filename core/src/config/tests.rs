@@ -211,7 +211,7 @@ fn libpq_words_are_understood() {
     assert_eq!(c.keepalives_interval, Some(Duration::from_secs(5)));
     assert_eq!(c.keepalives_count, Some(3));
     assert_eq!(c.tcp_user_timeout, Some(Duration::from_millis(1500)));
-    assert_eq!(c.max_protocol_version, ProtocolVersion::V3_2);
+    assert_eq!(c.max_protocol_version(), ProtocolVersion::V3_2);
     assert_eq!(c.fallback_application_name.as_deref(), Some("fb"));
     // libpq's floor: a connect_timeout under 2 s is 2 s.
     assert_eq!(c.connect_timeout, Some(Duration::from_secs(2)));

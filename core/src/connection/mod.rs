@@ -429,6 +429,9 @@ pub struct Connection {
     protocol: ProtocolVersion,
     /// SCRAM-SHA-256-PLUS bound this session to its TLS channel.
     channel_bound: bool,
+    /// An authentication request arrived: the server took the
+    /// StartupMessage (its protocol version included).
+    startup_taken: bool,
 }
 
 impl Connection {
@@ -487,7 +490,7 @@ impl Connection {
         if let Some(o) = &config.options {
             params.push(("options", o));
         }
-        let protocol = config.max_protocol_version;
+        let protocol = config.max_protocol_version();
         let mut phase = match startup::startup_message(protocol, &params, &mut out) {
             Ok(()) => Phase::Auth,
             Err(e) => Phase::Closed(e),
@@ -557,6 +560,7 @@ impl Connection {
             passfile_note: plan.passfile_note,
             protocol,
             channel_bound: false,
+            startup_taken: false,
         }
     }
 

@@ -106,7 +106,19 @@ impl Connection {
         self.session_attrs
     }
 
+    /// Whether the server refused the StartupMessage itself (before any
+    /// authentication), as a pooler that does not know protocol 3.2 does.
+    pub fn refused_protocol(&self, e: &Error) -> bool {
+        !self.startup_taken && self.protocol > ProtocolVersion::V3_0 && matches!(e.code(), Some("08P01" | "0A000"))
+    }
+
     pub(super) fn handle_startup(&mut self, msg: Message) -> Result<(), Error> {
+        if !matches!(
+            msg,
+            Message::ErrorResponse(_) | Message::NoticeResponse(_) | Message::ParameterStatus(_)
+        ) {
+            self.startup_taken = true;
+        }
         let password = || {
             self.config.password.clone().ok_or_else(|| {
                 let why = match &self.passfile_note {
