@@ -273,6 +273,8 @@ pub(crate) struct Tls {
     mode: SslMode,
     /// Started without SSLRequest (`sslnegotiation=direct`).
     direct: bool,
+    /// The session failed at the TLS level: nothing more can be sent.
+    dead: bool,
 }
 
 impl Tls {
@@ -289,20 +291,27 @@ impl Tls {
             host: host.to_string(),
             mode,
             direct,
+            dead: false,
         })
     }
 
     /// Records wait for the socket (or rustls has some to produce).
     pub(crate) fn has_output(&self) -> bool {
-        self.wire_sent < self.wire.len() || self.conn.wants_write()
+        !self.dead && (self.wire_sent < self.wire.len() || self.conn.wants_write())
+    }
+
+    /// Whether plaintext can be encrypted now.
+    pub(crate) fn accepts_plaintext(&self) -> bool {
+        !self.dead && !self.conn.is_handshaking()
     }
 
     /// Forgets records not yet written: after a failure nothing queued may
     /// reach the server (a record cut short is refused whole by it).
-    pub(crate) fn discard_output(&mut self) {
+    pub(crate) fn discard_output(&mut self, tls_failed: bool) {
         self.wire.clear();
         self.wire_sent = 0;
         self.plain_in_wire = 0;
+        self.dead |= tls_failed;
     }
 
     /// Why a server that hung up mid-handshake did so, as far as can be said.
@@ -329,7 +338,7 @@ impl Tls {
     /// plaintext, of which a chunk is encrypted when the wire is empty and
     /// the handshake is done.
     pub(crate) fn transmit(&mut self, plain: &[u8]) -> &[u8] {
-        if self.wire_sent == self.wire.len() {
+        if self.wire_sent == self.wire.len() && !self.dead {
             self.wire.clear();
             self.wire_sent = 0;
             if !self.conn.is_handshaking() && !plain.is_empty() && !self.conn.wants_write() {
@@ -363,7 +372,21 @@ impl Tls {
                 .conn
                 .read_tls(&mut bytes)
                 .map_err(|e| Error::Tls(format!("reading TLS records: {e}").into()))?;
+            let was_handshaking = self.conn.is_handshaking();
             let state = self.conn.process_new_packets().map_err(|e| self.error(e))?;
+            // Direct TLS skips the SSLRequest that shows the peer speaks
+            // PostgreSQL; ALPN `postgresql` is that proof here, as in libpq.
+            if was_handshaking
+                && !self.conn.is_handshaking()
+                && self.direct
+                && self.conn.alpn_protocol() != Some(ALPN_POSTGRESQL)
+            {
+                return Err(Error::Tls(
+                    "the server completed a direct TLS handshake without agreeing to ALPN \"postgresql\": \
+                     it is not PostgreSQL 17 or later"
+                        .into(),
+                ));
+            }
             let k = state.plaintext_bytes_to_read();
             if k > 0 {
                 let start = plain.len();

@@ -368,6 +368,11 @@ fn tls_accepted_starts_a_handshake_before_the_startup_message() {
     // A server that answers a ClientHello with plaintext is refused.
     let e = conn.handle_input(&Backend::new().auth_ok().build(), now).unwrap_err();
     assert!(matches!(e, Error::Tls(_)), "{e:?}");
+    // Nothing more can go out on a failed TLS session, not even Terminate:
+    // the driver is not asked to wait for a writable socket in vain.
+    conn.close();
+    assert!(conn.poll_transmit().is_empty());
+    assert!(conn.interest(false).is_err(), "closed, not waiting to write");
 }
 
 #[test]

@@ -938,7 +938,7 @@ impl Connection {
         // whose caller was told it failed — nor the rest of its records.
         self.out.clear();
         if let Wire::Tls(t) = &mut self.wire {
-            t.discard_output();
+            t.discard_output(matches!(e, Error::Tls(_)));
         }
         self.held.clear();
         self.deadlines.clear();

@@ -55,7 +55,7 @@ impl Connection {
         match &self.wire {
             Wire::Plain => !self.out.is_empty(),
             Wire::AwaitingSsl { sent } => *sent < SSL_REQUEST.len(),
-            Wire::Tls(t) => t.has_output() || (!t.is_handshaking() && !self.out.is_empty()),
+            Wire::Tls(t) => t.has_output() || (t.accepts_plaintext() && !self.out.is_empty()),
         }
     }
 
