@@ -124,6 +124,32 @@ fn certificates_are_judged_as_sslmode_says<D: Driver>() {
     );
 }
 
+/// Built TLS settings are kept between connects, but a certificate file
+/// that changed is read again: never a stale trust decision.
+fn a_replaced_root_certificate_is_read_again<D: Driver>() {
+    let s = tls_server();
+    let dir = std::env::temp_dir().join(format!("duet-roots-{}-{}", D::NAME, std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let roots = dir.join("roots.pem");
+    std::fs::copy(&certs().ca_cert, &roots).unwrap();
+    let url = words(
+        s,
+        "localhost",
+        "postgres",
+        &format!("sslmode=verify-full sslrootcert={}", roots.display()),
+    );
+    for _ in 0..2 {
+        assert_usable(&mut D::connect(&url).unwrap());
+    }
+    // Another CA in its place (other contents, size or time).
+    std::fs::copy(&certs().other_ca_cert, &roots).unwrap();
+    let e = D::connect(&url).err().expect("the new root does not sign the server");
+    assert!(e.to_string().contains("not signed by a trusted root"), "{e}");
+    std::fs::copy(&certs().ca_cert, &roots).unwrap();
+    assert_usable(&mut D::connect(&url).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn tls_only_and_plaintext_only_roles_fall_back_as_libpq<D: Driver>() {
     let s = tls_server();
     // allow: plaintext first; the server refuses it; TLS next.
@@ -503,6 +529,7 @@ conformance_tests!(
     every_sslmode_against_a_plaintext_server,
     certificates_are_judged_as_sslmode_says,
     tls_only_and_plaintext_only_roles_fall_back_as_libpq,
+    a_replaced_root_certificate_is_read_again,
     client_certificates_authenticate,
     channel_binding_is_used_and_required,
     direct_tls_needs_postgresql_17,

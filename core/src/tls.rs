@@ -44,14 +44,92 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// What a built `ClientConfig` depends on: the words, and the size and
+/// modification time of each file they name (a replaced certificate is
+/// read afresh). `sslrootcert=system` is read once per process.
+#[derive(PartialEq, Eq, Clone)]
+struct CacheKey {
+    mode: SslMode,
+    files: [Option<(String, Option<(u64, std::time::SystemTime, u32)>)>; 3],
+    sni: bool,
+    versions: (TlsVersion, TlsVersion),
+}
+
+impl CacheKey {
+    fn of(config: &Config) -> CacheKey {
+        let stamp = |path: &Option<String>| {
+            path.as_ref().map(|p| {
+                let meta = std::fs::metadata(p).ok();
+                (
+                    p.clone(),
+                    meta.and_then(|m| Some((m.len(), m.modified().ok()?, mode_of(&m)))),
+                )
+            })
+        };
+        CacheKey {
+            mode: config.ssl_mode(),
+            files: [
+                stamp(&config.ssl_root_cert),
+                stamp(&config.ssl_cert),
+                stamp(&config.ssl_key),
+            ],
+            sni: config.ssl_sni,
+            versions: (config.ssl_min_protocol_version, config.ssl_max_protocol_version),
+        }
+    }
+}
+
+/// Permission bits, so a key file made readable by others is judged again.
+fn mode_of(m: &std::fs::Metadata) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        0
+    }
+}
+
+/// The last few `ClientConfig`s built: parsing certificates (the whole
+/// system store for `sslrootcert=system`) and building a verifier cost more
+/// than a connect should, and every connect of an application asks for the
+/// same few.
+static BUILT: std::sync::Mutex<Vec<(CacheKey, Arc<ClientConfig>)>> = std::sync::Mutex::new(Vec::new());
+
 /// The rustls settings a configuration asks for, with its files read:
-/// `None` when TLS is off (`sslmode=disable`). Built once per connect and
-/// shared by every host tried.
+/// `None` when TLS is off (`sslmode=disable`). Shared by every host tried,
+/// and by later connects with the same settings and files.
 pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Error> {
-    let mode = config.ssl_mode();
-    if mode == SslMode::Disable {
+    if config.ssl_mode() == SslMode::Disable {
         return Ok(None);
     }
+    let key = CacheKey::of(config);
+    let cache = || BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let mut built = cache();
+        if let Some(i) = built.iter().position(|(k, _)| *k == key) {
+            let entry = built.remove(i);
+            let tls = entry.1.clone();
+            built.push(entry);
+            return Ok(Some(tls));
+        }
+    }
+    // Built without the lock: reading the system store must not hold up
+    // connects that have theirs already.
+    let tls = build_client_config(config)?;
+    let mut built = cache();
+    if built.len() >= 8 {
+        built.remove(0);
+    }
+    built.push((key, tls.clone()));
+    Ok(Some(tls))
+}
+
+fn build_client_config(config: &Config) -> Result<Arc<ClientConfig>, Error> {
+    let mode = config.ssl_mode();
     let provider = provider();
     let versions: &[&'static rustls::SupportedProtocolVersion] =
         match (config.ssl_min_protocol_version, config.ssl_max_protocol_version) {
@@ -99,7 +177,7 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Error
     };
     tls.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     tls.enable_sni = config.ssl_sni;
-    Ok(Some(Arc::new(tls)))
+    Ok(Arc::new(tls))
 }
 
 fn load_roots(config: &Config) -> Result<Option<Arc<RootCertStore>>, Error> {
