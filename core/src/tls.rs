@@ -47,10 +47,14 @@ fn provider() -> Arc<CryptoProvider> {
 /// What a built `ClientConfig` depends on: the words, and the size and
 /// modification time of each file they name (a replaced certificate is
 /// read afresh). `sslrootcert=system` is read once per process.
+/// A named file as it was: its path, and (size, modification time,
+/// permission bits) when it could be read.
+type FileStamp = (String, Option<(u64, std::time::SystemTime, u32)>);
+
 #[derive(PartialEq, Eq, Clone)]
 struct CacheKey {
     mode: SslMode,
-    files: [Option<(String, Option<(u64, std::time::SystemTime, u32)>)>; 3],
+    files: [Option<FileStamp>; 3],
     sni: bool,
     versions: (TlsVersion, TlsVersion),
 }
