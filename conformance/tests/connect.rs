@@ -482,6 +482,45 @@ fn a_pooler_that_predates_protocol_32_is_asked_for_30<D: Driver>() {
     assert_eq!(e.code(), Some("08P01"), "{e}");
 }
 
+/// A cancel travels like its session (libpq 17): over TLS for a TLS session,
+/// so the key that lets anyone cancel the session's work is not on the wire
+/// in the clear; in plaintext (the bare request) for a plaintext one.
+fn cancels_travel_like_their_session<D: Driver>() {
+    use duet_conformance::faults::{Fault, Proxy};
+    let s = tls_server();
+    let proxy = Proxy::start(&s.host(), s.port());
+    for (mode, tls) in [("require", true), ("disable", false)] {
+        let url = proxy.url(&format!("{}?sslmode={mode}", s.url()));
+        let mut c = D::connect(&url).unwrap();
+        assert_eq!(c.connection().is_tls(), tls);
+        // 16 bytes with protocol 3.0's key, 44 with 3.2's.
+        let request_len = c.connection().cancel_token().unwrap().encode().len();
+        let cancel = c.canceller();
+        let proxy = &proxy;
+        let sent = std::thread::scope(|scope| {
+            let t = scope.spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                // The session is waiting now: what flows next is the cancel's.
+                proxy.arm(Fault::None);
+                cancel().unwrap();
+                proxy.client_bytes()
+            });
+            let e = c.execute("SELECT pg_sleep(30)", &[]).expect_err("cancelled");
+            assert_eq!(e.code(), Some("57014"), "{mode}: {e}");
+            t.join().unwrap()
+        });
+        if tls {
+            assert!(
+                sent > 100,
+                "a TLS cancel is an SSLRequest and a handshake, not {sent} bytes"
+            );
+        } else {
+            assert_eq!(sent, request_len, "a plaintext CancelRequest");
+        }
+        assert_usable(&mut c);
+    }
+}
+
 fn keepalive_words_are_applied<D: Driver>() {
     let s = plain();
     let url = words(
@@ -541,4 +580,5 @@ conformance_tests!(
     protocol_version_is_negotiated,
     keepalive_words_are_applied,
     a_pooler_that_predates_protocol_32_is_asked_for_30,
+    cancels_travel_like_their_session,
 );

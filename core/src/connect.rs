@@ -173,6 +173,12 @@ impl Connector {
 
     /// The protocol machine for a socket opened to `attempt`'s endpoint.
     pub fn start(&self, attempt: &Attempt, now: Instant) -> Connection {
+        let (config, plan) = self.session(attempt);
+        Connection::start(&config, plan, now)
+    }
+
+    /// The settings of a session on `attempt`'s endpoint, and what it must be.
+    fn session(&self, attempt: &Attempt) -> (Config, SessionPlan) {
         let mut config = self.config.for_endpoint(&attempt.dial);
         if attempt.protocol_3_0 {
             config.max_protocol_version = Some(crate::ProtocolVersion::V3_0);
@@ -206,7 +212,16 @@ impl Connector {
             attrs: attempt.attrs,
             passfile_note,
         };
-        Connection::start(&config, plan, now)
+        (config, plan)
+    }
+
+    /// A connection that delivers `request` to `attempt`'s endpoint, with
+    /// the TLS its `sslmode` asks for, and nothing else (a driver writes what
+    /// it transmits and feeds what it reads until
+    /// [`Connection::cancel_sent`], then waits for the server to close).
+    pub fn start_cancel(&self, attempt: &Attempt, request: crate::CancelRequest, now: Instant) -> Connection {
+        let (config, plan) = self.session(attempt);
+        Connection::start_cancel(&config, plan, request, now)
     }
 
     /// The socket for `attempt` could not be opened.

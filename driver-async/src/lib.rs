@@ -115,6 +115,21 @@ impl Socket {
         };
     }
 
+    /// A write that waits (a cancel connection's; sessions never wait).
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write(buf).await,
+            Socket::Unix(s) => s.write(buf).await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.read(buf).await,
+            Socket::Unix(s) => s.read(buf).await,
+        }
+    }
+
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Socket::Tcp(s) => s.try_write(buf),
@@ -184,26 +199,40 @@ impl CancelToken {
     }
 }
 
-/// Connects, sends the request and waits for the server to close the
-/// socket, all within `limit`.
+/// Connects as the session did (TLS included, as libpq 17 does), sends the
+/// request and waits for the server to close the socket, all within
+/// `limit`.
 async fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
-    let bytes = request.encode();
     let exchange = async {
-        let endpoint = &config.endpoints()?[0];
-        match Socket::connect(endpoint, config)
-            .await
-            .map_err(|e| endpoint.connect_error(e))?
-        {
-            Socket::Tcp(mut s) => {
-                s.write_all(&bytes).await?;
-                let _ = s.read(&mut [0u8; 1]).await;
+        let mut plan = Connector::new(config)?;
+        while let Some(attempt) = plan.next_attempt() {
+            let endpoint = attempt.endpoint();
+            let mut s = match Socket::connect(endpoint, config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = endpoint.connect_error(e);
+                    plan.failed(attempt, e);
+                    continue;
+                }
+            };
+            let mut conn = plan.start_cancel(&attempt, request, Instant::now());
+            let mut buf = [0u8; 16 * 1024];
+            while !conn.cancel_sent() {
+                while !conn.poll_transmit().is_empty() {
+                    let n = s.write(conn.poll_transmit()).await?;
+                    conn.advance_transmit(n);
+                }
+                if conn.cancel_sent() {
+                    break;
+                }
+                let n = s.read(&mut buf).await?;
+                conn.handle_read(&buf[..n], Instant::now())?;
             }
-            Socket::Unix(mut s) => {
-                s.write_all(&bytes).await?;
-                let _ = s.read(&mut [0u8; 1]).await;
-            }
+            // The server closes the socket once it has read the request.
+            let _ = s.read(&mut buf).await;
+            return Ok(());
         }
-        Ok(())
+        Err(plan.into_error())
     };
     tokio::time::timeout(limit, exchange)
         .await

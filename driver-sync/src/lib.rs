@@ -114,6 +114,27 @@ impl Socket {
         }
     }
 
+    /// A blocking write (a cancel connection's; sessions never block).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn set_timeouts(&self, limit: Option<Duration>) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => {
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)
+            }
+            Socket::Unix(s) => {
+                s.set_read_timeout(limit)?;
+                s.set_write_timeout(limit)
+            }
+        }
+    }
+
     /// Waits until the socket is readable (and/or writable), or `until`.
     /// Returns (readable, writable).
     fn wait(&self, read: bool, write: bool, until: Option<Instant>) -> io::Result<(bool, bool)> {
@@ -192,32 +213,44 @@ impl CancelToken {
     }
 }
 
-/// Connects, sends the request and waits for the server to close the
-/// socket; each step is bounded by `limit`.
+/// Connects as the session did (TLS included, as libpq 17 does), sends the
+/// request and waits for the server to close the socket; each step is
+/// bounded by `limit`.
 fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
     let config = Config {
         connect_timeout: Some(limit),
         ..config.clone()
     };
-    let endpoint = &config.endpoints()?[0];
-    let mut s = Socket::connect(endpoint, &config).map_err(|e| endpoint.connect_error(e))?;
-    let bytes = request.encode();
-    let limit = Some(limit);
-    match &mut s {
-        Socket::Tcp(t) => {
-            t.set_read_timeout(limit)?;
-            t.set_write_timeout(limit)?;
-            t.write_all(&bytes)?
+    let mut plan = Connector::new(&config)?;
+    while let Some(attempt) = plan.next_attempt() {
+        let endpoint = attempt.endpoint();
+        let mut s = match Socket::connect(endpoint, &config) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = endpoint.connect_error(e);
+                plan.failed(attempt, e);
+                continue;
+            }
+        };
+        s.set_timeouts(Some(limit))?;
+        let mut conn = plan.start_cancel(&attempt, request, Instant::now());
+        let mut buf = [0u8; 16 * 1024];
+        while !conn.cancel_sent() {
+            while !conn.poll_transmit().is_empty() {
+                let n = s.write(conn.poll_transmit())?;
+                conn.advance_transmit(n);
+            }
+            if conn.cancel_sent() {
+                break;
+            }
+            let n = s.read(&mut buf)?;
+            conn.handle_read(&buf[..n], Instant::now())?;
         }
-        Socket::Unix(u) => {
-            u.set_read_timeout(limit)?;
-            u.set_write_timeout(limit)?;
-            u.write_all(&bytes)?
-        }
+        // The server closes the socket once it has read the request.
+        let _ = s.read(&mut buf);
+        return Ok(());
     }
-    // The server closes the socket once it has read the request.
-    let _ = s.read(&mut [0u8; 1]);
-    Ok(())
+    Err(plan.into_error())
 }
 
 /// What became of a transaction whose COMMIT was lost with its

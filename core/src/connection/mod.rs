@@ -432,6 +432,9 @@ pub struct Connection {
     /// An authentication request arrived: the server took the
     /// StartupMessage (its protocol version included).
     startup_taken: bool,
+    /// A connection that only delivers a CancelRequest (see
+    /// [`Connection::start_cancel`]).
+    cancel_only: bool,
 }
 
 impl Connection {
@@ -561,7 +564,30 @@ impl Connection {
             protocol,
             channel_bound: false,
             startup_taken: false,
+            cancel_only: false,
         }
+    }
+
+    /// A connection that delivers `request` and nothing else, encrypted as
+    /// `plan` says (libpq 17 sends cancels the way it opens sessions): the
+    /// CancelRequest takes the StartupMessage's place.
+    pub(crate) fn start_cancel(config: &Config, plan: SessionPlan, request: CancelRequest, now: Instant) -> Connection {
+        let mut conn = Connection::start(config, plan, now);
+        conn.out.clear();
+        conn.out.extend_from_slice(&request.encode());
+        conn.cancel_only = true;
+        conn
+    }
+
+    /// For a connection of [`Connection::start_cancel`]: the request has
+    /// left whole (through TLS when there is TLS). The server then closes
+    /// the socket.
+    pub fn cancel_sent(&self) -> bool {
+        self.cancel_only
+            && self.out.is_empty()
+            && !self.has_output()
+            && !matches!(self.wire, Wire::AwaitingSsl { .. })
+            && !matches!(self.phase, Phase::Closed(_))
     }
 
     // ---- state the caller may look at ----
@@ -744,6 +770,11 @@ impl Connection {
         }
         if let Err(e) = self.take_in(bytes) {
             return Err(self.fail(e));
+        }
+        if self.cancel_only {
+            // The server answers a cancel with nothing but closing.
+            self.input.clear();
+            return Ok(());
         }
         if !self.is_ready() {
             if let Some(e) = not_postgres(&self.input) {
