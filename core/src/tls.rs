@@ -149,7 +149,10 @@ fn build_client_config(config: &Config) -> Result<Arc<ClientConfig>, Error> {
     // (so `require` behaves as verify-ca); only verify-full the name.
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
         (SslMode::VerifyFull, Some(roots)) => webpki(roots, &provider)?,
-        (_, Some(roots)) => Arc::new(ChainOnly(webpki(roots, &provider)?)),
+        (_, Some(roots)) => Arc::new(Lenient {
+            chain: Some(webpki(roots, &provider)?),
+            algorithms: provider.signature_verification_algorithms,
+        }),
         (SslMode::VerifyFull | SslMode::VerifyCa, None) => {
             return Err(Error::config(format!(
                 "sslmode={} needs a root certificate to verify the server with: set sslrootcert to a PEM file, \
@@ -157,7 +160,10 @@ fn build_client_config(config: &Config) -> Result<Arc<ClientConfig>, Error> {
                 word_of_ssl_mode(mode)
             )))
         }
-        (_, None) => Arc::new(Unverified(provider.signature_verification_algorithms)),
+        (_, None) => Arc::new(Lenient {
+            chain: None,
+            algorithms: provider.signature_verification_algorithms,
+        }),
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let mut tls = match (&config.ssl_cert, &config.ssl_key) {
@@ -258,51 +264,20 @@ fn check_key_permissions(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// `sslmode=require` without a root certificate: the session is encrypted
-/// but the server is not authenticated (libpq's meaning). The handshake's
-/// signatures are still checked, so the peer holds the key of the
-/// certificate it showed — which channel binding relies on.
+/// The server certificate checks that are not webpki's own: `require`
+/// without a root certificate (`chain: None`; the session is encrypted but
+/// the server not authenticated, libpq's meaning) and `verify-ca` (the chain
+/// must lead to a trusted root; the name on the certificate is not compared
+/// with the host). The handshake's signatures are checked either way, so
+/// the peer holds the key of the certificate it showed — which channel
+/// binding relies on.
 #[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// `sslmode=verify-ca`: the chain must lead to a trusted root; the name on
-/// the certificate is not compared with the host.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -311,10 +286,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -327,7 +302,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -335,10 +310,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -205,38 +205,49 @@ impl CancelToken {
 async fn send_cancel(config: &Config, request: CancelRequest, limit: Duration) -> Result<(), Error> {
     let exchange = async {
         let mut plan = Connector::new(config)?;
-        while let Some(attempt) = plan.next_attempt() {
-            let endpoint = attempt.endpoint();
-            let mut s = match Socket::connect(endpoint, config).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let e = endpoint.connect_error(e);
-                    plan.failed(attempt, e);
-                    continue;
-                }
-            };
-            let mut conn = plan.start_cancel(&attempt, request, Instant::now());
-            let mut buf = [0u8; 16 * 1024];
-            while !conn.cancel_sent() {
-                while !conn.poll_transmit().is_empty() {
-                    let n = s.write(conn.poll_transmit()).await?;
-                    conn.advance_transmit(n);
-                }
-                if conn.cancel_sent() {
-                    break;
-                }
-                let n = s.read(&mut buf).await?;
-                conn.handle_read(&buf[..n], Instant::now())?;
+        let Some((attempt, mut s)) = next_socket(&mut plan, config).await else {
+            return Err(plan.into_error());
+        };
+        let mut conn = plan.start_cancel(&attempt, request, Instant::now());
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            while !conn.poll_transmit().is_empty() {
+                let n = s.write(conn.poll_transmit()).await?;
+                conn.advance_transmit(n);
             }
-            // The server closes the socket once it has read the request.
-            let _ = s.read(&mut buf).await;
-            return Ok(());
+            if conn.cancel_sent() {
+                break;
+            }
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Err(Error::closed(
+                    "the server closed the cancel connection before the request was sent",
+                ));
+            }
+            conn.handle_input(&buf[..n], Instant::now())?;
         }
-        Err(plan.into_error())
+        // The server closes the socket once it has read the request.
+        let _ = s.read(&mut buf).await;
+        Ok(())
     };
     tokio::time::timeout(limit, exchange)
         .await
         .unwrap_or_else(|_| Err(Error::closed("the cancel connection did not finish within its limit")))
+}
+
+/// The next attempt of `plan` whose socket opens; the others are told to
+/// `plan` as they fail.
+async fn next_socket(plan: &mut Connector, config: &Config) -> Option<(Attempt, Socket)> {
+    while let Some(attempt) = plan.next_attempt() {
+        match Socket::connect(attempt.endpoint(), config).await {
+            Ok(s) => return Some((attempt, s)),
+            Err(e) => {
+                let e = attempt.endpoint().connect_error(e);
+                plan.failed(attempt, e);
+            }
+        }
+    }
+    None
 }
 
 /// What became of a transaction whose COMMIT was lost with its
@@ -272,16 +283,7 @@ impl Client {
     /// how TLS starts, and whether the session will do).
     pub async fn connect_config(config: &Config) -> Result<Client, Error> {
         let mut plan = Connector::new(config)?;
-        while let Some(attempt) = plan.next_attempt() {
-            let endpoint = attempt.endpoint();
-            let sock = match Socket::connect(endpoint, config).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let e = endpoint.connect_error(e);
-                    plan.failed(attempt, e);
-                    continue;
-                }
-            };
+        while let Some((attempt, sock)) = next_socket(&mut plan, config).await {
             let mut client = Client {
                 conn: plan.start(&attempt, Instant::now()),
                 sock,

@@ -5,7 +5,7 @@
 //! the string, then the operating system's user and the files in the home
 //! directory. Both drivers share all of it.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::time::Duration;
 
 use crate::Error;
