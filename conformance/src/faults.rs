@@ -305,7 +305,7 @@ fn pump(shared: Arc<ProxyShared>, link: Arc<Link>, dir: Direction) {
 }
 
 impl Proxy {
-    /// Listens on 127.0.0.1:<free port>, forwards every accepted connection
+    /// Listens on `127.0.0.1:<free port>`, forwards every accepted connection
     /// to `upstream_host:upstream_port`.
     pub fn start(upstream_host: &str, upstream_port: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
@@ -343,7 +343,7 @@ impl Proxy {
 
     /// A connection URL through the proxy, built from a server URL such as
     /// `TestServer::url()` (`postgres://user[:pw]@host:port/db?params`):
-    /// host and port replaced by 127.0.0.1:<proxy port>, and
+    /// host and port replaced by `127.0.0.1:<proxy port>`, and
     /// `local_socket=disable` added (duet otherwise prefers a local Unix
     /// socket, which would bypass the proxy). A libpq `key=value` string is
     /// accepted too (a later key overrides an earlier one).
@@ -562,7 +562,7 @@ struct FakeState {
 const SCRIPT_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 impl FakeServer {
-    /// Accepts connections on 127.0.0.1:<free port>; each accepted
+    /// Accepts connections on `127.0.0.1:<free port>`; each accepted
     /// connection runs `script` on its own thread.
     pub fn start(script: impl Fn(FakeConn) + Send + Sync + 'static) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("fake server: bind 127.0.0.1:0");

@@ -440,7 +440,7 @@ pub struct Connection {
 impl Connection {
     /// Starts a session with the configuration's first endpoint, TLS as
     /// its `sslmode` asks (a driver choosing among several hosts uses
-    /// [`crate::Connector`], which calls [`Connection::start`]).
+    /// [`crate::Connector`], which builds its `Connection`s itself).
     pub fn new(config: &Config, now: Instant) -> Connection {
         let endpoint = config.endpoints().ok().and_then(|e| e.into_iter().next());
         let (tls, server_name) = match endpoint.as_ref().map(|e| &e.host) {
@@ -579,7 +579,7 @@ impl Connection {
         conn
     }
 
-    /// For a connection of [`Connection::start_cancel`]: the request has
+    /// For a cancel connection (from [`crate::Connector::start_cancel`]): the request has
     /// left whole (through TLS when there is TLS). The server then closes
     /// the socket.
     pub fn cancel_sent(&self) -> bool {
