@@ -134,6 +134,9 @@ pub enum Error {
     /// No server of the list gave an acceptable session: each one tried,
     /// and why it failed, in the order tried. Fatal.
     Unreachable(Arc<[(Arc<str>, Error)]>),
+    /// A pool had no connection for the caller within `acquire_timeout`;
+    /// the text gives the pool's counts and the last connect error.
+    PoolTimeout(Arc<str>),
     /// A parameter could not be encoded; nothing was sent.
     Encode(Arc<str>),
     /// A column could not be decoded into the requested Rust type.
@@ -241,6 +244,7 @@ impl fmt::Display for Error {
             Error::Connect { target, source } => write!(f, "cannot connect to {target}: {source}"),
             Error::Tls(m) => write!(f, "TLS: {m}"),
             Error::Rejected(m) => write!(f, "server not accepted: {m}"),
+            Error::PoolTimeout(m) => write!(f, "pool: {m}"),
             Error::Unreachable(tried) => {
                 write!(f, "no server could be used ({} tried): ", tried.len())?;
                 for (i, (target, e)) in tried.iter().enumerate() {

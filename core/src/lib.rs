@@ -32,6 +32,7 @@ mod error;
 pub mod ops;
 pub mod orm;
 pub mod params;
+pub mod pool;
 mod row;
 mod tls;
 

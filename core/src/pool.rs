@@ -1,0 +1,359 @@
+//! The pool's policy, written once: which waiter gets which connection,
+//! when to open, test, keep or close one. Like the protocol machine it does
+//! no I/O and reads no clock — time comes in as a parameter — so the
+//! blocking driver (threads and a condition variable) and the tokio one
+//! (tasks) only carry out what it says, and behave the same.
+//!
+//! A driver's adaptor:
+//! - calls [`Pool::acquire`] for each caller, which becomes a waiter (served
+//!   in order), then carries out [`Pool::poll_action`]s: [`Action::Open`]
+//!   (open a connection, report it with [`Pool::opened`]), [`Action::Grant`]
+//!   (hand that connection to that waiter, after a check when `test` says
+//!   so), [`Action::Fail`] (that waiter's acquire failed), [`Action::Close`]
+//!   (close that connection, which the pool no longer counts);
+//! - gives every connection back with [`Pool::release`], saying whether the
+//!   core found it idle (`Connection::is_idle`: last ReadyForQuery idle,
+//!   nothing in flight) — only then is it lent again;
+//! - sleeps until [`Pool::poll_timeout`] and then calls
+//!   [`Pool::handle_timeout`] (waiters' deadlines, idle and lifetime limits,
+//!   connect back-off).
+//!
+//! Connections being opened are not promised to anyone: whichever
+//! connection becomes available first — opened, or given back — goes to
+//! the oldest waiter. So a slow or failing connect never holds up a waiter
+//! that a returned connection could serve.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::connection::deadline_after;
+use crate::Error;
+
+/// The pool's limits, with the names sqlx and deadpool users know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Connections at most, lent, idle and being opened together.
+    pub max_size: usize,
+    /// Idle connections kept open (opened ahead when fewer).
+    pub min_idle: usize,
+    /// How long an acquire waits before it fails; `None`: for ever.
+    pub acquire_timeout: Option<Duration>,
+    /// An idle connection beyond `min_idle` is closed after this long.
+    pub idle_timeout: Option<Duration>,
+    /// A connection is closed (when next idle) once this old.
+    pub max_lifetime: Option<Duration>,
+    /// Check an idle connection with a round trip before lending it (a
+    /// server restart or `pg_terminate_backend` kills idle connections
+    /// silently).
+    pub test_before_acquire: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> PoolOptions {
+        PoolOptions {
+            max_size: 10,
+            min_idle: 0,
+            acquire_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            test_before_acquire: true,
+        }
+    }
+}
+
+/// One caller waiting in [`Pool::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WaiterId(u64);
+
+/// A connection the pool counts, with what it knows of it.
+#[derive(Debug)]
+pub struct Pooled<T> {
+    pub conn: T,
+    created: Instant,
+}
+
+impl<T> Pooled<T> {
+    /// When it was opened.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+}
+
+/// What the adaptor must do next.
+#[derive(Debug)]
+pub enum Action<T> {
+    /// Open a new connection and report it with [`Pool::opened`].
+    Open,
+    /// Lend `conn` to `waiter`. With `test`, check it first (a round trip);
+    /// if that fails, [`Pool::release`] it as not reusable and
+    /// [`Pool::acquire`] again for the same caller.
+    Grant {
+        waiter: WaiterId,
+        conn: Pooled<T>,
+        test: bool,
+    },
+    /// `waiter`'s acquire failed.
+    Fail { waiter: WaiterId, error: Error },
+    /// Close this connection: idle too long, too old. No longer counted.
+    Close(T),
+}
+
+/// Counts, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStatus {
+    /// Connections counted: lent, idle and being opened.
+    pub size: usize,
+    pub idle: usize,
+    pub opening: usize,
+    pub waiting: usize,
+}
+
+/// The first pause after a failed connect; doubled after each failure in a
+/// row, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The pool's state. `T` is the driver's connection.
+pub struct Pool<T> {
+    opts: PoolOptions,
+    /// Idle connections, most recently returned last (lent from the back,
+    /// so the extra ones age and are closed by `idle_timeout`).
+    idle: Vec<(Pooled<T>, Instant)>,
+    waiters: VecDeque<(WaiterId, Option<Instant>)>,
+    /// Lent, idle and opening.
+    size: usize,
+    opening: usize,
+    actions: VecDeque<Action<T>>,
+    next_waiter: u64,
+    /// No connect is started before this (after failures).
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    last_connect_error: Option<Error>,
+}
+
+impl<T> Pool<T> {
+    /// A pool with `opts`; `min_idle` connections are asked for at once.
+    pub fn new(opts: PoolOptions, now: Instant) -> Pool<T> {
+        let mut p = Pool {
+            opts,
+            idle: Vec::new(),
+            waiters: VecDeque::new(),
+            size: 0,
+            opening: 0,
+            actions: VecDeque::new(),
+            next_waiter: 0,
+            backoff_until: None,
+            backoff: FIRST_BACKOFF,
+            last_connect_error: None,
+        };
+        p.serve(now);
+        p
+    }
+
+    pub fn options(&self) -> &PoolOptions {
+        &self.opts
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        PoolStatus {
+            size: self.size,
+            idle: self.idle.len(),
+            opening: self.opening,
+            waiting: self.waiters.len(),
+        }
+    }
+
+    /// A caller wants a connection: it waits its turn (the answer comes as
+    /// an [`Action::Grant`] or [`Action::Fail`] for the returned id).
+    pub fn acquire(&mut self, now: Instant) -> WaiterId {
+        let id = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        let deadline = self.opts.acquire_timeout.and_then(|t| deadline_after(now, t));
+        self.waiters.push_back((id, deadline));
+        self.serve(now);
+        id
+    }
+
+    /// The caller stopped waiting (a dropped future). A grant made to it and
+    /// not yet taken from [`Pool::poll_action`] goes back to the pool; one
+    /// already taken, the adaptor gives back with [`Pool::release`].
+    pub fn cancel_wait(&mut self, waiter: WaiterId, now: Instant) {
+        self.waiters.retain(|(w, _)| *w != waiter);
+        if let Some(i) = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Grant { waiter: w, .. } if *w == waiter))
+        {
+            if let Some(Action::Grant { conn, .. }) = self.actions.remove(i) {
+                self.idle.push((conn, now));
+            }
+        }
+        self.serve(now);
+    }
+
+    /// A lent connection comes back. `reusable`: the core found it idle (its
+    /// last ReadyForQuery said idle and nothing is in flight), and it did
+    /// not fail. Anything else is dropped by the adaptor and no longer
+    /// counted; a waiter then gets a new connection.
+    pub fn release(&mut self, conn: Pooled<T>, reusable: bool, now: Instant) {
+        if !reusable {
+            self.size -= 1;
+            drop(conn);
+        } else if self.too_old(&conn, now) {
+            self.size -= 1;
+            self.actions.push_back(Action::Close(conn.conn));
+        } else {
+            self.idle.push((conn, now));
+        }
+        self.serve(now);
+    }
+
+    /// An [`Action::Open`] finished.
+    pub fn opened(&mut self, result: Result<T, Error>, now: Instant) {
+        self.opening -= 1;
+        match result {
+            Ok(conn) => {
+                self.backoff = FIRST_BACKOFF;
+                self.backoff_until = None;
+                self.last_connect_error = None;
+                self.idle.push((Pooled { conn, created: now }, now));
+            }
+            Err(e) => {
+                self.size -= 1;
+                if self.size == 0 {
+                    // Nothing lent could come back to serve the waiters:
+                    // they learn now why there is no connection.
+                    for (waiter, _) in self.waiters.drain(..) {
+                        self.actions.push_back(Action::Fail {
+                            waiter,
+                            error: e.clone(),
+                        });
+                    }
+                }
+                self.backoff_until = deadline_after(now, self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.last_connect_error = Some(e);
+            }
+        }
+        self.serve(now);
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_action(&mut self) -> Option<Action<T>> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Pool::handle_timeout`] has work next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.waiters.iter().filter_map(|(_, d)| *d).min();
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t: Instant| t.min(x)));
+            }
+        };
+        if !self.waiters.is_empty() || self.idle.len() < self.opts.min_idle {
+            at(self.backoff_until);
+        }
+        for (c, since) in &self.idle {
+            at(self.opts.max_lifetime.and_then(|l| deadline_after(c.created, l)));
+            at(self.opts.idle_timeout.and_then(|l| deadline_after(*since, l)));
+        }
+        t
+    }
+
+    /// Time has passed: waiters past their deadline fail, idle connections
+    /// past their limits close, a back-off that ended lets connects start.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<WaiterId> = self
+            .waiters
+            .iter()
+            .filter(|(_, d)| d.is_some_and(|d| d <= now))
+            .map(|(w, _)| *w)
+            .collect();
+        if !expired.is_empty() {
+            self.waiters.retain(|(_, d)| !d.is_some_and(|d| d <= now));
+            let why = match &self.last_connect_error {
+                Some(e) => format!("; the last connect failed: {e}"),
+                None => String::new(),
+            };
+            let error = Error::PoolTimeout(
+                format!(
+                    "no connection within acquire_timeout ({} of {} lent, {} being opened){why}",
+                    self.size - self.idle.len() - self.opening,
+                    self.opts.max_size,
+                    self.opening
+                )
+                .into(),
+            );
+            for waiter in expired {
+                self.actions.push_back(Action::Fail {
+                    waiter,
+                    error: error.clone(),
+                });
+            }
+        }
+        if self.backoff_until.is_some_and(|b| b <= now) {
+            self.backoff_until = None;
+        }
+        let mut i = 0;
+        while i < self.idle.len() {
+            let (c, since) = &self.idle[i];
+            let idle_too_long = self.idle.len() > self.opts.min_idle
+                && self
+                    .opts
+                    .idle_timeout
+                    .is_some_and(|l| deadline_after(*since, l).is_some_and(|d| d <= now));
+            if self.too_old(c, now) || idle_too_long {
+                let (c, _) = self.idle.remove(i);
+                self.size -= 1;
+                self.actions.push_back(Action::Close(c.conn));
+            } else {
+                i += 1;
+            }
+        }
+        self.serve(now);
+    }
+
+    fn too_old(&self, c: &Pooled<T>, now: Instant) -> bool {
+        self.opts
+            .max_lifetime
+            .is_some_and(|l| deadline_after(c.created, l).is_some_and(|d| d <= now))
+    }
+
+    /// Gives idle connections to the oldest waiters, then starts the
+    /// connects still needed (for waiters no opening connect will serve,
+    /// and for `min_idle`) within `max_size`, unless backing off.
+    fn serve(&mut self, now: Instant) {
+        while !self.waiters.is_empty() {
+            let Some((conn, _)) = self.idle.pop() else { break };
+            if self.too_old(&conn, now) {
+                self.size -= 1;
+                self.actions.push_back(Action::Close(conn.conn));
+                continue;
+            }
+            let (waiter, _) = self.waiters.pop_front().expect("not empty");
+            self.actions.push_back(Action::Grant {
+                waiter,
+                conn,
+                test: self.opts.test_before_acquire,
+            });
+        }
+        if self.backoff_until.is_some_and(|b| b > now) {
+            return;
+        }
+        // Connects under way serve waiters first; the rest will be idle.
+        let spare_opening = self.opening.saturating_sub(self.waiters.len());
+        let for_waiters = self.waiters.len().saturating_sub(self.opening);
+        let for_min_idle = self.opts.min_idle.saturating_sub(self.idle.len() + spare_opening);
+        let wanted = for_waiters + for_min_idle;
+        let room = self.opts.max_size.saturating_sub(self.size);
+        for _ in 0..wanted.min(room) {
+            self.size += 1;
+            self.opening += 1;
+            self.actions.push_back(Action::Open);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
