@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod pgbouncer;
+pub mod pools;
 pub mod server;
 pub mod tls;
 

@@ -29,6 +29,8 @@ pub struct ReadmeDoctests;
 /// The engine this driver pumps; `#[derive(Model)]` reaches it here.
 pub use duet_core;
 
+pub mod pool;
+
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
     pub use crate::{CancelToken, Client};

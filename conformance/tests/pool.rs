@@ -1,0 +1,127 @@
+//! Pools, written once and run on both drivers' adaptors of the core's
+//! policy: limits and order, a clear error on exhaustion, many workers over
+//! few connections, a connection given back in a transaction comes back
+//! clean, connections killed while idle are replaced, `after_connect`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use duet_conformance::pool_tests;
+use duet_conformance::pools::PoolDriver;
+use duet_conformance::server::TestServer;
+use duet_core::pool::PoolOptions;
+use duet_core::{Error, TransactionStatus};
+
+fn url() -> String {
+    TestServer::shared().url()
+}
+
+fn options(max_size: usize) -> PoolOptions {
+    PoolOptions {
+        max_size,
+        acquire_timeout: Some(Duration::from_secs(20)),
+        ..Default::default()
+    }
+}
+
+fn connections_are_reused_within_max_size<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(2), None);
+    let mut pids = HashSet::new();
+    for _ in 0..10 {
+        pids.insert(P::query(&pool, "SELECT pg_backend_pid()").unwrap());
+    }
+    assert_eq!(pids.len(), 1, "one caller at a time reuses one connection: {pids:?}");
+    let s = P::status(&pool);
+    assert!(s.size <= 2 && s.waiting == 0, "{s:?}");
+}
+
+fn exhaustion_fails_after_acquire_timeout_with_a_clear_error<P: PoolDriver>() {
+    let pool = P::pool(
+        &url(),
+        PoolOptions {
+            acquire_timeout: Some(Duration::from_millis(300)),
+            ..options(1)
+        },
+        None,
+    );
+    let (_, held) = P::hold(&pool).unwrap();
+    let e = P::query(&pool, "SELECT 1").unwrap_err();
+    assert!(matches!(e, Error::PoolTimeout(_)), "{e:?}");
+    assert!(
+        e.to_string().contains("acquire_timeout") && e.to_string().contains("1 of 1 lent"),
+        "{e}"
+    );
+    drop(held);
+    assert_eq!(P::query(&pool, "SELECT 1").unwrap().as_deref(), Some("1"));
+}
+
+fn many_workers_share_few_connections<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(4), None);
+    let results = P::concurrently(&pool, 200, "SELECT pg_backend_pid() FROM pg_sleep(0.002)");
+    let pids: HashSet<String> = results
+        .into_iter()
+        .map(|r| r.expect("no timeouts when the work fits").expect("a row"))
+        .collect();
+    assert!(
+        !pids.is_empty() && pids.len() <= 4,
+        "{} backends for a pool of 4",
+        pids.len()
+    );
+    let s = P::status(&pool);
+    assert!(s.size <= 4 && s.waiting == 0, "{s:?}");
+}
+
+fn a_connection_given_back_in_a_transaction_comes_back_clean<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(1), None);
+    let pid = P::leave_in_transaction(&pool, "BEGIN; CREATE TEMP TABLE pool_leftover (i int)").unwrap();
+    // The same connection (max 1), rolled back before it was lent again.
+    let (again, status) = P::inspect(&pool).unwrap();
+    assert_eq!(again, pid);
+    assert_eq!(status, TransactionStatus::Idle);
+    let gone = P::query(&pool, "SELECT to_regclass('pg_temp.pool_leftover') IS NULL").unwrap();
+    assert_eq!(gone.as_deref(), Some("t"), "the transaction's work was rolled back");
+}
+
+fn connections_killed_while_idle_are_replaced<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(2), None);
+    let pid = P::query(&pool, "SELECT pg_backend_pid()").unwrap().unwrap();
+    // Like a server restart or an administrator: the idle session dies.
+    let mut admin = duet_sync::Client::connect(&url()).unwrap();
+    admin
+        .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    let again = P::query(&pool, "SELECT pg_backend_pid()").unwrap().unwrap();
+    assert_ne!(again, pid, "a dead connection was lent");
+    assert!(P::status(&pool).size <= 2);
+}
+
+fn after_connect_runs_on_every_new_connection<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(2), Some("SET application_name = 'pooled_app'"));
+    let name = P::query(&pool, "SELECT current_setting('application_name')").unwrap();
+    assert_eq!(name.as_deref(), Some("pooled_app"));
+}
+
+fn an_unreachable_server_fails_waiters_with_the_connect_error<P: PoolDriver>() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pool = P::pool(
+        &format!("postgres://postgres@127.0.0.1:{port}/postgres?local_socket=disable&sslmode=disable"),
+        options(2),
+        None,
+    );
+    let e = P::query(&pool, "SELECT 1").unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "the reason, not a timeout: {e:?}");
+}
+
+pool_tests!(
+    connections_are_reused_within_max_size,
+    exhaustion_fails_after_acquire_timeout_with_a_clear_error,
+    many_workers_share_few_connections,
+    a_connection_given_back_in_a_transaction_comes_back_clean,
+    connections_killed_while_idle_are_replaced,
+    after_connect_runs_on_every_new_connection,
+    an_unreachable_server_fails_waiters_with_the_connect_error,
+);

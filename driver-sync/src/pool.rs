@@ -1,0 +1,233 @@
+//! The blocking pool: the core's policy ([`duet_core::pool`]) carried out
+//! with a mutex, a condition variable and a thread per connect. Every
+//! decision — who is served next, when to open, test, keep or close — is
+//! the core's.
+//!
+//! ```no_run
+//! use duet_sync::prelude::*;
+//! use duet_sync::pool::{Pool, PoolOptions};
+//!
+//! let pool = Pool::new("postgres://app@localhost/shop", PoolOptions { max_size: 8, ..Default::default() })?;
+//! let mut db = pool.get()?;                       // derefs to a Client
+//! let n: i64 = db.query_one("SELECT count(*) FROM users", &[])?.get(0);
+//! drop(db);                                        // back to the pool, idle
+//! # Ok::<(), duet_sync::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use duet_core::pool::{Action, Pool as Policy, Pooled, WaiterId};
+pub use duet_core::pool::{PoolOptions, PoolStatus};
+
+use crate::{ops, Client, Config, Error};
+
+/// A pool of connections, shared by threads (clone it freely).
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    /// Statements run on every new connection (e.g. `SET search_path = app`).
+    after_connect: Option<String>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    policy: Policy<Client>,
+    /// Answers for waiters, taken by the waiting thread.
+    answers: HashMap<WaiterId, Result<(Pooled<Client>, bool), Error>>,
+}
+
+impl Pool {
+    /// A pool for the connection string `params` (read as
+    /// [`Client::connect`] reads it).
+    pub fn new(params: &str, options: PoolOptions) -> Result<Pool, Error> {
+        Ok(Pool::with_config(Config::from_env(params)?, options, None))
+    }
+
+    /// A pool for `config`; `after_connect` runs on every new connection
+    /// before it is lent.
+    pub fn with_config(config: Config, options: PoolOptions, after_connect: Option<String>) -> Pool {
+        let pool = Pool {
+            shared: Arc::new(Shared {
+                config,
+                after_connect,
+                state: Mutex::new(State {
+                    policy: Policy::new(options, Instant::now()),
+                    answers: HashMap::new(),
+                }),
+                changed: Condvar::new(),
+            }),
+        };
+        let mut st = pool.shared.lock();
+        pool.shared.carry_out(&mut st);
+        drop(st);
+        pool
+    }
+
+    /// A connection, in the order callers asked, within `acquire_timeout`.
+    pub fn get(&self) -> Result<PooledClient, Error> {
+        let shared = &self.shared;
+        loop {
+            let mut st = shared.lock();
+            let waiter = st.policy.acquire(Instant::now());
+            shared.carry_out(&mut st);
+            let answer = loop {
+                if let Some(a) = st.answers.remove(&waiter) {
+                    break a;
+                }
+                st = match st.policy.poll_timeout() {
+                    Some(t) => {
+                        let wait = t.saturating_duration_since(Instant::now());
+                        shared
+                            .changed
+                            .wait_timeout(st, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => shared.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                };
+                st.policy.handle_timeout(Instant::now());
+                shared.carry_out(&mut st);
+            };
+            drop(st);
+            let (mut conn, test) = answer?;
+            if test && !ping(&mut conn.conn, &shared.config) {
+                // Dead while idle (a restart, pg_terminate_backend): dropped,
+                // and this caller asks again.
+                let mut st = shared.lock();
+                st.policy.release(conn, false, Instant::now());
+                shared.carry_out(&mut st);
+                continue;
+            }
+            return Ok(PooledClient {
+                conn: Some(conn),
+                pool: self.clone(),
+            });
+        }
+    }
+
+    /// Runs `op` on a connection from the pool.
+    pub fn run<O: duet_core::Operation>(&self, op: O) -> Result<O::Output, Error> {
+        self.get()?.run(op)
+    }
+
+    /// Runs `op` in a transaction on a connection from the pool.
+    pub fn atomic<O: duet_core::Operation>(&self, op: O) -> Result<O::Output, Error> {
+        self.get()?.transaction(op)
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        self.shared.lock().policy.status()
+    }
+}
+
+/// A round trip with a short limit: is the idle connection still alive?
+fn ping(c: &mut Client, config: &Config) -> bool {
+    c.run_with_timeout(ops::simple_query("", None), config.side_limit())
+        .is_ok()
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Does what the policy asks; wakes the waiters when anything changed.
+    fn carry_out(self: &Arc<Self>, st: &mut State) {
+        let mut changed = false;
+        while let Some(action) = st.policy.poll_action() {
+            changed = true;
+            match action {
+                Action::Open => {
+                    let shared = self.clone();
+                    std::thread::spawn(move || {
+                        let r = shared.open();
+                        let mut st = shared.lock();
+                        st.policy.opened(r, Instant::now());
+                        shared.carry_out(&mut st);
+                    });
+                }
+                Action::Grant { waiter, conn, test } => {
+                    st.answers.insert(waiter, Ok((conn, test)));
+                }
+                Action::Fail { waiter, error } => {
+                    st.answers.insert(waiter, Err(error));
+                }
+                Action::Close(c) => {
+                    std::thread::spawn(move || {
+                        let _ = c.close();
+                    });
+                }
+            }
+        }
+        if changed {
+            self.changed.notify_all();
+        }
+    }
+
+    fn open(&self) -> Result<Client, Error> {
+        let mut c = Client::connect_config(&self.config)?;
+        if let Some(sql) = &self.after_connect {
+            c.batch_execute(sql)?;
+        }
+        Ok(c)
+    }
+
+    /// A connection given back: lent again only if the core says it is
+    /// idle. One with work in flight or a transaction open is brought back
+    /// to idle on a thread of its own (its answers read and dropped, then a
+    /// ROLLBACK) — never handed to the next caller as it is.
+    fn give_back(self: &Arc<Self>, mut conn: Pooled<Client>) {
+        if conn.conn.is_closed() || conn.conn.connection().is_idle() {
+            let idle = conn.conn.connection().is_idle();
+            let mut st = self.lock();
+            st.policy.release(conn, idle, Instant::now());
+            self.carry_out(&mut st);
+            return;
+        }
+        let shared = self.clone();
+        std::thread::spawn(move || {
+            let limit = shared.config.side_limit();
+            let reset = conn.conn.run_with_timeout(ops::simple_query("ROLLBACK", None), limit);
+            let idle = reset.is_ok() && conn.conn.connection().is_idle();
+            let mut st = shared.lock();
+            st.policy.release(conn, idle, Instant::now());
+            shared.carry_out(&mut st);
+        });
+    }
+}
+
+/// A connection lent by a [`Pool`]; derefs to a [`Client`]. Given back
+/// when dropped.
+pub struct PooledClient {
+    conn: Option<Pooled<Client>>,
+    pool: Pool,
+}
+
+impl Deref for PooledClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.conn.as_ref().expect("held until drop").conn
+    }
+}
+
+impl DerefMut for PooledClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.conn.as_mut().expect("held until drop").conn
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.shared.give_back(conn);
+        }
+    }
+}
