@@ -25,6 +25,18 @@ pub trait PoolDriver: Sized + 'static {
     /// Takes a connection, runs `sql` (which leaves a transaction open) and
     /// gives it back as it is; the backend's pid.
     fn leave_in_transaction(pool: &Self::Pool, sql: &str) -> Result<i32, Error>;
+    /// Takes a connection, starts `sql` and gives the connection back while
+    /// the statement still runs (a step of the blocking loop; a dropped
+    /// future); the backend's pid.
+    fn leave_mid_query(pool: &Self::Pool, sql: &str) -> Result<i32, Error>;
+    /// Takes a connection, runs `first`, waits `pause`, then runs `then` on
+    /// it and gives it back (whatever became of it); `then`'s result.
+    fn query_after(
+        pool: &Self::Pool,
+        first: &str,
+        pause: std::time::Duration,
+        then: &str,
+    ) -> Result<Option<String>, Error>;
     /// Takes a connection; its backend's pid and transaction status.
     fn inspect(pool: &Self::Pool) -> Result<(i32, TransactionStatus), Error>;
     /// `workers` threads or tasks at once, each taking a connection and
@@ -71,6 +83,26 @@ impl PoolDriver for SyncPool {
         let pid = backend_pid(c.query(PID, &[])?);
         c.batch_execute(sql)?;
         Ok(pid)
+    }
+    fn leave_mid_query(pool: &Self::Pool, sql: &str) -> Result<i32, Error> {
+        let mut c = pool.get()?;
+        let pid = backend_pid(c.query(PID, &[])?);
+        assert!(
+            c.run_steps(duet_core::ops::simple_query(sql, None), 1).is_none(),
+            "still running"
+        );
+        Ok(pid)
+    }
+    fn query_after(
+        pool: &Self::Pool,
+        first: &str,
+        pause: std::time::Duration,
+        then: &str,
+    ) -> Result<Option<String>, Error> {
+        let mut c = pool.get()?;
+        c.batch_execute(first)?;
+        std::thread::sleep(pause);
+        c.simple_query(then).map(first_value)
     }
     fn inspect(pool: &Self::Pool) -> Result<(i32, TransactionStatus), Error> {
         let mut c = pool.get()?;
@@ -135,6 +167,28 @@ impl PoolDriver for TokioPool {
             let pid = backend_pid(c.query(PID, &[]).await?);
             c.batch_execute(sql).await?;
             Ok(pid)
+        })
+    }
+    fn leave_mid_query(pool: &Self::Pool, sql: &str) -> Result<i32, Error> {
+        pool.rt.block_on(async {
+            let mut c = pool.pool.get().await?;
+            let pid = backend_pid(c.query(PID, &[]).await?);
+            let r = tokio::time::timeout(std::time::Duration::from_millis(50), c.simple_query(sql)).await;
+            assert!(r.is_err(), "still running");
+            Ok(pid)
+        })
+    }
+    fn query_after(
+        pool: &Self::Pool,
+        first: &str,
+        pause: std::time::Duration,
+        then: &str,
+    ) -> Result<Option<String>, Error> {
+        pool.rt.block_on(async {
+            let mut c = pool.pool.get().await?;
+            c.batch_execute(first).await?;
+            tokio::time::sleep(pause).await;
+            c.simple_query(then).await.map(first_value)
         })
     }
     fn inspect(pool: &Self::Pool) -> Result<(i32, TransactionStatus), Error> {

@@ -116,7 +116,52 @@ fn an_unreachable_server_fails_waiters_with_the_connect_error<P: PoolDriver>() {
     assert!(matches!(e, Error::Connect { .. }), "the reason, not a timeout: {e:?}");
 }
 
+fn a_connection_given_back_mid_statement_is_drained_first<P: PoolDriver>() {
+    let pool = P::pool(&url(), options(1), None);
+    let pid = P::leave_mid_query(&pool, "SELECT pg_sleep(0.3); SELECT 'late'").unwrap();
+    // The next caller gets the same connection (max 1) only once the
+    // abandoned statements' answers are read: its own answer is its own.
+    assert_eq!(P::query(&pool, "SELECT 'mine'").unwrap().as_deref(), Some("mine"));
+    let (again, status) = P::inspect(&pool).unwrap();
+    assert_eq!((again, status), (pid, TransactionStatus::Idle));
+}
+
+fn a_connection_the_server_ended_while_lent_is_replaced<P: PoolDriver>() {
+    let pool = P::pool(
+        &url(),
+        options(1),
+        Some("SET idle_in_transaction_session_timeout = 100"),
+    );
+    let pid = P::query(&pool, "SELECT pg_backend_pid()").unwrap();
+    // Held in a transaction past the server's limit: the server ends it.
+    let e = P::query_after(&pool, "BEGIN", Duration::from_millis(400), "SELECT 1").unwrap_err();
+    assert_eq!(e.code(), Some("25P03"), "{e}");
+    assert!(e.is_fatal());
+    // Given back dead: dropped, and the next caller gets a new one.
+    let again = P::query(&pool, "SELECT pg_backend_pid()").unwrap();
+    assert_ne!(again, pid);
+    assert!(P::status(&pool).size <= 1);
+}
+
+fn max_lifetime_rotates_connections<P: PoolDriver>() {
+    let pool = P::pool(
+        &url(),
+        PoolOptions {
+            max_lifetime: Some(Duration::from_millis(200)),
+            ..options(1)
+        },
+        None,
+    );
+    let first = P::query(&pool, "SELECT pg_backend_pid()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = P::query(&pool, "SELECT pg_backend_pid()").unwrap();
+    assert_ne!(first, second, "a connection past max_lifetime was lent again");
+}
+
 pool_tests!(
+    a_connection_given_back_mid_statement_is_drained_first,
+    a_connection_the_server_ended_while_lent_is_replaced,
+    max_lifetime_rotates_connections,
     connections_are_reused_within_max_size,
     exhaustion_fails_after_acquire_timeout_with_a_clear_error,
     many_workers_share_few_connections,
