@@ -158,7 +158,25 @@ fn max_lifetime_rotates_connections<P: PoolDriver>() {
     assert_ne!(first, second, "a connection past max_lifetime was lent again");
 }
 
+fn the_pool_recovers_after_a_server_restart<P: PoolDriver>() {
+    if std::env::var("DATABASE_URL").is_ok_and(|u| !u.trim().is_empty()) {
+        eprintln!("DATABASE_URL is set: the harness cannot restart that server; skipping");
+        return;
+    }
+    let mut server = TestServer::start().unwrap();
+    let pool = P::pool(&server.url(), options(3), None);
+    let before = P::concurrently(&pool, 6, "SELECT pg_backend_pid() FROM pg_sleep(0.01)");
+    assert!(before.iter().all(|r| r.is_ok()), "{before:?}");
+    assert!(P::status(&pool).idle > 0);
+    // Every idle connection dies with the server.
+    server.restart().unwrap();
+    let after = P::concurrently(&pool, 6, "SELECT 1");
+    assert!(after.iter().all(|r| matches!(r, Ok(Some(v)) if v == "1")), "{after:?}");
+    assert!(P::status(&pool).size <= 3);
+}
+
 pool_tests!(
+    the_pool_recovers_after_a_server_restart,
     a_connection_given_back_mid_statement_is_drained_first,
     a_connection_the_server_ended_while_lent_is_replaced,
     max_lifetime_rotates_connections,
