@@ -175,7 +175,31 @@ fn the_pool_recovers_after_a_server_restart<P: PoolDriver>() {
     assert!(P::status(&pool).size <= 3);
 }
 
+fn idle_connections_close_without_the_pool_being_used<P: PoolDriver>() {
+    let pool = P::pool(
+        &url(),
+        PoolOptions {
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..options(2)
+        },
+        None,
+    );
+    P::concurrently(&pool, 2, "SELECT pg_sleep(0.05)");
+    assert!(P::status(&pool).size >= 1);
+    // Nobody calls the pool: its maintenance applies idle_timeout.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while P::status(&pool).size > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "idle connections outlived idle_timeout: {:?}",
+            P::status(&pool)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pool_tests!(
+    idle_connections_close_without_the_pool_being_used,
     the_pool_recovers_after_a_server_restart,
     a_connection_given_back_mid_statement_is_drained_first,
     a_connection_the_server_ended_while_lent_is_replaced,

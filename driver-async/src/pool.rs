@@ -73,6 +73,7 @@ impl Pool {
         let mut st = pool.shared.lock();
         pool.shared.carry_out(&mut st);
         drop(st);
+        pool.shared.runtime.spawn(maintain(Arc::downgrade(&pool.shared)));
         Ok(pool)
     }
 
@@ -109,6 +110,25 @@ impl Pool {
 
     pub fn status(&self) -> PoolStatus {
         self.shared.lock().policy.status()
+    }
+}
+
+/// Applies the idle and lifetime limits and `min_idle` while nobody uses
+/// the pool: sleeps until the policy's next deadline (at most a second, so
+/// the task ends soon after the pool is dropped).
+async fn maintain(shared: std::sync::Weak<Shared>) {
+    loop {
+        let until = {
+            let Some(shared) = shared.upgrade() else { return };
+            let limit = Instant::now() + std::time::Duration::from_secs(1);
+            let t = shared.lock().policy.poll_timeout();
+            t.map_or(limit, |t| t.min(limit))
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let mut st = shared.lock();
+        st.policy.handle_timeout(Instant::now());
+        shared.carry_out(&mut st);
     }
 }
 

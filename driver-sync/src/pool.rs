@@ -68,6 +68,8 @@ impl Pool {
         let mut st = pool.shared.lock();
         pool.shared.carry_out(&mut st);
         drop(st);
+        let weak = Arc::downgrade(&pool.shared);
+        std::thread::spawn(move || maintain(weak));
         pool
     }
 
@@ -125,6 +127,25 @@ impl Pool {
 
     pub fn status(&self) -> PoolStatus {
         self.shared.lock().policy.status()
+    }
+}
+
+/// Applies the idle and lifetime limits and `min_idle` while nobody uses
+/// the pool: sleeps until the policy's next deadline (at most a second, so
+/// the thread ends soon after the pool is dropped).
+fn maintain(shared: std::sync::Weak<Shared>) {
+    while let Some(shared) = shared.upgrade() {
+        let mut st = shared.lock();
+        let limit = Instant::now() + std::time::Duration::from_secs(1);
+        let until = st.policy.poll_timeout().map_or(limit, |t| t.min(limit));
+        let wait = until.saturating_duration_since(Instant::now());
+        st = shared
+            .changed
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        st.policy.handle_timeout(Instant::now());
+        shared.carry_out(&mut st);
     }
 }
 
