@@ -65,6 +65,13 @@ impl Default for PoolOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WaiterId(u64);
 
+impl WaiterId {
+    /// Callers are numbered from 0 in the order they asked.
+    pub fn index(self) -> u64 {
+        self.0
+    }
+}
+
 /// A connection the pool counts, with what it knows of it.
 #[derive(Debug)]
 pub struct Pooled<T> {
@@ -354,6 +361,3 @@ impl<T> Pool<T> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

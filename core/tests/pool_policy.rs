@@ -1,4 +1,10 @@
-use super::*;
+//! The pool's policy (`duet_core::pool`) driven by scripted events: no
+//! server, no threads; time is whatever the test says.
+
+use std::time::{Duration, Instant};
+
+use duet_core::pool::{Action, Pool, PoolOptions, PoolStatus, Pooled, WaiterId};
+use duet_core::Error;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -21,11 +27,11 @@ fn drain(p: &mut Pool<u32>, lent: &mut Vec<(WaiterId, Pooled<u32>)>) -> Vec<Stri
         out.push(match a {
             Action::Open => "open".to_string(),
             Action::Grant { waiter, conn, .. } => {
-                let s = format!("grant w{} c{}", waiter.0, conn.conn);
+                let s = format!("grant w{} c{}", waiter.index(), conn.conn);
                 lent.push((waiter, conn));
                 s
             }
-            Action::Fail { waiter, error } => format!("fail w{} {error}", waiter.0),
+            Action::Fail { waiter, error } => format!("fail w{} {error}", waiter.index()),
             Action::Close(c) => format!("close c{c}"),
         });
     }
@@ -274,7 +280,7 @@ fn a_waiter_that_leaves_gives_its_grant_back() {
     );
     let w1 = p.acquire(t0);
     let w2 = p.acquire(t0);
-    assert_eq!(drain(&mut p, &mut lent), [format!("grant w{} c1", w1.0)]);
+    assert_eq!(drain(&mut p, &mut lent), [format!("grant w{} c1", w1.index())]);
     p.cancel_wait(w2, t0);
     assert_eq!(p.status().waiting, 0);
 }
