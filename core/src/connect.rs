@@ -40,6 +40,19 @@ pub(crate) enum TlsPlan {
     Direct,
 }
 
+impl TlsPlan {
+    /// How a first session with `host` starts under the configuration's
+    /// `sslmode` and `sslnegotiation` (allow starts plaintext; libpq never
+    /// asks for TLS over a Unix socket, whatever sslmode says).
+    pub(crate) fn first_for(config: &Config, host: &Host) -> TlsPlan {
+        match (host, config.ssl_mode(), config.ssl_negotiation) {
+            (Host::Unix(_), _, _) | (_, SslMode::Disable | SslMode::Allow, _) => TlsPlan::Off,
+            (_, _, SslNegotiation::Direct) => TlsPlan::Direct,
+            (_, _, SslNegotiation::Postgres) => TlsPlan::Negotiate,
+        }
+    }
+}
+
 /// One try: where the driver connects, and how the session there starts.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -144,12 +157,7 @@ impl Connector {
                 });
             }
         }
-        // libpq never asks for TLS over a Unix socket, whatever sslmode says.
-        let tls = match (&named.host, self.config.ssl_mode(), self.config.ssl_negotiation) {
-            (Host::Unix(_), _, _) | (_, SslMode::Disable | SslMode::Allow, _) => TlsPlan::Off,
-            (_, _, SslNegotiation::Direct) => TlsPlan::Direct,
-            (_, _, SslNegotiation::Postgres) => TlsPlan::Negotiate,
-        };
+        let tls = TlsPlan::first_for(&self.config, &named.host);
         self.queue.push_back(Attempt {
             dial: named.clone(),
             named,

@@ -20,7 +20,7 @@ use postgres_protocol::message::frontend;
 use postgres_types::Type;
 
 use crate::cache::StatementCache;
-use crate::config::{ProtocolVersion, SslMode, SslNegotiation, TargetSessionAttrs};
+use crate::config::{ProtocolVersion, TargetSessionAttrs};
 use crate::connect::{SessionPlan, TlsPlan};
 use crate::params::{Encoded, Param};
 use crate::row::{Column, Row, SimpleMessage};
@@ -442,17 +442,12 @@ impl Connection {
     /// its `sslmode` asks (a driver choosing among several hosts uses
     /// [`crate::Connector`], which builds its `Connection`s itself).
     pub fn new(config: &Config, now: Instant) -> Connection {
-        let endpoint = config.endpoints().ok().and_then(|e| e.into_iter().next());
-        let (tls, server_name) = match endpoint.as_ref().map(|e| &e.host) {
-            Some(crate::Host::Tcp(h)) => (
-                match (config.ssl_mode(), config.ssl_negotiation) {
-                    (SslMode::Disable | SslMode::Allow, _) => TlsPlan::Off,
-                    (_, SslNegotiation::Direct) => TlsPlan::Direct,
-                    (_, SslNegotiation::Postgres) => TlsPlan::Negotiate,
-                },
-                h.clone(),
-            ),
-            _ => (TlsPlan::Off, String::new()),
+        let host = config.endpoints().ok().and_then(|e| e.into_iter().next()).map(|e| e.host);
+        let host = host.unwrap_or(crate::Host::Unix(String::new()));
+        let tls = TlsPlan::first_for(config, &host);
+        let server_name = match host {
+            crate::Host::Tcp(h) => h,
+            crate::Host::Unix(_) => String::new(),
         };
         let (tls_config, error) = match tls {
             TlsPlan::Off => (None, None),
