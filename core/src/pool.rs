@@ -27,7 +27,46 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::connection::deadline_after;
-use crate::Error;
+use crate::ops::{simple_query, Single};
+use crate::row::SimpleMessage;
+use crate::{Connection, Error};
+
+/// What a connection given back needs before it may be lent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Giveback {
+    /// Idle (last ReadyForQuery idle, nothing in flight): lend it again.
+    Lend,
+    /// Work in flight or a transaction open: run [`reset`] on it first
+    /// (in the background), then ask again.
+    Reset,
+    /// Closed or failed: drop it.
+    Drop,
+}
+
+impl Giveback {
+    pub fn of(conn: &Connection) -> Giveback {
+        if conn.is_idle() {
+            Giveback::Lend
+        } else if conn.closed_reason().is_some() {
+            Giveback::Drop
+        } else {
+            Giveback::Reset
+        }
+    }
+}
+
+/// Brings a busy connection back to idle: waits out the answers of work
+/// abandoned in flight (they come first), then rolls back a transaction
+/// left open (a harmless warning when none is).
+pub fn reset() -> Single<'static, Vec<SimpleMessage>> {
+    simple_query("ROLLBACK", None)
+}
+
+/// The round trip that shows an idle connection is still alive
+/// (`test_before_acquire`): an empty query.
+pub fn ping() -> Single<'static, Vec<SimpleMessage>> {
+    simple_query("", None)
+}
 
 /// The pool's limits, with the names sqlx and deadpool users know.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2710,3 +2710,22 @@ fn the_early_probe_waits_for_a_statement_that_took_the_snapshot() {
     let work = sqls.iter().position(|s| s == A).expect("the query");
     assert_eq!(first_probe, work + 1, "{sqls:?}");
 }
+
+#[test]
+fn a_pool_lends_again_only_what_the_core_finds_idle() {
+    use duet_core::pool::Giveback;
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    assert_eq!(Giveback::of(&conn), Giveback::Lend);
+    // Work in flight: reset first.
+    let t = conn.submit(duet_core::Request::simple("SELECT 1"), now).unwrap();
+    assert_eq!(Giveback::of(&conn), Giveback::Reset);
+    conn.abandon(t);
+    assert_eq!(
+        Giveback::of(&conn),
+        Giveback::Reset,
+        "abandoned work still owes its answer"
+    );
+    conn.close();
+    assert_eq!(Giveback::of(&conn), Giveback::Drop, "closed: dropped");
+}

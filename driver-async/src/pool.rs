@@ -20,11 +20,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use duet_core::pool::{Action, Pool as Policy, Pooled, WaiterId};
+use duet_core::pool::{Action, Giveback, Pool as Policy, Pooled, WaiterId};
 pub use duet_core::pool::{PoolOptions, PoolStatus};
 use tokio::sync::oneshot;
 
-use crate::{ops, Client, Config, Error};
+use crate::{Client, Config, Error};
 
 type Answer = Result<(Pooled<Client>, bool), Error>;
 
@@ -134,7 +134,7 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
 
 /// A round trip with a short limit: is the idle connection still alive?
 async fn ping(c: &mut Client, config: &Config) -> bool {
-    c.run_with_timeout(ops::simple_query("", None), config.side_limit())
+    c.run_with_timeout(duet_core::pool::ping(), config.side_limit())
         .await
         .is_ok()
 }
@@ -193,8 +193,8 @@ impl Drop for Wait {
         st.answers.remove(&self.waiter);
         st.policy.cancel_wait(self.waiter, Instant::now());
         if let Ok(Ok((conn, _))) = rx.try_recv() {
-            let idle = conn.conn.connection().is_idle();
-            st.policy.release(conn, idle, Instant::now());
+            let lend = Giveback::of(conn.conn.connection()) == Giveback::Lend;
+            st.policy.release(conn, lend, Instant::now());
         }
         self.shared.carry_out(&mut st);
     }
@@ -255,23 +255,20 @@ impl Shared {
     /// and dropped, then a ROLLBACK) — never handed to the next caller as
     /// it is.
     fn give_back(self: &Arc<Self>, mut conn: Pooled<Client>) {
-        if conn.conn.is_closed() || conn.conn.connection().is_idle() {
-            let idle = conn.conn.connection().is_idle();
+        let what = Giveback::of(conn.conn.connection());
+        if what != Giveback::Reset {
             let mut st = self.lock();
-            st.policy.release(conn, idle, Instant::now());
+            st.policy.release(conn, what == Giveback::Lend, Instant::now());
             self.carry_out(&mut st);
             return;
         }
         let shared = self.clone();
         self.runtime.spawn(async move {
             let limit = shared.config.side_limit();
-            let reset = conn
-                .conn
-                .run_with_timeout(ops::simple_query("ROLLBACK", None), limit)
-                .await;
-            let idle = reset.is_ok() && conn.conn.connection().is_idle();
+            let reset = conn.conn.run_with_timeout(duet_core::pool::reset(), limit).await;
+            let lend = reset.is_ok() && Giveback::of(conn.conn.connection()) == Giveback::Lend;
             let mut st = shared.lock();
-            st.policy.release(conn, idle, Instant::now());
+            st.policy.release(conn, lend, Instant::now());
             shared.carry_out(&mut st);
         });
     }

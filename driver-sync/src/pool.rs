@@ -19,10 +19,10 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use duet_core::pool::{Action, Pool as Policy, Pooled, WaiterId};
+use duet_core::pool::{Action, Giveback, Pool as Policy, Pooled, WaiterId};
 pub use duet_core::pool::{PoolOptions, PoolStatus};
 
-use crate::{ops, Client, Config, Error};
+use crate::{Client, Config, Error};
 
 /// A pool of connections, shared by threads (clone it freely).
 #[derive(Clone)]
@@ -151,8 +151,7 @@ fn maintain(shared: std::sync::Weak<Shared>) {
 
 /// A round trip with a short limit: is the idle connection still alive?
 fn ping(c: &mut Client, config: &Config) -> bool {
-    c.run_with_timeout(ops::simple_query("", None), config.side_limit())
-        .is_ok()
+    c.run_with_timeout(duet_core::pool::ping(), config.side_limit()).is_ok()
 }
 
 impl Shared {
@@ -206,20 +205,20 @@ impl Shared {
     /// to idle on a thread of its own (its answers read and dropped, then a
     /// ROLLBACK) — never handed to the next caller as it is.
     fn give_back(self: &Arc<Self>, mut conn: Pooled<Client>) {
-        if conn.conn.is_closed() || conn.conn.connection().is_idle() {
-            let idle = conn.conn.connection().is_idle();
+        let what = Giveback::of(conn.conn.connection());
+        if what != Giveback::Reset {
             let mut st = self.lock();
-            st.policy.release(conn, idle, Instant::now());
+            st.policy.release(conn, what == Giveback::Lend, Instant::now());
             self.carry_out(&mut st);
             return;
         }
         let shared = self.clone();
         std::thread::spawn(move || {
             let limit = shared.config.side_limit();
-            let reset = conn.conn.run_with_timeout(ops::simple_query("ROLLBACK", None), limit);
-            let idle = reset.is_ok() && conn.conn.connection().is_idle();
+            let reset = conn.conn.run_with_timeout(duet_core::pool::reset(), limit);
+            let lend = reset.is_ok() && Giveback::of(conn.conn.connection()) == Giveback::Lend;
             let mut st = shared.lock();
-            st.policy.release(conn, idle, Instant::now());
+            st.policy.release(conn, lend, Instant::now());
             shared.carry_out(&mut st);
         });
     }

@@ -442,7 +442,11 @@ impl Connection {
     /// its `sslmode` asks (a driver choosing among several hosts uses
     /// [`crate::Connector`], which builds its `Connection`s itself).
     pub fn new(config: &Config, now: Instant) -> Connection {
-        let host = config.endpoints().ok().and_then(|e| e.into_iter().next()).map(|e| e.host);
+        let host = config
+            .endpoints()
+            .ok()
+            .and_then(|e| e.into_iter().next())
+            .map(|e| e.host);
         let host = host.unwrap_or(crate::Host::Unix(String::new()));
         let tls = TlsPlan::first_for(config, &host);
         let server_name = match host {
