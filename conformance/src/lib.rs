@@ -8,6 +8,7 @@ pub mod pgbouncer;
 pub mod pools;
 pub mod server;
 pub mod tls;
+pub mod traces;
 
 use std::future::Future;
 use std::time::Duration;

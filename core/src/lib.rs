@@ -35,6 +35,7 @@ pub mod params;
 pub mod pool;
 mod row;
 mod tls;
+mod trace;
 
 pub use config::{
     ChannelBindingMode, Config, Endpoint, Host, LoadBalanceHosts, ProtocolVersion, SslMode, SslNegotiation,

@@ -29,15 +29,15 @@ use std::time::{Duration, Instant};
 use crate::connection::deadline_after;
 use crate::ops::{simple_query, Single};
 use crate::row::SimpleMessage;
-use crate::{Connection, Error};
+use crate::{trace, Connection, Error};
 
 /// What a connection given back needs before it may be lent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Giveback {
     /// Idle (last ReadyForQuery idle, nothing in flight): lend it again.
     Lend,
     /// Work in flight or a transaction open: run [`reset`] on it first
-    /// (in the background), then ask again.
+    /// (in the background), then ask again with [`Giveback::after_reset`].
     Reset,
     /// Closed or failed: drop it.
     Drop,
@@ -51,6 +51,55 @@ impl Giveback {
             Giveback::Drop
         } else {
             Giveback::Reset
+        }
+    }
+
+    /// What [`Pool::release`] is told of a connection whose giveback is
+    /// not [`Giveback::Reset`].
+    pub fn health(conn: &Connection) -> Result<(), Discard> {
+        match Giveback::of(conn) {
+            Giveback::Lend => Ok(()),
+            Giveback::Reset => Err(Discard::NotIdle),
+            Giveback::Drop => Err(Discard::Closed(
+                conn.closed_reason()
+                    .cloned()
+                    .unwrap_or_else(|| Error::closed("the connection closed")),
+            )),
+        }
+    }
+
+    /// What [`Pool::release`] is told of a connection after [`reset`] ran
+    /// on it with `result`.
+    pub fn after_reset<T>(result: Result<T, Error>, conn: &Connection) -> Result<(), Discard> {
+        match result {
+            Err(e) => Err(Discard::ResetFailed(e)),
+            Ok(_) => Giveback::health(conn),
+        }
+    }
+}
+
+/// Why a lent connection is not lent again (told to [`Pool::release`],
+/// and to operators through the `duet::pool` trace).
+#[derive(Debug, Clone)]
+pub enum Discard {
+    /// The connection closed or failed while lent.
+    Closed(Error),
+    /// Bringing it back to idle failed.
+    ResetFailed(Error),
+    /// Still busy after a reset.
+    NotIdle,
+    /// The check before lending (`test_before_acquire`) failed: it died
+    /// while idle.
+    TestFailed(Error),
+}
+
+impl std::fmt::Display for Discard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Discard::Closed(e) => write!(f, "closed while lent: {e}"),
+            Discard::ResetFailed(e) => write!(f, "reset failed: {e}"),
+            Discard::NotIdle => f.write_str("still busy after a reset"),
+            Discard::TestFailed(e) => write!(f, "dead while idle (test before acquire): {e}"),
         }
     }
 }
@@ -159,13 +208,19 @@ pub struct PoolStatus {
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+struct Waiter {
+    id: WaiterId,
+    asked: Instant,
+    deadline: Option<Instant>,
+}
+
 /// The pool's state. `T` is the driver's connection.
 pub struct Pool<T> {
     opts: PoolOptions,
     /// Idle connections, most recently returned last (lent from the back,
     /// so the extra ones age and are closed by `idle_timeout`).
     idle: Vec<(Pooled<T>, Instant)>,
-    waiters: VecDeque<(WaiterId, Option<Instant>)>,
+    waiters: VecDeque<Waiter>,
     /// Lent, idle and opening.
     size: usize,
     opening: usize,
@@ -215,7 +270,11 @@ impl<T> Pool<T> {
         let id = WaiterId(self.next_waiter);
         self.next_waiter += 1;
         let deadline = self.opts.acquire_timeout.and_then(|t| deadline_after(now, t));
-        self.waiters.push_back((id, deadline));
+        self.waiters.push_back(Waiter {
+            id,
+            asked: now,
+            deadline,
+        });
         self.serve(now);
         id
     }
@@ -224,7 +283,7 @@ impl<T> Pool<T> {
     /// not yet taken from [`Pool::poll_action`] goes back to the pool; one
     /// already taken, the adaptor gives back with [`Pool::release`].
     pub fn cancel_wait(&mut self, waiter: WaiterId, now: Instant) {
-        self.waiters.retain(|(w, _)| *w != waiter);
+        self.waiters.retain(|w| w.id != waiter);
         if let Some(i) = self
             .actions
             .iter()
@@ -237,17 +296,18 @@ impl<T> Pool<T> {
         self.serve(now);
     }
 
-    /// A lent connection comes back. `reusable`: the core found it idle (its
-    /// last ReadyForQuery said idle and nothing is in flight), and it did
-    /// not fail. Anything else is dropped by the adaptor and no longer
-    /// counted; a waiter then gets a new connection.
-    pub fn release(&mut self, conn: Pooled<T>, reusable: bool, now: Instant) {
-        if !reusable {
+    /// A lent connection comes back. `health` is `Ok` when the core found
+    /// it idle (its last ReadyForQuery said idle and nothing is in flight)
+    /// and it did not fail (see [`Giveback::health`]). Anything else is
+    /// dropped by the adaptor and no longer counted; a waiter then gets a
+    /// new connection.
+    pub fn release(&mut self, conn: Pooled<T>, health: Result<(), Discard>, now: Instant) {
+        if let Err(why) = health {
+            trace::discarded(&why);
             self.size -= 1;
             drop(conn);
         } else if self.too_old(&conn, now) {
-            self.size -= 1;
-            self.actions.push_back(Action::Close(conn.conn));
+            self.close(conn.conn, "max_lifetime");
         } else {
             self.idle.push((conn, now));
         }
@@ -263,17 +323,16 @@ impl<T> Pool<T> {
                 self.backoff_until = None;
                 self.last_connect_error = None;
                 self.idle.push((Pooled { conn, created: now }, now));
+                trace::opened(self.size);
             }
             Err(e) => {
                 self.size -= 1;
+                trace::connect_failed(&e, self.backoff);
                 if self.size == 0 {
                     // Nothing lent could come back to serve the waiters:
                     // they learn now why there is no connection.
-                    for (waiter, _) in self.waiters.drain(..) {
-                        self.actions.push_back(Action::Fail {
-                            waiter,
-                            error: e.clone(),
-                        });
+                    for w in std::mem::take(&mut self.waiters) {
+                        self.fail(w, e.clone(), now);
                     }
                 }
                 self.backoff_until = deadline_after(now, self.backoff);
@@ -291,7 +350,7 @@ impl<T> Pool<T> {
 
     /// When [`Pool::handle_timeout`] has work next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.waiters.iter().filter_map(|(_, d)| *d).min();
+        let mut t = self.waiters.iter().filter_map(|w| w.deadline).min();
         let mut at = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t: Instant| t.min(x)));
@@ -310,14 +369,10 @@ impl<T> Pool<T> {
     /// Time has passed: waiters past their deadline fail, idle connections
     /// past their limits close, a back-off that ended lets connects start.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<WaiterId> = self
-            .waiters
-            .iter()
-            .filter(|(_, d)| d.is_some_and(|d| d <= now))
-            .map(|(w, _)| *w)
-            .collect();
-        if !expired.is_empty() {
-            self.waiters.retain(|(_, d)| !d.is_some_and(|d| d <= now));
+        let past = |w: &Waiter| w.deadline.is_some_and(|d| d <= now);
+        if self.waiters.iter().any(past) {
+            let (expired, waiting): (VecDeque<_>, _) = std::mem::take(&mut self.waiters).into_iter().partition(past);
+            self.waiters = waiting;
             let why = match &self.last_connect_error {
                 Some(e) => format!("; the last connect failed: {e}"),
                 None => String::new(),
@@ -331,11 +386,8 @@ impl<T> Pool<T> {
                 )
                 .into(),
             );
-            for waiter in expired {
-                self.actions.push_back(Action::Fail {
-                    waiter,
-                    error: error.clone(),
-                });
+            for w in expired {
+                self.fail(w, error.clone(), now);
             }
         }
         if self.backoff_until.is_some_and(|b| b <= now) {
@@ -349,15 +401,30 @@ impl<T> Pool<T> {
                     .opts
                     .idle_timeout
                     .is_some_and(|l| deadline_after(*since, l).is_some_and(|d| d <= now));
-            if self.too_old(c, now) || idle_too_long {
-                let (c, _) = self.idle.remove(i);
-                self.size -= 1;
-                self.actions.push_back(Action::Close(c.conn));
+            let why = if self.too_old(c, now) {
+                "max_lifetime"
+            } else if idle_too_long {
+                "idle_timeout"
             } else {
                 i += 1;
-            }
+                continue;
+            };
+            let (c, _) = self.idle.remove(i);
+            self.close(c.conn, why);
         }
         self.serve(now);
+    }
+
+    /// Closes a connection the pool counted.
+    fn close(&mut self, conn: T, why: &'static str) {
+        trace::closed(why);
+        self.size -= 1;
+        self.actions.push_back(Action::Close(conn));
+    }
+
+    fn fail(&mut self, w: Waiter, error: Error, now: Instant) {
+        trace::acquire_failed(now.saturating_duration_since(w.asked), &error);
+        self.actions.push_back(Action::Fail { waiter: w.id, error });
     }
 
     fn too_old(&self, c: &Pooled<T>, now: Instant) -> bool {
@@ -373,13 +440,13 @@ impl<T> Pool<T> {
         while !self.waiters.is_empty() {
             let Some((conn, _)) = self.idle.pop() else { break };
             if self.too_old(&conn, now) {
-                self.size -= 1;
-                self.actions.push_back(Action::Close(conn.conn));
+                self.close(conn.conn, "max_lifetime");
                 continue;
             }
-            let (waiter, _) = self.waiters.pop_front().expect("not empty");
+            let w = self.waiters.pop_front().expect("not empty");
+            trace::lent(now.saturating_duration_since(w.asked));
             self.actions.push_back(Action::Grant {
-                waiter,
+                waiter: w.id,
                 conn,
                 test: self.opts.test_before_acquire,
             });

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use duet_core::pool::{Action, Pool, PoolOptions, PoolStatus, Pooled, WaiterId};
+use duet_core::pool::{Action, Discard, Pool, PoolOptions, PoolStatus, Pooled, WaiterId};
 use duet_core::Error;
 
 const MS: Duration = Duration::from_millis(1);
@@ -70,10 +70,10 @@ fn waiters_are_served_in_order_within_max_size() {
     );
     // Returned connections go to the oldest waiter.
     let c = take(&mut lent, 2);
-    p.release(c, true, t0);
+    p.release(c, Ok(()), t0);
     assert_eq!(drain(&mut p, &mut lent), ["grant w2 c2"]);
     let c = take(&mut lent, 1);
-    p.release(c, true, t0);
+    p.release(c, Ok(()), t0);
     assert_eq!(drain(&mut p, &mut lent), ["grant w3 c1"]);
 }
 
@@ -91,7 +91,7 @@ fn a_connection_given_back_while_another_opens_goes_to_the_oldest_waiter() {
     assert_eq!(drain(&mut p, &mut lent), ["open"]);
     // c1 comes back first: w1 gets it at once, not after the connect.
     let c = take(&mut lent, 1);
-    p.release(c, true, t0);
+    p.release(c, Ok(()), t0);
     assert_eq!(drain(&mut p, &mut lent), ["grant w1 c1"]);
     // The connect's result then waits idle for the next caller.
     p.opened(Ok(2), t0);
@@ -114,7 +114,7 @@ fn a_connection_not_idle_is_never_lent_again() {
     assert!(drain(&mut p, &mut lent).is_empty(), "max 1: waits");
     // Given back broken (or with work in flight): dropped, a new one opened.
     let c = take(&mut lent, 1);
-    p.release(c, false, t0);
+    p.release(c, Err(Discard::NotIdle), t0);
     assert_eq!(drain(&mut p, &mut lent), ["open"]);
     p.opened(Ok(2), t0);
     assert_eq!(drain(&mut p, &mut lent), ["grant w1 c2"]);
@@ -167,7 +167,7 @@ fn a_failing_connect_does_not_starve_waiters_a_returned_connection_can_serve() {
     assert!(drain(&mut p, &mut lent).is_empty());
     // c1 comes back during the back-off: served at once, in order.
     let c = take(&mut lent, 1);
-    p.release(c, true, t0 + MS);
+    p.release(c, Ok(()), t0 + MS);
     assert_eq!(drain(&mut p, &mut lent), ["grant w1 c1"]);
     // After the back-off, a connect for w2; its failure is named when w2 times out.
     p.handle_timeout(t0 + 10 * MS);
@@ -222,7 +222,7 @@ fn idle_and_lifetime_limits_close_connections_and_min_idle_refills() {
     assert_eq!(drain(&mut p, &mut lent), ["grant w1 c2"], "c3 stays idle for min_idle");
     for c in [1, 2] {
         let c = take(&mut lent, c);
-        p.release(c, true, t0 + 10 * MS);
+        p.release(c, Ok(()), t0 + 10 * MS);
     }
     assert_eq!(p.status().idle, 3);
     // Past idle_timeout, idle ones close down to min_idle.
@@ -253,7 +253,7 @@ fn a_connection_past_its_lifetime_is_closed_when_given_back() {
     p.opened(Ok(1), t0);
     drain(&mut p, &mut lent);
     let c = take(&mut lent, 1);
-    p.release(c, true, t0 + 200 * MS);
+    p.release(c, Ok(()), t0 + 200 * MS);
     assert_eq!(drain(&mut p, &mut lent), ["close c1"]);
     assert_eq!(p.status().size, 0);
 }
@@ -337,7 +337,7 @@ fn random_schedules_keep_the_limits_and_answer_everyone() {
                 0 => waiting.push((p.acquire(now), now)),
                 1 if !lent.is_empty() => {
                     let (_, c) = lent.remove(rand(lent.len() as u64) as usize);
-                    p.release(c, rand(4) != 0, now);
+                    p.release(c, if rand(4) != 0 { Ok(()) } else { Err(Discard::NotIdle) }, now);
                 }
                 2 if opening > 0 => {
                     opening -= 1;

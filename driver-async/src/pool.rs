@@ -20,7 +20,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use duet_core::pool::{Action, Giveback, Pool as Policy, Pooled, WaiterId};
+use duet_core::pool::{Action, Discard, Giveback, Pool as Policy, Pooled, WaiterId};
 pub use duet_core::pool::{PoolOptions, PoolStatus};
 use tokio::sync::oneshot;
 
@@ -83,11 +83,16 @@ impl Pool {
     pub async fn get(&self) -> Result<PooledClient, Error> {
         loop {
             let (mut conn, test) = Wait::new(&self.shared).answer().await?;
-            if test && !ping(&mut conn.conn, &self.shared.config).await {
+            let alive = if test {
+                ping(&mut conn.conn, &self.shared.config).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = alive {
                 // Dead while idle (a restart, pg_terminate_backend): dropped,
                 // and this caller asks again.
                 let mut st = self.shared.lock();
-                st.policy.release(conn, false, Instant::now());
+                st.policy.release(conn, Err(Discard::TestFailed(e)), Instant::now());
                 self.shared.carry_out(&mut st);
                 continue;
             }
@@ -133,10 +138,10 @@ async fn maintain(shared: std::sync::Weak<Shared>) {
 }
 
 /// A round trip with a short limit: is the idle connection still alive?
-async fn ping(c: &mut Client, config: &Config) -> bool {
+async fn ping(c: &mut Client, config: &Config) -> Result<(), Error> {
     c.run_with_timeout(duet_core::pool::ping(), config.side_limit())
         .await
-        .is_ok()
+        .map(drop)
 }
 
 /// One caller's turn. Dropped before its answer was taken, it leaves the
@@ -193,8 +198,8 @@ impl Drop for Wait {
         st.answers.remove(&self.waiter);
         st.policy.cancel_wait(self.waiter, Instant::now());
         if let Ok(Ok((conn, _))) = rx.try_recv() {
-            let lend = Giveback::of(conn.conn.connection()) == Giveback::Lend;
-            st.policy.release(conn, lend, Instant::now());
+            let health = Giveback::health(conn.conn.connection());
+            st.policy.release(conn, health, Instant::now());
         }
         self.shared.carry_out(&mut st);
     }
@@ -222,10 +227,10 @@ impl Shared {
                     Some(tx) => {
                         if let Err(Ok((conn, _))) = tx.send(Ok((conn, test))) {
                             // The caller left in the meantime.
-                            st.policy.release(conn, true, Instant::now());
+                            st.policy.release(conn, Ok(()), Instant::now());
                         }
                     }
-                    None => st.policy.release(conn, true, Instant::now()),
+                    None => st.policy.release(conn, Ok(()), Instant::now()),
                 },
                 Action::Fail { waiter, error } => {
                     if let Some(tx) = st.answers.remove(&waiter) {
@@ -255,10 +260,10 @@ impl Shared {
     /// and dropped, then a ROLLBACK) — never handed to the next caller as
     /// it is.
     fn give_back(self: &Arc<Self>, mut conn: Pooled<Client>) {
-        let what = Giveback::of(conn.conn.connection());
-        if what != Giveback::Reset {
+        if Giveback::of(conn.conn.connection()) != Giveback::Reset {
+            let health = Giveback::health(conn.conn.connection());
             let mut st = self.lock();
-            st.policy.release(conn, what == Giveback::Lend, Instant::now());
+            st.policy.release(conn, health, Instant::now());
             self.carry_out(&mut st);
             return;
         }
@@ -266,9 +271,9 @@ impl Shared {
         self.runtime.spawn(async move {
             let limit = shared.config.side_limit();
             let reset = conn.conn.run_with_timeout(duet_core::pool::reset(), limit).await;
-            let lend = reset.is_ok() && Giveback::of(conn.conn.connection()) == Giveback::Lend;
+            let health = Giveback::after_reset(reset, conn.conn.connection());
             let mut st = shared.lock();
-            st.policy.release(conn, lend, Instant::now());
+            st.policy.release(conn, health, Instant::now());
             shared.carry_out(&mut st);
         });
     }

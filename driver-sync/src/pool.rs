@@ -19,7 +19,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use duet_core::pool::{Action, Giveback, Pool as Policy, Pooled, WaiterId};
+use duet_core::pool::{Action, Discard, Giveback, Pool as Policy, Pooled, WaiterId};
 pub use duet_core::pool::{PoolOptions, PoolStatus};
 
 use crate::{Client, Config, Error};
@@ -100,11 +100,16 @@ impl Pool {
             };
             drop(st);
             let (mut conn, test) = answer?;
-            if test && !ping(&mut conn.conn, &shared.config) {
+            let alive = if test {
+                ping(&mut conn.conn, &shared.config)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = alive {
                 // Dead while idle (a restart, pg_terminate_backend): dropped,
                 // and this caller asks again.
                 let mut st = shared.lock();
-                st.policy.release(conn, false, Instant::now());
+                st.policy.release(conn, Err(Discard::TestFailed(e)), Instant::now());
                 shared.carry_out(&mut st);
                 continue;
             }
@@ -150,8 +155,9 @@ fn maintain(shared: std::sync::Weak<Shared>) {
 }
 
 /// A round trip with a short limit: is the idle connection still alive?
-fn ping(c: &mut Client, config: &Config) -> bool {
-    c.run_with_timeout(duet_core::pool::ping(), config.side_limit()).is_ok()
+fn ping(c: &mut Client, config: &Config) -> Result<(), Error> {
+    c.run_with_timeout(duet_core::pool::ping(), config.side_limit())
+        .map(drop)
 }
 
 impl Shared {
@@ -205,10 +211,10 @@ impl Shared {
     /// to idle on a thread of its own (its answers read and dropped, then a
     /// ROLLBACK) — never handed to the next caller as it is.
     fn give_back(self: &Arc<Self>, mut conn: Pooled<Client>) {
-        let what = Giveback::of(conn.conn.connection());
-        if what != Giveback::Reset {
+        if Giveback::of(conn.conn.connection()) != Giveback::Reset {
+            let health = Giveback::health(conn.conn.connection());
             let mut st = self.lock();
-            st.policy.release(conn, what == Giveback::Lend, Instant::now());
+            st.policy.release(conn, health, Instant::now());
             self.carry_out(&mut st);
             return;
         }
@@ -216,9 +222,9 @@ impl Shared {
         std::thread::spawn(move || {
             let limit = shared.config.side_limit();
             let reset = conn.conn.run_with_timeout(duet_core::pool::reset(), limit);
-            let lend = reset.is_ok() && Giveback::of(conn.conn.connection()) == Giveback::Lend;
+            let health = Giveback::after_reset(reset, conn.conn.connection());
             let mut st = shared.lock();
-            st.policy.release(conn, lend, Instant::now());
+            st.policy.release(conn, health, Instant::now());
             shared.carry_out(&mut st);
         });
     }

@@ -151,6 +151,7 @@ pub struct Statement(Arc<StatementInner>);
 
 struct StatementInner {
     name: String,
+    sql: Arc<str>,
     params: Vec<Type>,
     columns: Arc<[Column]>,
     closer: Option<Arc<Mutex<Vec<String>>>>,
@@ -170,6 +171,7 @@ impl std::fmt::Debug for Statement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Statement")
             .field("name", &self.0.name)
+            .field("sql", &self.0.sql)
             .field("params", &self.0.params)
             .field("columns", &self.0.columns)
             .finish()
@@ -179,6 +181,10 @@ impl std::fmt::Debug for Statement {
 impl Statement {
     pub fn name(&self) -> &str {
         &self.0.name
+    }
+    /// The SQL text it was prepared from.
+    pub fn sql(&self) -> &str {
+        &self.0.sql
     }
     pub fn params(&self) -> &[Type] {
         &self.0.params
@@ -233,6 +239,20 @@ enum RequestKind<'a> {
     /// nothing else depends on its `Parse`, so an unsent one can be taken
     /// back whole ([`Connection::retract`]).
     Control(&'a str),
+}
+
+impl RequestKind<'_> {
+    /// The statement text, for traces.
+    fn sql(&self) -> &str {
+        match self {
+            RequestKind::Simple(sql)
+            | RequestKind::Query(sql, _)
+            | RequestKind::Prepare(sql, _)
+            | RequestKind::Encoded(sql, _)
+            | RequestKind::Control(sql) => sql,
+            RequestKind::Execute(stmt, _) => stmt.sql(),
+        }
+    }
 }
 
 impl<'a> Request<'a> {
@@ -342,6 +362,7 @@ impl StmtState {
 struct PrepareState {
     ticket: Ticket,
     name: String,
+    sql: Arc<str>,
     parsed: bool,
     params: Option<Vec<Type>>,
 }
@@ -435,6 +456,12 @@ pub struct Connection {
     /// A connection that only delivers a CancelRequest (see
     /// [`Connection::start_cancel`]).
     cancel_only: bool,
+    /// Spans of statements in flight, while a subscriber listens (see
+    /// `crate::trace`).
+    traces: Vec<(Ticket, crate::trace::StatementSpan)>,
+    /// The latest time a driver handed in (the core reads no clock): when
+    /// traced statements start and end.
+    now: Instant,
 }
 
 impl Connection {
@@ -564,6 +591,8 @@ impl Connection {
             channel_bound: false,
             startup_taken: false,
             cancel_only: false,
+            traces: Vec::new(),
+            now,
         }
     }
 
@@ -762,8 +791,15 @@ impl Connection {
 
     // ---- inputs ----
 
+    /// The driver's clock as an operation is polled: statements submitted
+    /// without a time of their own (transaction control) start then.
+    pub(crate) fn observe_time(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     /// Feeds bytes read from the server, in any split.
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> Result<(), Error> {
+        self.now = now;
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
@@ -846,7 +882,8 @@ impl Connection {
     }
 
     /// The server closed the socket.
-    pub fn handle_eof(&mut self, _now: Instant) {
+    pub fn handle_eof(&mut self, now: Instant) {
+        self.now = now;
         if !matches!(self.phase, Phase::Closed(_)) {
             let e = match &self.wire {
                 Wire::Tls(t) if t.is_handshaking() => Error::Tls(t.closed_during_handshake().into()),
@@ -865,6 +902,7 @@ impl Connection {
 
     /// Time has passed; spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if matches!(self.phase, Phase::Closed(_)) {
             return;
         }
@@ -981,10 +1019,6 @@ impl Connection {
 
     fn finish(&mut self, t: Ticket, r: Result<Response, Error>) {
         self.deadlines.retain(|(d, _)| *d != t);
-        if let Some(i) = self.abandoned.iter().position(|a| *a == t) {
-            self.abandoned.swap_remove(i);
-            return;
-        }
         let r = match r {
             Err(Error::Db(e)) if e.code == crate::error::sqlstate::QUERY_CANCELED && self.timed_out.contains(&t) => {
                 Err(Error::Timeout)
@@ -992,6 +1026,13 @@ impl Connection {
             other => other,
         };
         self.timed_out.retain(|x| *x != t);
+        if let Some(i) = self.traces.iter().position(|(x, _)| *x == t) {
+            self.traces.swap_remove(i).1.finish(&r, self.now);
+        }
+        if let Some(i) = self.abandoned.iter().position(|a| *a == t) {
+            self.abandoned.swap_remove(i);
+            return;
+        }
         self.done.insert(t, r);
     }
 

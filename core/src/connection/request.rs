@@ -15,7 +15,7 @@ use super::{
 };
 use crate::cache::CacheLookup;
 use crate::params::{self, Encoded};
-use crate::Error;
+use crate::{trace, Error};
 
 impl Connection {
     /// Queues a simple query whose result nobody waits for (the rollback of
@@ -58,8 +58,9 @@ impl Connection {
         sql: &str,
         enc: Encoded,
         deadline: Option<Instant>,
-        _now: Instant,
+        now: Instant,
     ) -> Result<Ticket, Error> {
+        self.now = now;
         self.submit_request(&Request {
             kind: RequestKind::Encoded(sql, enc),
             deadline,
@@ -172,7 +173,8 @@ impl Connection {
 
     /// Encodes a request into the send buffer. No I/O; atomic: on error
     /// nothing was queued.
-    pub fn submit(&mut self, req: Request<'_>, _now: Instant) -> Result<Ticket, Error> {
+    pub fn submit(&mut self, req: Request<'_>, now: Instant) -> Result<Ticket, Error> {
+        self.now = now;
         self.submit_request(&req)
     }
 
@@ -194,6 +196,9 @@ impl Connection {
         *self.send_buf() = buf;
         r?;
         self.next_ticket += 1;
+        if let Some(span) = trace::statement(req.kind.sql(), &self.config, self.now) {
+            self.traces.push((ticket, span));
+        }
         if let Some(d) = req.deadline.or(self.default_deadline) {
             self.deadlines.push((ticket, d));
         }
@@ -289,6 +294,7 @@ impl Connection {
                 self.queue.push_back(Entry::Prepare(Box::new(PrepareState {
                     ticket,
                     name,
+                    sql: sql.into(),
                     parsed: false,
                     params: None,
                 })));
@@ -408,6 +414,7 @@ impl Connection {
         self.deadlines.retain(|(d, _)| *d != t);
         self.abandoned.retain(|a| *a != t);
         self.timed_out.retain(|x| *x != t);
+        self.traces.retain(|(x, _)| *x != t);
         if self.ending_tx == Some(t) {
             self.ending_tx = None;
         }

@@ -292,6 +292,7 @@ impl Connection {
                 .ok_or_else(|| Error::protocol("RowDescription before ParameterDescription"))?;
             let stmt = Statement(Arc::new(StatementInner {
                 name: p.name,
+                sql: p.sql,
                 params,
                 columns,
                 closer: Some(self.to_close.clone()),

@@ -118,7 +118,9 @@ impl<'c, C: HasConnection, O: Operation> Running<'c, C, O> {
         let Some(op) = self.op.as_mut() else {
             return Step::Ready(Err(Error::misuse("operation polled after it completed")));
         };
-        let step = op.poll(self.client.connection_mut(), now);
+        let conn = self.client.connection_mut();
+        conn.observe_time(now);
+        let step = op.poll(conn, now);
         if let Step::Ready(_) = step {
             self.op = None;
         }
