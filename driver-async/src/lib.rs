@@ -32,6 +32,8 @@ pub use duet_core::*;
 /// The engine this driver pumps; `#[derive(Model)]` reaches it here.
 pub use duet_core;
 
+#[cfg(feature = "deadpool")]
+pub mod deadpool;
 pub mod pool;
 
 /// Everything an application needs: `use duet_async::prelude::*;`.

@@ -30,6 +30,8 @@ pub struct ReadmeDoctests;
 pub use duet_core;
 
 pub mod pool;
+#[cfg(feature = "r2d2")]
+pub mod r2d2;
 
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
