@@ -64,6 +64,12 @@ fn backend_pid(rows: Vec<duet_core::Row>) -> i32 {
 
 const PID: &str = "SELECT pg_backend_pid()";
 
+/// A URL whose port nobody listens on (it was free a moment ago).
+pub fn unreachable_url() -> String {
+    let port = crate::server::free_port().expect("a free port");
+    format!("postgres://postgres@127.0.0.1:{port}/postgres?local_socket=disable&sslmode=disable")
+}
+
 /// A pool of blocking clients: duet's own, or r2d2 with duet's manager.
 pub trait BlockingPool: Clone + Send + Sync + Sized + 'static {
     type Guard: DerefMut<Target = duet_sync::Client> + Send + 'static;
@@ -233,6 +239,7 @@ impl AsyncPool for Deadpool {
         Deadpool::builder(manager)
             .max_size(options.max_size)
             .wait_timeout(options.acquire_timeout)
+            .recycle_timeout(options.acquire_timeout)
             .runtime(duet_async::deadpool::deadpool::Runtime::Tokio1)
             .build()
             .expect("pool")

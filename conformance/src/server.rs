@@ -1387,7 +1387,7 @@ pub(crate) fn make_temp_dir() -> io::Result<(PathBuf, bool)> {
 
 /// A port that was free a moment ago (bind to port 0, then release it).
 /// Racy by nature; `launch` retries with another port if the start fails.
-pub(crate) fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| annotate(e, "finding a free port on 127.0.0.1"))?;
     Ok(listener.local_addr()?.port())
 }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use duet_conformance::pools::PoolDriver;
+use duet_conformance::pools::{unreachable_url, PoolDriver};
 use duet_conformance::server::TestServer;
 use duet_conformance::{pool_adaptor_tests, pool_tests};
 use duet_core::pool::PoolOptions;
@@ -104,16 +104,8 @@ fn after_connect_runs_on_every_new_connection<P: PoolDriver>() {
 }
 
 fn an_unreachable_server_fails_waiters_with_the_connect_error<P: PoolDriver>() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let pool = P::pool(
-        &format!("postgres://postgres@127.0.0.1:{port}/postgres?local_socket=disable&sslmode=disable"),
-        options(2),
-        None,
-    );
+    let url = unreachable_url();
+    let pool = P::pool(&url, options(2), None);
     let e = P::query(&pool, "SELECT 1").unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "the reason, not a timeout: {e:?}");
 }
@@ -128,6 +120,40 @@ fn a_connection_given_back_mid_statement_is_drained_first<P: PoolDriver>() {
     assert_eq!(status, TransactionStatus::Idle);
     if P::KEEPS_RESET {
         assert_eq!(again, pid);
+    }
+}
+
+fn a_long_statement_given_back_is_cancelled_not_waited_out<P: PoolDriver>() {
+    // Resets may take two minutes (the side limit follows connect_timeout),
+    // callers wait 20 s: only a cancelled statement frees the connection in
+    // time for the next caller.
+    let sep = if url().contains('?') { '&' } else { '?' };
+    let pool = P::pool(&format!("{}{sep}connect_timeout=120", url()), options(1), None);
+    // The first result is large enough for the server to send it at once,
+    // so the blocking driver's single step returns with the sleep running.
+    let sql = "SELECT repeat('x', 100000); SELECT pg_sleep(300)";
+    let pid = P::leave_mid_query(&pool, sql).unwrap();
+    let (again, status) = P::inspect(&pool).expect("the connection was freed before acquire_timeout");
+    assert_eq!(status, TransactionStatus::Idle);
+    if P::KEEPS_RESET {
+        assert_eq!(again, pid, "the connection was discarded instead of reset");
+    }
+    // A pool that discards it (r2d2) cancels it too, from the side.
+    let mut admin = duet_sync::Client::connect(&url()).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query = $2 AND state = 'active'",
+                &[&pid, &sql],
+            )
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the abandoned statement still runs");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -204,6 +230,7 @@ fn idle_connections_close_without_the_pool_being_used<P: PoolDriver>() {
 }
 
 pool_tests!(
+    a_long_statement_given_back_is_cancelled_not_waited_out,
     idle_connections_close_without_the_pool_being_used,
     the_pool_recovers_after_a_server_restart,
     a_connection_given_back_mid_statement_is_drained_first,
@@ -225,6 +252,7 @@ pool_adaptor_tests!(
     many_workers_share_few_connections,
     a_connection_given_back_in_a_transaction_comes_back_clean,
     a_connection_given_back_mid_statement_is_drained_first,
+    a_long_statement_given_back_is_cancelled_not_waited_out,
     a_connection_the_server_ended_while_lent_is_replaced,
     connections_killed_while_idle_are_replaced,
     after_connect_runs_on_every_new_connection,

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::connection::deadline_after;
-use crate::ops::{simple_query, Single};
+use crate::ops::{simple_query, Operation, Single, Step};
 use crate::row::SimpleMessage;
 use crate::{trace, Connection, Error};
 
@@ -104,11 +104,36 @@ impl std::fmt::Display for Discard {
     }
 }
 
-/// Brings a busy connection back to idle: waits out the answers of work
-/// abandoned in flight (they come first), then rolls back a transaction
-/// left open (a harmless warning when none is).
-pub fn reset() -> Single<'static, Vec<SimpleMessage>> {
-    simple_query("ROLLBACK", None)
+/// Brings a busy connection back to idle: asks the server to stop work
+/// abandoned in flight (a dropped future's long statement is not waited
+/// out), reads and drops its answers, then rolls back a transaction left
+/// open (a harmless warning when none is).
+pub fn reset() -> Reset {
+    Reset {
+        rollback: simple_query("ROLLBACK", None),
+        cancelled: false,
+    }
+}
+
+/// See [`reset`].
+pub struct Reset {
+    rollback: Single<'static, Vec<SimpleMessage>>,
+    cancelled: bool,
+}
+
+impl Operation for Reset {
+    type Output = Vec<SimpleMessage>;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<Self::Output> {
+        if !std::mem::replace(&mut self.cancelled, true) {
+            conn.cancel_abandoned(now);
+        }
+        self.rollback.poll(conn, now)
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        self.rollback.abandon(conn);
+    }
 }
 
 /// The round trip that shows an idle connection is still alive

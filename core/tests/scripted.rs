@@ -2729,3 +2729,21 @@ fn a_pool_lends_again_only_what_the_core_finds_idle() {
     conn.close();
     assert_eq!(Giveback::of(&conn), Giveback::Drop, "closed: dropped");
 }
+
+#[test]
+fn a_pool_reset_cancels_abandoned_work_instead_of_waiting_it_out() {
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    // Nothing abandoned: the reset asks for no cancel.
+    let mut reset = duet_core::pool::reset();
+    pending(&mut reset, &mut conn, now);
+    assert!(conn.poll_cancel().is_none());
+
+    let mut conn = ready_connection(&config(), now);
+    let t = conn.submit(duet_core::Request::simple("SELECT pg_sleep(60)"), now).unwrap();
+    conn.abandon(t);
+    let mut reset = duet_core::pool::reset();
+    pending(&mut reset, &mut conn, now);
+    assert!(conn.poll_cancel().is_some(), "the abandoned statement is cancelled");
+    assert!(conn.poll_cancel().is_none(), "once");
+}

@@ -1,8 +1,9 @@
 //! duet for applications that standardise on r2d2 (feature `r2d2`): a
 //! `ManageConnection` with duet's health rule — a connection given back is
 //! kept only when the core finds it idle (last ReadyForQuery idle, nothing
-//! in flight); anything else is discarded, and closing it makes the server
-//! roll back whatever it held. (duet's own [`crate::pool`] brings such a
+//! in flight); anything else is discarded, closing it makes the server
+//! roll back whatever it held, and a statement it left running is
+//! cancelled. (duet's own [`crate::pool`] brings such a
 //! connection back to idle in the background and keeps it; r2d2 asks for a
 //! verdict at once, without blocking.)
 //!
@@ -73,6 +74,17 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut Client) -> bool {
-        Giveback::of(conn.connection()) != Giveback::Lend
+        if Giveback::of(conn.connection()) == Giveback::Lend {
+            return false;
+        }
+        if conn.connection().in_flight() > 0 {
+            // Work abandoned in flight would run on to its end on the server
+            // after the connection closes: cancelled from the side, without
+            // holding up the caller. Nothing else will run on that session.
+            if let Some(token) = conn.cancel_token() {
+                std::thread::spawn(move || token.cancel());
+            }
+        }
+        true
     }
 }

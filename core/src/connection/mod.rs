@@ -916,10 +916,40 @@ impl Connection {
             ));
             return;
         }
+        let due: Vec<Ticket> = self
+            .deadlines
+            .iter()
+            .filter(|(_, at)| now >= *at)
+            .map(|(t, _)| *t)
+            .collect();
+        self.expire(due, now);
+    }
+
+    /// Work abandoned in flight is of use to nobody: the server is asked to
+    /// stop it, as if its deadline had passed (a pool does this before it
+    /// resets a connection given back busy, instead of waiting out a long
+    /// statement). Its answers are still read and dropped.
+    pub fn cancel_abandoned(&mut self, now: Instant) {
+        self.now = now;
+        if matches!(self.phase, Phase::Closed(_)) {
+            return;
+        }
+        let in_flight: Vec<Ticket> = self
+            .abandoned
+            .iter()
+            .copied()
+            .filter(|t| self.queue.iter().any(|e| entry_ticket(e) == Some(*t)))
+            .collect();
+        self.expire(in_flight, now);
+    }
+
+    /// These requests are past their time: a cancel is owed, and the
+    /// server has the grace period to answer.
+    fn expire(&mut self, tickets: Vec<Ticket>, now: Instant) {
         let mut fire = false;
-        for (t, at) in &self.deadlines {
-            if now >= *at && !self.timed_out.contains(t) {
-                self.timed_out.push(*t);
+        for t in tickets {
+            if !self.timed_out.contains(&t) {
+                self.timed_out.push(t);
                 fire = true;
             }
         }
