@@ -2740,7 +2740,9 @@ fn a_pool_reset_cancels_abandoned_work_instead_of_waiting_it_out() {
     assert!(conn.poll_cancel().is_none());
 
     let mut conn = ready_connection(&config(), now);
-    let t = conn.submit(duet_core::Request::simple("SELECT pg_sleep(60)"), now).unwrap();
+    let t = conn
+        .submit(duet_core::Request::simple("SELECT pg_sleep(60)"), now)
+        .unwrap();
     conn.abandon(t);
     let mut reset = duet_core::pool::reset();
     pending(&mut reset, &mut conn, now);
