@@ -97,6 +97,25 @@ impl RowIndex for &str {
 }
 
 impl Row {
+    /// Gives `rows` new columns (the same values): how a result whose types
+    /// were looked up after it arrived gets them. Rows share blocks, so each
+    /// block is copied once (its bytes are shared, not copied).
+    pub(crate) fn set_columns(rows: &mut [Row], columns: &Arc<[Column]>) {
+        let mut made: Vec<(*const RowBlock, Arc<RowBlock>)> = Vec::new();
+        for row in rows {
+            let old = Arc::as_ptr(&row.block);
+            let block = match made.iter().find(|(p, _)| *p == old) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let b = RowBlock::new(columns.clone(), row.block.data.clone());
+                    made.push((old, b.clone()));
+                    b
+                }
+            };
+            row.block = block;
+        }
+    }
+
     /// A row from the DataRow values at `range` of `block` (`count` of
     /// them), checked once here so that reading a value later needs no
     /// bounds errors.

@@ -1049,6 +1049,14 @@ fn untyped_parameter_describes_first() {
         .row_description(&[Field::new("mood", 90001)])
         .ready_for_query(b'I');
     conn.handle_input(&reply.build(), now).unwrap();
+    // OID 90001 is not built in: the session looks it up before the
+    // statement is executed with it.
+    pending(&mut op, &mut conn, now);
+    let lookup = drain(&mut conn);
+    assert_eq!(tags(&lookup), "PBDES", "the type lookup, and nothing else yet");
+    assert!(String::from_utf8_lossy(&frontend_messages(&lookup)[0].body).contains("pg_catalog.pg_type"));
+    conn.handle_input(&type_lookup_reply(90001, "mood", &["sad", "happy"]).build(), now)
+        .unwrap();
     pending(&mut op, &mut conn, now);
     let sent = drain(&mut conn);
     assert_eq!(tags(&sent), "BES");
@@ -1062,7 +1070,51 @@ fn untyped_parameter_describes_first() {
     conn.handle_input(&reply.ready_for_query(b'I').build(), now).unwrap();
     let rows = ready(&mut op, &mut conn, now).unwrap();
     assert_eq!(rows[0].raw(0), Some(&b"happy"[..]));
-    assert_eq!(rows[0].columns()[0].type_.oid(), 90001);
+    let ty = &rows[0].columns()[0].type_;
+    assert_eq!((ty.oid(), ty.name()), (90001, "mood"));
+    assert_eq!(
+        ty.kind(),
+        &postgres_types::Kind::Enum(vec!["sad".into(), "happy".into()])
+    );
+}
+
+/// The answer to the session's type lookup: one enum type.
+fn type_lookup_reply(oid: u32, name: &str, labels: &[&str]) -> Backend {
+    use duet_core::ToSql;
+    let bin = |v: &dyn ToSql, ty: Type| {
+        let mut b = bytes::BytesMut::new();
+        v.to_sql_checked(&ty, &mut b).unwrap();
+        b.to_vec()
+    };
+    let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    let none: Vec<String> = Vec::new();
+    let no_oids: Vec<u32> = Vec::new();
+    let values = [
+        Some(oid.to_be_bytes().to_vec()),
+        Some(name.as_bytes().to_vec()),
+        Some(b"public".to_vec()),
+        Some(b"e".to_vec()),
+        Some(vec![0]),
+        Some(0u32.to_be_bytes().to_vec()),
+        Some(0u32.to_be_bytes().to_vec()),
+        None,
+        Some(bin(&labels, Type::TEXT_ARRAY)),
+        Some(bin(&none, Type::TEXT_ARRAY)),
+        Some(bin(&no_oids, Type::OID_ARRAY)),
+    ];
+    let fields: Vec<Field> = [26, 25, 25, 25, 16, 26, 26, 26, 1009, 1009, 1028]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Field::new(&format!("c{i}"), *t))
+        .collect();
+    let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+    Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .row_description(&fields)
+        .data_row(&values)
+        .command_complete("SELECT 1")
+        .ready_for_query(b'I')
 }
 
 // ---------------------------------------------------------------------------

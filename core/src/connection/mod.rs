@@ -31,6 +31,7 @@ mod outcome;
 mod request;
 mod response;
 mod startup;
+mod types;
 mod wire;
 
 pub use outcome::TxOutcome;
@@ -462,6 +463,8 @@ pub struct Connection {
     /// The latest time a driver handed in (the core reads no clock): when
     /// traced statements start and end.
     now: Instant,
+    /// Types looked up on this session, and results waiting for them.
+    types: types::Types,
 }
 
 impl Connection {
@@ -593,6 +596,7 @@ impl Connection {
             cancel_only: false,
             traces: Vec::new(),
             now,
+            types: types::Types::default(),
         }
     }
 
@@ -766,6 +770,9 @@ impl Connection {
     /// `out`, while it is still running: how a streaming operation keeps
     /// memory bounded. The rest come with its result.
     pub fn take_rows(&mut self, t: Ticket, out: &mut Vec<Row>) {
+        if self.types.is_typing(t) {
+            return;
+        }
         for e in &mut self.queue {
             if let Entry::Stmt(s) = e {
                 if s.ticket == t {
@@ -868,6 +875,7 @@ impl Connection {
                 return Err(e.clone());
             }
         }
+        self.send_type_lookup();
         // A socket that stays readable (a flood of notices, rows arriving
         // faster than they are consumed) must not outlast a limit: time is
         // judged here too, not only when the driver's wait times out, and
@@ -972,6 +980,7 @@ impl Connection {
             self.abandoned.push(t);
         }
         self.deadlines.retain(|(d, _)| *d != t);
+        self.forget_typing(t);
     }
 
     /// Queues Terminate; the driver sends it and closes the socket.
@@ -1043,6 +1052,7 @@ impl Connection {
         self.cancel_grace_until = None;
         self.group_failed = false;
         self.ending_tx = None;
+        self.fail_held_types(&e);
         self.phase = Phase::Closed(e.clone());
         e
     }
@@ -1061,9 +1071,12 @@ impl Connection {
         }
         if let Some(i) = self.abandoned.iter().position(|a| *a == t) {
             self.abandoned.swap_remove(i);
+            self.forget_typing(t);
             return;
         }
-        self.done.insert(t, r);
+        if let Some(r) = self.hold_for_types(t, r) {
+            self.done.insert(t, r);
+        }
     }
 
     fn push_event(&mut self, e: Event) {

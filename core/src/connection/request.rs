@@ -90,6 +90,7 @@ impl Connection {
         self.batch_depth = self.batch_depth.saturating_sub(1);
         if self.batch_depth == 0 && self.unsynced {
             self.push_sync();
+            self.send_type_lookup();
         }
     }
 

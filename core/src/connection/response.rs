@@ -13,7 +13,7 @@ use super::{
     entry_ticket, io_to_encode, proto, Connection, Entry, Event, Phase, QueryResult, Response, Statement,
     StatementInner, TransactionStatus,
 };
-use crate::row::{type_from_oid, Column, Row, RowBlock, SimpleMessage, SimpleRow};
+use crate::row::{Column, Row, RowBlock, SimpleMessage, SimpleRow};
 use crate::{DbError, Error};
 
 impl Connection {
@@ -118,8 +118,13 @@ impl Connection {
             (Entry::Stmt(s), Message::ParseComplete) if s.parse_sent && !s.parsed => s.parsed = true,
             (Entry::Stmt(s), Message::BindComplete) if !s.bound => s.bound = true,
             (Entry::Stmt(s), Message::RowDescription(body)) => {
-                let columns = columns_of(&body)?;
-                if let Some(name) = s.parses.as_ref().or(s.learns.as_ref()) {
+                let mut unknown = Vec::new();
+                let columns = columns_of(&body, &self.types, &mut unknown)?;
+                if !unknown.is_empty() {
+                    // Not cached with placeholders: the next run describes
+                    // again and finds the types known.
+                    self.types.await_types(s.ticket, unknown);
+                } else if let Some(name) = s.parses.as_ref().or(s.learns.as_ref()) {
                     self.cache.set_columns(name, columns.clone());
                 }
                 s.columns = Some(columns);
@@ -160,10 +165,18 @@ impl Connection {
             (Entry::Prepare(p), Message::ParseComplete) if !p.parsed => p.parsed = true,
             (Entry::Prepare(p), Message::ParameterDescription(body)) => {
                 let oids = body.parameters().collect::<Vec<_>>().map_err(proto)?;
-                p.params = Some(oids.into_iter().map(type_from_oid).collect());
+                let mut unknown = Vec::new();
+                p.params = Some(oids.into_iter().map(|o| self.types.or_note(o, &mut unknown)).collect());
+                if !unknown.is_empty() {
+                    self.types.await_types(p.ticket, unknown);
+                }
             }
-            (Entry::Prepare(_), Message::RowDescription(body)) => {
-                let columns = columns_of(&body)?;
+            (Entry::Prepare(p), Message::RowDescription(body)) => {
+                let mut unknown = Vec::new();
+                let columns = columns_of(&body, &self.types, &mut unknown)?;
+                if !unknown.is_empty() {
+                    self.types.await_types(p.ticket, unknown);
+                }
                 self.complete_prepare(columns)?;
             }
             (Entry::Prepare(_), Message::NoData) => self.complete_prepare(Arc::from(Vec::new()))?,
@@ -396,13 +409,19 @@ impl Connection {
     }
 }
 
-fn columns_of(body: &postgres_protocol::message::backend::RowDescriptionBody) -> Result<Arc<[Column]>, Error> {
+/// The columns a RowDescription names; OIDs the session does not know yet
+/// are noted in `unknown` (their columns carry placeholders until then).
+fn columns_of(
+    body: &postgres_protocol::message::backend::RowDescriptionBody,
+    types: &super::types::Types,
+    unknown: &mut Vec<u32>,
+) -> Result<Arc<[Column]>, Error> {
     let mut out = Vec::new();
     let mut fields = body.fields();
     while let Some(f) = fields.next().map_err(proto)? {
         out.push(Column {
             name: f.name().to_string(),
-            type_: type_from_oid(f.type_oid()),
+            type_: types.or_note(f.type_oid(), unknown),
             table_oid: f.table_oid(),
             column_id: f.column_id(),
         });

@@ -1,0 +1,213 @@
+//! Types duet is not built with — enums, composites, domains, ranges,
+//! arrays of them, `hstore`, `citext` — looked up in the catalog the first
+//! time a session meets them, so `postgres-types`' derives and its
+//! by-name impls work as parameters, results and arrays, in both drivers.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use duet_conformance::server::TestServer;
+use duet_conformance::{conformance_tests, Driver};
+use duet_core::Error;
+use postgres_types::{FromSql, Kind, ToSql, Type};
+
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_mood")]
+enum Mood {
+    #[postgres(name = "sad")]
+    Sad,
+    #[postgres(name = "ok")]
+    Ok,
+    #[postgres(name = "happy")]
+    Happy,
+}
+
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_point")]
+struct Point {
+    x: i32,
+    label: String,
+}
+
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_posint")]
+struct PosInt(i32);
+
+/// A range's bytes, taken as they come: postgres-types has no range type,
+/// so this shows the column's type was found to be a range of float8.
+struct RawRange(usize);
+
+impl<'a> FromSql<'a> for RawRange {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawRange(raw.len()))
+    }
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "duet_floatrange" && matches!(ty.kind(), Kind::Range(sub) if *sub == Type::FLOAT8)
+    }
+}
+
+fn url() -> String {
+    TestServer::shared().url()
+}
+
+/// The types and extensions, made once per test binary.
+fn setup() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let mut c = duet_sync::Client::connect(&url()).unwrap();
+        c.batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS hstore;
+             CREATE EXTENSION IF NOT EXISTS citext;
+             DROP TYPE IF EXISTS duet_mood, duet_point, duet_floatrange CASCADE;
+             DROP DOMAIN IF EXISTS duet_posint CASCADE;
+             CREATE TYPE duet_mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE TYPE duet_point AS (x int4, label text);
+             CREATE DOMAIN duet_posint AS int4 CHECK (VALUE > 0);
+             CREATE TYPE duet_floatrange AS RANGE (subtype = float8);",
+        )
+        .unwrap();
+    });
+}
+
+fn results_of_types_not_built_in_decode<D: Driver>() {
+    setup();
+    // A new session: every type below is met for the first time in a result.
+    let mut c = D::connect(&url()).unwrap();
+    let row = c
+        .query_one(
+            "SELECT 'happy'::duet_mood, ARRAY['sad', 'ok']::duet_mood[], ROW(7, 'seven')::duet_point,
+                    ARRAY[ROW(1, 'one')::duet_point], ARRAY[3, 4]::duet_posint[], '[1.5, 2.5)'::duet_floatrange,
+                    'a => 1, b => NULL'::hstore, 'MiXeD'::citext",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<Mood>(0), Mood::Happy);
+    assert_eq!(row.get::<Vec<Mood>>(1), vec![Mood::Sad, Mood::Ok]);
+    assert_eq!(
+        row.get::<Point>(2),
+        Point {
+            x: 7,
+            label: "seven".into()
+        }
+    );
+    assert_eq!(
+        row.get::<Vec<Point>>(3),
+        vec![Point {
+            x: 1,
+            label: "one".into()
+        }]
+    );
+    assert_eq!(row.get::<Vec<PosInt>>(4), vec![PosInt(3), PosInt(4)]);
+    assert!(row.get::<RawRange>(5).0 > 0);
+    let hstore: HashMap<String, Option<String>> = row.get(6);
+    assert_eq!(hstore.get("a"), Some(&Some("1".to_string())));
+    assert_eq!(hstore.get("b"), Some(&None));
+    assert_eq!(row.get::<String>(7), "MiXeD");
+    assert_eq!(
+        row.columns()[0].type_.kind(),
+        &Kind::Enum(vec!["sad".into(), "ok".into(), "happy".into()])
+    );
+    // Known now: a second statement needs no lookup and gets the same types.
+    let again = c.query_one("SELECT 'ok'::duet_mood", &[]).unwrap();
+    assert_eq!(again.get::<Mood>(0), Mood::Ok);
+}
+
+fn parameters_of_types_not_built_in_encode<D: Driver>() {
+    setup();
+    let mut c = D::connect(&url()).unwrap();
+    let row = c.query_one("SELECT $1::duet_mood::text", &[&Mood::Sad]).unwrap();
+    assert_eq!(row.get::<String>(0), "sad");
+    let p = Point {
+        x: 2,
+        label: "two".into(),
+    };
+    let row = c.query_one("SELECT ($1::duet_point).label", &[&p]).unwrap();
+    assert_eq!(row.get::<String>(0), "two");
+    let moods = vec![Mood::Happy, Mood::Ok];
+    let row = c
+        .query_one("SELECT array_length($1::duet_mood[], 1)", &[&moods])
+        .unwrap();
+    assert_eq!(row.get::<i32>(0), 2);
+    let row = c.query_one("SELECT $1::duet_posint + 1", &[&PosInt(41)]).unwrap();
+    assert_eq!(row.get::<i32>(0), 42);
+    let mut h: HashMap<String, Option<String>> = HashMap::new();
+    h.insert("k".into(), Some("v".into()));
+    let row = c.query_one("SELECT $1::hstore -> 'k'", &[&h]).unwrap();
+    assert_eq!(row.get::<String>(0), "v");
+    let row = c.query_one("SELECT $1::citext = 'HELLO'::citext", &[&"hello"]).unwrap();
+    assert!(row.get::<bool>(0));
+    // Round trip through a table.
+    let table = format!("duet_typed_{}", D::NAME);
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (m duet_mood, p duet_point, ms duet_mood[])"
+    ))
+    .unwrap();
+    c.execute(
+        &format!("INSERT INTO {table} VALUES ($1, $2, $3)"),
+        &[&Mood::Happy, &p, &moods],
+    )
+    .unwrap();
+    let row = c.query_one(&format!("SELECT m, p, ms FROM {table}"), &[]).unwrap();
+    assert_eq!(row.get::<Mood>(0), Mood::Happy);
+    assert_eq!(row.get::<Point>(1), p);
+    assert_eq!(row.get::<Vec<Mood>>(2), moods);
+    // A value the domain refuses is the server's error, not a panic.
+    let e = c.query_one("SELECT $1::duet_posint", &[&PosInt(-1)]).unwrap_err();
+    assert_eq!(e.code(), Some("23514"), "{e}");
+}
+
+fn a_type_created_again_is_looked_up_afresh<D: Driver>() {
+    setup();
+    let name = format!("duet_again_{}", D::NAME);
+    let mut c = D::connect(&url()).unwrap();
+    c.batch_execute(&format!("DROP TYPE IF EXISTS {name}; CREATE TYPE {name} AS ENUM ('a')"))
+        .unwrap();
+    let row = c.query_one(&format!("SELECT 'a'::{name}"), &[]).unwrap();
+    assert_eq!(row.columns()[0].type_.kind(), &Kind::Enum(vec!["a".into()]));
+    c.batch_execute(&format!("DROP TYPE {name}; CREATE TYPE {name} AS ENUM ('x', 'y')"))
+        .unwrap();
+    let row = c.query_one(&format!("SELECT 'y'::{name}"), &[]).unwrap();
+    assert_eq!(
+        row.columns()[0].type_.kind(),
+        &Kind::Enum(vec!["x".into(), "y".into()]),
+        "a new OID: looked up again, not served from the session's cache"
+    );
+}
+
+fn rows_streamed_wait_for_their_types<D: Driver>() {
+    setup();
+    let mut c = D::connect(&url()).unwrap();
+    let mut seen = Vec::new();
+    let n = c
+        .run(
+            duet_core::ops::query(
+                "SELECT (ARRAY['sad','ok','happy']::duet_mood[])[1 + g % 3] FROM generate_series(0, 2999) g",
+                &[],
+            )
+            .for_each(|row| {
+                seen.push(row.try_get::<Mood>(0)?);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    assert_eq!(n, 3000);
+    assert_eq!(seen.len(), 3000);
+    assert_eq!(seen[1], Mood::Ok);
+    // A type that is not there to find: a clear decode error, never a panic.
+    let e: Error = c
+        .query_one("SELECT 1::int4", &[])
+        .unwrap()
+        .try_get::<Mood>(0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("duet_mood") || e.to_string().contains("int4"),
+        "{e}"
+    );
+}
+
+conformance_tests!(
+    results_of_types_not_built_in_decode,
+    parameters_of_types_not_built_in_encode,
+    a_type_created_again_is_looked_up_afresh,
+    rows_streamed_wait_for_their_types,
+);
