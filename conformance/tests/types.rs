@@ -205,7 +205,43 @@ fn rows_streamed_wait_for_their_types<D: Driver>() {
     );
 }
 
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_again")]
+enum Again {
+    #[postgres(name = "x")]
+    X,
+    #[postgres(name = "y")]
+    Y,
+}
+
+fn a_parameter_type_created_again_is_not_sent_by_its_old_oid<D: Driver>() {
+    setup();
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = D::connect(&url()).unwrap();
+    for round in 0..3 {
+        c.batch_execute("DROP TYPE IF EXISTS duet_again; CREATE TYPE duet_again AS ENUM ('x', 'y')")
+            .unwrap();
+        for _ in 0..2 {
+            let row = c
+                .query_one("SELECT $1::duet_again::text", &[&Again::Y])
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(row.get::<String>(0), "y");
+        }
+        // Created again by another session: this one never sees the DDL.
+        let mut other = duet_sync::Client::connect(&url()).unwrap();
+        other
+            .batch_execute("DROP TYPE duet_again; CREATE TYPE duet_again AS ENUM ('x', 'y')")
+            .unwrap();
+        let row = c
+            .query_one("SELECT $1::duet_again::text", &[&Again::X])
+            .unwrap_or_else(|e| panic!("round {round}, after another session's DDL: {e}"));
+        assert_eq!(row.get::<String>(0), "x");
+    }
+}
+
 conformance_tests!(
+    a_parameter_type_created_again_is_not_sent_by_its_old_oid,
     results_of_types_not_built_in_decode,
     parameters_of_types_not_built_in_encode,
     a_type_created_again_is_looked_up_afresh,

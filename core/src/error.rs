@@ -208,6 +208,23 @@ impl Error {
         self.as_db_error().map(|e| e.code.as_str())
     }
 
+    /// The OID of a type the server no longer has, when this error says a
+    /// statement named one ("cache lookup failed for type N", XX000): a
+    /// type dropped (and perhaps created again under a new OID) after the
+    /// session learnt it. The server's message is read, so this holds for
+    /// English messages (`lc_messages`) only.
+    pub fn dropped_type(&self) -> Option<u32> {
+        let db = self.as_db_error()?;
+        if db.code != sqlstate::INTERNAL_ERROR {
+            return None;
+        }
+        db.message
+            .strip_prefix("cache lookup failed for type ")?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// True when the connection can no longer be used after this error.
     pub fn is_fatal(&self) -> bool {
         match self {
@@ -316,4 +333,5 @@ pub mod sqlstate {
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const INTERNAL_ERROR: &str = "XX000";
 }

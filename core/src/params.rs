@@ -113,7 +113,12 @@ fn encode_one(
 /// types: never for a type that some `ToSql` impl accepts together with an
 /// earlier candidate (see [`hint_is_unambiguous`]). A hinted attempt that
 /// fails in any way just falls through to the ordinary order.
-pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Option<Encoded>, Error> {
+///
+/// `learned` are the types the session looked up (an application's enums,
+/// composites, domains, extension types): offered after the built-in
+/// candidates, so a value of such a type needs a describe only the first
+/// time a session meets it.
+pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32], learned: &[Type]) -> Result<Option<Encoded>, Error> {
     check_count(params.len())?;
     let mut enc = Encoded {
         // Most values are a few bytes; growing from empty reallocates.
@@ -125,7 +130,7 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Opti
             .get(i)
             .and_then(|&oid| match oid {
                 0 => Some(Type::TEXT),
-                oid => Type::from_oid(oid),
+                oid => Type::from_oid(oid).or_else(|| learned.iter().find(|t| t.oid() == oid).cloned()),
             })
             .filter(hint_is_unambiguous);
         if let Some(ty) = &hinted {
@@ -134,7 +139,7 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32]) -> Result<Opti
                 continue 'params;
             }
         }
-        for ty in CANDIDATES.iter().filter(|t| Some(*t) != hinted.as_ref()) {
+        for ty in CANDIDATES.iter().chain(learned).filter(|t| Some(*t) != hinted.as_ref()) {
             if let Some(item) = offer(i + 1, *p, ty, &mut enc.buf)? {
                 enc.items.push(item);
                 continue 'params;
@@ -278,7 +283,7 @@ mod tests {
     use super::*;
 
     fn oids(params: &[Param<'_>], hint: &[u32]) -> Vec<u32> {
-        let enc = encode_inferred(params, hint).unwrap().expect("inferred");
+        let enc = encode_inferred(params, hint, &[]).unwrap().expect("inferred");
         enc.oids().collect()
     }
 
@@ -314,8 +319,8 @@ mod tests {
         ] {
             assert_eq!(oids(&params, &hint), inferred, "hint {hint:?}");
         }
-        let a = encode_inferred(&params, &[]).unwrap().unwrap();
-        let b = encode_inferred(&params, &inferred).unwrap().unwrap();
+        let a = encode_inferred(&params, &[], &[]).unwrap().unwrap();
+        let b = encode_inferred(&params, &inferred, &[]).unwrap().unwrap();
         assert_eq!(a.buf, b.buf, "same bytes with and without the hint");
     }
 }

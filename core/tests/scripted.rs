@@ -1076,6 +1076,18 @@ fn untyped_parameter_describes_first() {
         ty.kind(),
         &postgres_types::Kind::Enum(vec!["sad".into(), "happy".into()])
     );
+
+    // Learnt: the next statement with such a value goes out in one round
+    // trip, typed, without describing first.
+    let mut op = ops::query("SELECT $1 AS again", &p).rows();
+    pending(&mut op, &mut conn, now);
+    let sent = frontend_messages(&drain(&mut conn));
+    // (C: the Close of the statement described before, now dropped.)
+    assert_eq!(sent.iter().map(|m| m.tag as char).collect::<String>(), "CPBDES");
+    assert!(
+        sent[1].body.windows(4).any(|w| w == 90001u32.to_be_bytes()),
+        "typed by the learnt OID"
+    );
 }
 
 /// The answer to the session's type lookup: one enum type.

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
+use postgres_types::Type;
 
 use super::{
     io_to_encode, Connection, Entry, Phase, PrepareState, Request, RequestKind, SimpleState, StmtState, Ticket,
@@ -49,6 +50,11 @@ impl Connection {
     /// `params::encode_inferred`).
     pub(crate) fn param_hint(&self, sql: &str) -> &[u32] {
         self.cache.param_hint(sql)
+    }
+
+    /// The types this session looked up, for parameter inference.
+    pub(crate) fn learned_types(&self) -> &[Type] {
+        self.types.learned()
     }
 
     /// Submits a statement whose parameters are already encoded (the path
@@ -256,7 +262,7 @@ impl Connection {
                 return Ok(());
             }
             RequestKind::Query(sql, params) => {
-                let enc = match params::encode_inferred(params, self.cache.param_hint(sql))? {
+                let enc = match params::encode_inferred(params, self.cache.param_hint(sql), self.types.learned())? {
                     Some(e) => e,
                     None => {
                         return Err(Error::misuse(

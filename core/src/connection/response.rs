@@ -338,7 +338,7 @@ impl Connection {
                     e.code(),
                     Some(crate::error::sqlstate::FEATURE_NOT_SUPPORTED)
                         | Some(crate::error::sqlstate::INVALID_SQL_STATEMENT_NAME)
-                );
+                ) || e.dropped_type().is_some();
                 if stale && self.group.is_empty() && matches!(self.queue.get(1), Some(Entry::Sync)) {
                     if let Some(t) = self.queue.front().and_then(entry_ticket) {
                         self.failed_alone.truncate(15);

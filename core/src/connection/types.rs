@@ -55,6 +55,8 @@ LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid";
 pub(super) struct Types {
     /// Types looked up on this session, by OID.
     known: HashMap<u32, Type>,
+    /// The same, in the order learnt: offered to parameter inference.
+    learned: Vec<Type>,
     /// OIDs met and not yet asked about.
     wanted: Vec<u32>,
     /// The lookup in flight, and the OIDs it asks about.
@@ -113,6 +115,21 @@ impl Types {
         }
     }
 
+    /// Forgets a type the server dropped, and the types built on it.
+    fn forget(&mut self, oid: u32) {
+        let built_on = |t: &Type| match t.kind() {
+            Kind::Array(e) | Kind::Domain(e) | Kind::Range(e) => e.oid() == oid,
+            Kind::Composite(fields) => fields.iter().any(|f| f.type_().oid() == oid),
+            _ => false,
+        };
+        self.learned.retain(|t| t.oid() != oid && !built_on(t));
+        self.known.retain(|o, t| *o != oid && !built_on(t));
+    }
+
+    pub(super) fn learned(&self) -> &[Type] {
+        &self.learned
+    }
+
     /// Whether `t`'s result waits for types (its rows are not handed out
     /// early: they would decode with placeholders).
     pub(super) fn is_typing(&self, t: Ticket) -> bool {
@@ -121,6 +138,12 @@ impl Types {
 }
 
 impl Connection {
+    /// A type the server says it no longer has (see
+    /// [`Error::dropped_type`]): looked up again when next met.
+    pub fn forget_type(&mut self, oid: u32) {
+        self.types.forget(oid);
+    }
+
     fn known_type(&self, oid: u32) -> Option<Type> {
         self.types.known(oid)
     }
@@ -276,6 +299,9 @@ impl Connection {
         };
         let t = Type::new(info.name.clone(), oid, kind, info.schema.clone());
         self.types.known.insert(oid, t.clone());
+        if !matches!(t.kind(), Kind::Pseudo) {
+            self.types.learned.push(t.clone());
+        }
         Some(t)
     }
 

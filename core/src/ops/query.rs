@@ -178,7 +178,8 @@ impl<'a> Query<'a> {
 
     fn start(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
         let hint = conn.param_hint(&self.sql);
-        match self.params.with(|p| params::encode_inferred(p, hint))? {
+        let learned = conn.learned_types();
+        match self.params.with(|p| params::encode_inferred(p, hint, learned))? {
             Some(enc) => {
                 let t = conn.submit_encoded(&self.sql, enc, self.deadline, now)?;
                 self.state = QueryState::Running { ticket: t, _stmt: None };
@@ -245,7 +246,12 @@ impl Operation for Query<'_> {
                         let stale = matches!(
                             e.code(),
                             Some(sqlstate::FEATURE_NOT_SUPPORTED) | Some(sqlstate::INVALID_SQL_STATEMENT_NAME)
-                        );
+                        ) || e.dropped_type().is_some();
+                        if let Some(oid) = e.dropped_type() {
+                            // Learnt before it was dropped: looked up again
+                            // when next met.
+                            conn.forget_type(oid);
+                        }
                         if stale {
                             // The next run prepares afresh either way; this one is
                             // retried only when the failure touched nothing else
