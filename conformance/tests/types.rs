@@ -240,7 +240,62 @@ fn a_parameter_type_created_again_is_not_sent_by_its_old_oid<D: Driver>() {
     }
 }
 
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_grown")]
+enum GrownBefore {
+    #[postgres(name = "a")]
+    A,
+}
+
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_grown")]
+enum GrownAfter {
+    #[postgres(name = "a")]
+    A,
+    #[postgres(name = "b")]
+    B,
+}
+
+#[derive(Debug, PartialEq, ToSql, FromSql)]
+#[postgres(name = "duet_grown")]
+enum GrownMore {
+    #[postgres(name = "a")]
+    A,
+    #[postgres(name = "b")]
+    B,
+    #[postgres(name = "c")]
+    C,
+}
+
+fn an_enum_given_a_label_elsewhere_is_looked_up_again<D: Driver>() {
+    setup();
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut admin = duet_sync::Client::connect(&url()).unwrap();
+    admin
+        .batch_execute("DROP TYPE IF EXISTS duet_grown; CREATE TYPE duet_grown AS ENUM ('a')")
+        .unwrap();
+    let mut c = D::connect(&url()).unwrap();
+    let sql = "SELECT $1::duet_grown::text";
+    assert_eq!(c.query_one(sql, &[&GrownBefore::A]).unwrap().get::<String>(0), "a");
+    // Same OID, one more label: the session's copy is stale.
+    admin.batch_execute("ALTER TYPE duet_grown ADD VALUE 'b'").unwrap();
+    // A value the stale copy refuses: the statement describes again and
+    // the type is looked up afresh, within the one call.
+    assert_eq!(c.query_one(sql, &[&GrownAfter::B]).unwrap().get::<String>(0), "b");
+    let row = c.query_one("SELECT 'b'::duet_grown", &[]).unwrap();
+    assert_eq!(row.get::<GrownAfter>(0), GrownAfter::B);
+    // A result of the stale copy: refused once, known afresh after.
+    admin.batch_execute("ALTER TYPE duet_grown ADD VALUE 'c'").unwrap();
+    let row = c.query_one("SELECT 'c'::duet_grown", &[]).unwrap();
+    let e = row.try_get::<GrownMore>(0).unwrap_err();
+    assert!(e.to_string().contains("duet_grown"), "{e}");
+    let row = c.query_one("SELECT 'c'::duet_grown", &[]).unwrap();
+    assert_eq!(row.get::<GrownMore>(0), GrownMore::C);
+}
+
 conformance_tests!(
+    an_enum_given_a_label_elsewhere_is_looked_up_again,
     a_parameter_type_created_again_is_not_sent_by_its_old_oid,
     results_of_types_not_built_in_decode,
     parameters_of_types_not_built_in_encode,

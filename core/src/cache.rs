@@ -123,6 +123,16 @@ impl StatementCache {
         }
     }
 
+    /// Drops the columns of every statement with a column `stale` picks:
+    /// its next run describes again.
+    pub fn forget_columns(&mut self, stale: impl Fn(&Column) -> bool) {
+        for e in self.by_sql.values_mut().flatten() {
+            if e.columns.as_ref().is_some_and(|c| c.iter().any(&stale)) {
+                e.columns = None;
+            }
+        }
+    }
+
     /// Forgets one statement (its Parse failed or was skipped).
     pub fn remove(&mut self, name: &str) {
         if let Some(sql) = self.sql_of.remove(name) {

@@ -130,7 +130,10 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32], learned: &[Typ
             .get(i)
             .and_then(|&oid| match oid {
                 0 => Some(Type::TEXT),
-                oid => Type::from_oid(oid).or_else(|| learned.iter().find(|t| t.oid() == oid).cloned()),
+                oid => match Type::from_oid(oid) {
+                    Some(t) => Some(t),
+                    None => learned.iter().find(|t| t.oid() == oid).cloned(),
+                },
             })
             .filter(hint_is_unambiguous);
         if let Some(ty) = &hinted {
@@ -139,7 +142,14 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32], learned: &[Typ
                 continue 'params;
             }
         }
-        for ty in CANDIDATES.iter().chain(learned).filter(|t| Some(*t) != hinted.as_ref()) {
+        for ty in CANDIDATES.iter().filter(|t| Some(*t) != hinted.as_ref()) {
+            if let Some(item) = offer(i + 1, *p, ty, &mut enc.buf)? {
+                enc.items.push(item);
+                continue 'params;
+            }
+        }
+        // Apart, so the common case pays nothing for them.
+        for ty in learned.iter().filter(|t| Some(*t) != hinted.as_ref()) {
             if let Some(item) = offer(i + 1, *p, ty, &mut enc.buf)? {
                 enc.items.push(item);
                 continue 'params;

@@ -1,12 +1,21 @@
 //! Typed rows: columns from `RowDescription`, values from `DataRow`, decoded
 //! on demand with `postgres-types`' `FromSql`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use postgres_types::{FromSql, Kind, Type};
 
 use crate::Error;
+
+/// Whether `ty` may be one a session looked up (see `connection/types.rs`):
+/// the catalog's own types have OIDs below 10000 and never change, those
+/// of extensions and applications are above. A cheap test, run per batch
+/// of rows.
+pub(crate) fn maybe_learnt(ty: &Type) -> bool {
+    ty.oid() >= 10_000
+}
 
 /// One result column as the server described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +54,24 @@ const FAR: u16 = u16::MAX;
 pub(crate) struct RowBlock {
     columns: Arc<[Column]>,
     data: Bytes,
+    /// The session's flag that its learnt types may be stale: set when a
+    /// column of a learnt type is refused (see [`Row::try_get`]). Only
+    /// blocks with such columns carry it.
+    learnt: Option<Arc<AtomicBool>>,
 }
 
 impl RowBlock {
-    /// `data` is at most `u32::MAX` bytes (rows keep `u32` offsets).
+    #[cfg(test)]
     pub(crate) fn new(columns: Arc<[Column]>, data: Bytes) -> Arc<RowBlock> {
+        RowBlock::watched(columns, data, None)
+    }
+
+    /// `data` is at most `u32::MAX` bytes (rows keep `u32` offsets). With
+    /// columns of types the session looked up, `learnt` is the session's
+    /// flag raised when one of them is refused.
+    pub(crate) fn watched(columns: Arc<[Column]>, data: Bytes, learnt: Option<Arc<AtomicBool>>) -> Arc<RowBlock> {
         debug_assert!(data.len() <= u32::MAX as usize);
-        Arc::new(RowBlock { columns, data })
+        Arc::new(RowBlock { columns, data, learnt })
     }
 
     pub(crate) fn data(&self) -> &[u8] {
@@ -107,7 +127,7 @@ impl Row {
             let block = match made.iter().find(|(p, _)| *p == old) {
                 Some((_, b)) => b.clone(),
                 None => {
-                    let b = RowBlock::new(columns.clone(), row.block.data.clone());
+                    let b = RowBlock::watched(columns.clone(), row.block.data.clone(), row.block.learnt.clone());
                     made.push((old, b.clone()));
                     b
                 }
@@ -226,6 +246,13 @@ impl Row {
         })?;
         let col = &columns[i];
         if !T::accepts(&col.type_) {
+            if let Some(learnt) = &self.block.learnt {
+                if maybe_learnt(&col.type_) {
+                    // Perhaps changed since the session looked it up (an
+                    // enum given a label): looked up afresh next time.
+                    learnt.store(true, Ordering::Relaxed);
+                }
+            }
             return Err(Error::decode(format!(
                 "column {} ({:?}) is of SQL type {}, which {} cannot hold",
                 i,

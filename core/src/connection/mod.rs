@@ -1074,7 +1074,9 @@ impl Connection {
             self.forget_typing(t);
             return;
         }
-        if let Some(r) = self.hold_for_types(t, r) {
+        if !self.typing_anything() {
+            self.done.insert(t, r);
+        } else if let Some(r) = self.hold_for_types(t, r) {
             self.done.insert(t, r);
         }
     }

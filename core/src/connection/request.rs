@@ -16,6 +16,7 @@ use super::{
 };
 use crate::cache::CacheLookup;
 use crate::params::{self, Encoded};
+use crate::row::maybe_learnt;
 use crate::{trace, Error};
 
 impl Connection {
@@ -189,6 +190,7 @@ impl Connection {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
+        self.forget_stale_types();
 
         let ticket = Ticket(self.next_ticket);
         let mut buf = std::mem::take(self.send_buf());
@@ -284,7 +286,11 @@ impl Connection {
                     .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, true, columns, span))));
             }
             RequestKind::Execute(stmt, params) => {
-                let enc = params::encode_typed(params, stmt.params())?;
+                let enc = params::encode_typed(params, stmt.params()).inspect_err(|_| {
+                    if stmt.params().iter().any(maybe_learnt) {
+                        self.learnt_type_refused();
+                    }
+                })?;
                 let start = buf.len();
                 params::write_bind("", stmt.name(), &enc, buf)?;
                 frontend::execute("", 0, buf).map_err(io_to_encode)?;

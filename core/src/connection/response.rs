@@ -263,7 +263,8 @@ impl Connection {
             .columns
             .clone()
             .ok_or_else(|| Error::protocol("DataRow before RowDescription"))?;
-        let block = RowBlock::new(columns, self.input.split_to(total).freeze());
+        let learnt = self.types.watch(&columns);
+        let block = RowBlock::watched(columns, self.input.split_to(total).freeze(), learnt);
         let data = block.data();
         let mut at = 0;
         while at < total {

@@ -15,13 +15,14 @@
 //! afresh.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use postgres_types::{Field, Kind, Type};
 
 use super::{Connection, Response, Ticket};
 use crate::params::{self, Param};
-use crate::row::{Column, Row};
+use crate::row::{maybe_learnt, Column, Row};
 use crate::Error;
 
 /// Every type the OIDs in `$1` are built from, with what a `Type` needs.
@@ -57,6 +58,11 @@ pub(super) struct Types {
     known: HashMap<u32, Type>,
     /// The same, in the order learnt: offered to parameter inference.
     learned: Vec<Type>,
+    /// Raised when a learnt type was refused (a value of it by a `ToSql`,
+    /// a column of it by a `FromSql`): it may have changed since (an enum
+    /// given a label keeps its OID), so everything learnt is forgotten
+    /// before the next request.
+    stale: Arc<AtomicBool>,
     /// OIDs met and not yet asked about.
     wanted: Vec<u32>,
     /// The lookup in flight, and the OIDs it asks about.
@@ -126,6 +132,15 @@ impl Types {
         self.known.retain(|o, t| *o != oid && !built_on(t));
     }
 
+    /// The flag rows of `columns` raise when a learnt type is refused;
+    /// `None` when they have only built-in types.
+    pub(super) fn watch(&self, columns: &[Column]) -> Option<Arc<AtomicBool>> {
+        columns
+            .iter()
+            .any(|c| maybe_learnt(&c.type_))
+            .then(|| self.stale.clone())
+    }
+
     pub(super) fn learned(&self) -> &[Type] {
         &self.learned
     }
@@ -138,6 +153,32 @@ impl Types {
 }
 
 impl Connection {
+    /// Forgets every type the session looked up, and the cached statements'
+    /// columns of such types (they describe again), if a learnt type was
+    /// refused since the last request.
+    pub(super) fn forget_stale_types(&mut self) {
+        // A plain load first: this runs before every request.
+        if self.types.stale.load(Ordering::Relaxed) && self.types.stale.swap(false, Ordering::Relaxed) {
+            self.forget_types();
+        }
+    }
+
+    /// Forgets every type this session looked up: they are looked up
+    /// afresh when next met. What to call after another session changed a
+    /// type in place (`ALTER TYPE … ADD VALUE` keeps its OID); a learnt
+    /// type that a `FromSql` or `ToSql` refuses does it by itself before
+    /// the next request.
+    pub fn forget_types(&mut self) {
+        self.types.known.clear();
+        self.types.learned.clear();
+        self.cache.forget_columns(|c| maybe_learnt(&c.type_));
+    }
+
+    /// Marks the learnt types stale (see [`Connection::forget_types`]).
+    pub(crate) fn learnt_type_refused(&self) {
+        self.types.stale.store(true, Ordering::Relaxed);
+    }
+
     /// A type the server says it no longer has (see
     /// [`Error::dropped_type`]): looked up again when next met.
     pub fn forget_type(&mut self, oid: u32) {
@@ -150,8 +191,15 @@ impl Connection {
 
     /// Sends the lookup for the OIDs met so far, unless one is in flight or
     /// a sync group is being built (a request of ours in it would end it).
+    #[inline]
     pub(super) fn send_type_lookup(&mut self) {
-        if self.types.wanted.is_empty() || self.types.lookup.is_some() || self.in_batch() || self.unsynced {
+        if !self.types.wanted.is_empty() {
+            self.send_type_lookup_now();
+        }
+    }
+
+    fn send_type_lookup_now(&mut self) {
+        if self.types.lookup.is_some() || self.in_batch() || self.unsynced {
             return;
         }
         if !matches!(self.phase, super::Phase::Ready) {
@@ -177,6 +225,13 @@ impl Connection {
     /// Called where every request ends: the lookup's own answer is taken,
     /// and a result that waits for types is held. `None` when `r` was
     /// taken.
+    /// Whether any request waits for types (the lookup's answer included):
+    /// the common case, no, is one test.
+    #[inline]
+    pub(super) fn typing_anything(&self) -> bool {
+        self.types.lookup.is_some() || !self.types.typing.is_empty()
+    }
+
     pub(super) fn hold_for_types(&mut self, t: Ticket, r: Result<Response, Error>) -> Option<Result<Response, Error>> {
         if self.types.lookup.as_ref().is_some_and(|(l, _)| *l == t) {
             self.types_arrived(r);

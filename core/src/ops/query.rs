@@ -9,7 +9,7 @@ use crate::connection::{QueryResult, Request, Response, Statement, Ticket, Trans
 use crate::error::sqlstate;
 use crate::orm::Value;
 use crate::params::{self, Param, ParamSource};
-use crate::row::Row;
+use crate::row::{maybe_learnt, Row};
 use crate::{Connection, Error};
 
 pub(super) fn expect_rows(r: Result<Response, Error>) -> Result<QueryResult, Error> {
@@ -231,6 +231,15 @@ impl Operation for Query<'_> {
                                 ticket: t,
                                 _stmt: Some(stmt),
                             }
+                        }
+                        // A value refused by a type the session had learnt
+                        // (an enum given a label since): the types are
+                        // forgotten by the failed submit; described again,
+                        // they are looked up afresh. Once.
+                        Err(Error::Encode(_)) if !self.retried && stmt.params().iter().any(maybe_learnt) => {
+                            self.retried = true;
+                            self.state = QueryState::Start;
+                            continue;
                         }
                         Err(e) => return self.finish(Err(e)),
                     }
