@@ -38,6 +38,7 @@ pub trait Driver: Sized {
     fn batch_execute(&mut self, sql: &str) -> Result<(), Error>;
     fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error>;
     fn poll_event(&mut self) -> Option<Event>;
+    fn forget_types(&mut self);
     /// Something that cancels the running statement from another thread.
     fn canceller(&self) -> Box<dyn Fn() -> Result<(), Error> + Send>;
     fn transaction_status(&self) -> TransactionStatus;
@@ -152,6 +153,9 @@ impl Driver for Sync {
     fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         self.0.wait_event(timeout)
     }
+    fn forget_types(&mut self) {
+        self.0.forget_types()
+    }
     fn poll_event(&mut self) -> Option<Event> {
         self.0.poll_event()
     }
@@ -244,6 +248,9 @@ impl Driver for Tokio {
     }
     fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         self.rt.block_on(self.client.wait_event(timeout))
+    }
+    fn forget_types(&mut self) {
+        self.client.forget_types()
     }
     fn poll_event(&mut self) -> Option<Event> {
         self.client.poll_event()

@@ -294,7 +294,19 @@ fn an_enum_given_a_label_elsewhere_is_looked_up_again<D: Driver>() {
     assert_eq!(row.get::<GrownMore>(0), GrownMore::C);
 }
 
+fn forgetting_types_looks_them_up_again<D: Driver>() {
+    setup();
+    let mut c = D::connect(&url()).unwrap();
+    let before = c.query_one("SELECT 'ok'::duet_mood", &[]).unwrap();
+    assert_eq!(before.get::<Mood>(0), Mood::Ok);
+    c.forget_types();
+    let after = c.query_one("SELECT 'happy'::duet_mood", &[]).unwrap();
+    assert_eq!(after.get::<Mood>(0), Mood::Happy);
+    assert_eq!(after.columns()[0].type_, before.columns()[0].type_);
+}
+
 conformance_tests!(
+    forgetting_types_looks_them_up_again,
     an_enum_given_a_label_elsewhere_is_looked_up_again,
     a_parameter_type_created_again_is_not_sent_by_its_old_oid,
     results_of_types_not_built_in_decode,

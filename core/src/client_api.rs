@@ -111,6 +111,13 @@ macro_rules! client_api {
             self.conn.parameter(name)
         }
 
+        /// Forgets the types this session looked up (an application's
+        /// enums, composites, extension types): they are looked up afresh
+        /// when next met. For after a migration changed a type in place.
+        pub fn forget_types(&mut self) {
+            self.conn.forget_types()
+        }
+
         /// The protocol state machine, for tools and tests.
         pub fn connection(&self) -> &$crate::Connection {
             &self.conn
