@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use duet_conformance::server::TestServer;
 use duet_conformance::{conformance_tests, Driver};
+use duet_core::orm::prelude::*;
 use duet_core::Error;
 use postgres_types::{FromSql, Kind, ToSql, Type};
 
@@ -305,7 +306,85 @@ fn forgetting_types_looks_them_up_again<D: Driver>() {
     assert_eq!(after.columns()[0].type_, before.columns()[0].type_);
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, ToSql, FromSql, PgEnum)]
+#[postgres(name = "duet_device_kind")]
+enum DeviceKind {
+    #[postgres(name = "phone")]
+    Phone,
+    #[postgres(name = "laptop")]
+    Laptop,
+}
+
+#[derive(Model, Debug, Clone, PartialEq)]
+#[duet(table = "devices")]
+struct Device {
+    #[duet(primary_key, auto)]
+    id: i32,
+    kind: DeviceKind,
+    spare: Option<DeviceKind>,
+    #[duet(sql_type = "inet")]
+    addr: std::net::IpAddr,
+    #[duet(sql_type = "hstore")]
+    labels: HashMap<String, Option<String>>,
+}
+
+fn model_fields_of_any_sql_type<D: Driver>() {
+    setup();
+    let schema = format!("duet_types_orm_{}", D::NAME);
+    let mut c = D::connect(&url()).unwrap();
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}, public"
+    ))
+    .unwrap();
+    // The enum's type is created with the table, and again is harmless.
+    c.run(Device::create_table()).unwrap();
+    c.run(Device::create_table()).unwrap();
+    let made = c
+        .query_one(
+            "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE t.typname = 'duet_device_kind' AND n.nspname = $1",
+            &[&schema],
+        )
+        .unwrap();
+    assert_eq!(made.get::<i64>(0), 1);
+    let mut phone = Device {
+        id: 0,
+        kind: DeviceKind::Phone,
+        spare: None,
+        addr: "10.0.0.7".parse().unwrap(),
+        labels: HashMap::from([("owner".to_string(), Some("ann".to_string()))]),
+    };
+    let mut laptop = Device {
+        id: 0,
+        kind: DeviceKind::Laptop,
+        spare: Some(DeviceKind::Phone),
+        addr: "::1".parse().unwrap(),
+        labels: HashMap::new(),
+    };
+    c.run(phone.save()).unwrap();
+    c.run(laptop.save()).unwrap();
+    let phones = c
+        .run(Device::objects().filter(Device::KIND.eq(DeviceKind::Phone)).all())
+        .unwrap();
+    assert_eq!(phones, vec![phone.clone()]);
+    let with_spare = c
+        .run(Device::objects().filter(Device::SPARE.eq(DeviceKind::Phone)).all())
+        .unwrap();
+    assert_eq!(with_spare, vec![laptop.clone()]);
+    let by_addr = c
+        .run(
+            Device::objects()
+                .filter(Device::ADDR.eq("::1".parse::<std::net::IpAddr>().unwrap()))
+                .count(),
+        )
+        .unwrap();
+    assert_eq!(by_addr, 1);
+    let all = c.run(Device::objects().order_by(Device::ID).all()).unwrap();
+    assert_eq!(all, vec![phone, laptop]);
+}
+
 conformance_tests!(
+    model_fields_of_any_sql_type,
     forgetting_types_looks_them_up_again,
     an_enum_given_a_label_elsewhere_is_looked_up_again,
     a_parameter_type_created_again_is_not_sent_by_its_old_oid,

@@ -17,6 +17,66 @@ pub fn derive_model(input: TokenStream) -> TokenStream {
     }
 }
 
+/// `#[derive(PgEnum)]`: a Rust enum as a PostgreSQL enum column type. Reads
+/// the same `#[postgres(name = "…")]` attributes as `postgres-types`'
+/// `ToSql`/`FromSql` derives (which the enum also needs) and writes its
+/// `SqlType`, whose `CREATE` lets `create_table` create the type.
+#[proc_macro_derive(PgEnum, attributes(postgres))]
+pub fn derive_pg_enum(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand_pg_enum(input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The `name = "…"` of a `#[postgres(…)]` attribute; `rename_all` is
+/// refused (the labels must be written out to be created).
+fn postgres_name(attrs: &[syn::Attribute]) -> syn::Result<Option<String>> {
+    let mut name = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("postgres")) {
+        attr.parse_nested_meta(|m| {
+            if m.path.is_ident("name") {
+                name = Some(m.value()?.parse::<LitStr>()?.value());
+                Ok(())
+            } else if m.path.is_ident("rename_all") {
+                Err(m.error("PgEnum needs each label written out: use #[postgres(name = \"…\")] on the variants"))
+            } else {
+                // Other postgres-types options are theirs to read.
+                let _ = m.value().and_then(|v| v.parse::<Expr>());
+                Ok(())
+            }
+        })?;
+    }
+    Ok(name)
+}
+
+fn expand_pg_enum(input: DeriveInput) -> syn::Result<Tokens> {
+    let core = core_path();
+    let Data::Enum(data) = &input.data else {
+        return Err(syn::Error::new_spanned(&input.ident, "PgEnum applies to enums"));
+    };
+    let ident = &input.ident;
+    let name = postgres_name(&input.attrs)?.unwrap_or_else(|| ident.to_string());
+    let mut labels = Vec::new();
+    for v in &data.variants {
+        if !matches!(v.fields, Fields::Unit) {
+            return Err(syn::Error::new_spanned(v, "a PgEnum's variants carry no data"));
+        }
+        let label = postgres_name(&v.attrs)?.unwrap_or_else(|| v.ident.to_string());
+        labels.push(format!("'{}'", label.replace('\'', "''")));
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let create = format!("CREATE TYPE {quoted} AS ENUM ({})", labels.join(", "));
+    Ok(quote! {
+        impl #core::orm::SqlType for #ident {
+            const SQL: &'static str = #quoted;
+            type Base = #ident;
+            const CREATE: ::core::option::Option<&'static str> = ::core::option::Option::Some(#create);
+        }
+    })
+}
+
 /// The path to `duet_core` as the deriving crate sees it: directly, or
 /// re-exported by the driver it depends on.
 fn core_path() -> Tokens {
@@ -231,9 +291,12 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             return Err(syn::Error::new_spanned(ident, "auto applies to the primary_key only"));
         }
         let nullable = is_option(ty);
-        let sql_type = match &a.sql_type {
-            Some(t) => quote!(#t),
-            None => quote!(<#ty as #core::orm::SqlType>::SQL),
+        let (sql_type, create_type) = match &a.sql_type {
+            Some(t) => (quote!(#t), quote!(::core::option::Option::None)),
+            None => (
+                quote!(<#ty as #core::orm::SqlType>::SQL),
+                quote!(<#ty as #core::orm::SqlType>::CREATE),
+            ),
         };
         let opt_str = |o: &Option<String>| match o {
             Some(s) => quote!(::core::option::Option::Some(#s)),
@@ -265,6 +328,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 unique: #unique,
                 references: #references,
                 on_delete: #on_delete,
+                create_type: #create_type,
             }
         });
         decode.push(quote!(#ident: row.try_get(at.get(#i))?));

@@ -155,6 +155,10 @@ pub trait SqlType: ToSql + Send + Sync + 'static {
     const NULLABLE: bool = false;
     /// The type without `Option` (`i32` for `Option<i32>`).
     type Base: SqlType;
+    /// The statement that creates the type, for a type of the application's
+    /// (`CREATE TYPE mood AS ENUM (…)`, written by `#[derive(PgEnum)]`):
+    /// `create_table` runs it first when the type is not there yet.
+    const CREATE: Option<&'static str> = None;
 }
 
 macro_rules! sql_types {
@@ -196,6 +200,7 @@ impl<T: SqlType> SqlType for Option<T> {
     const SQL: &'static str = T::SQL;
     const NULLABLE: bool = true;
     type Base = T::Base;
+    const CREATE: Option<&'static str> = T::CREATE;
 }
 
 /// Types that `+ - * /` apply to.
@@ -267,14 +272,17 @@ pub trait IntoExpr<T> {
     fn into_expr(self) -> Expr;
 }
 
-impl<T: SqlType> IntoExpr<T> for T {
+/// Any value that encodes as a parameter: the library's types, and a
+/// field's own type (`rust_decimal::Decimal`, `std::net::IpAddr`, an
+/// application enum) whatever implements `SqlType`.
+impl<T: ToSql + Send + Sync + 'static> IntoExpr<T> for T {
     fn into_expr(self) -> Expr {
         Expr::Param(Arc::new(self))
     }
 }
 
 /// A nullable column compares with a plain value.
-impl<T: SqlType> IntoExpr<Option<T>> for T {
+impl<T: ToSql + Send + Sync + 'static> IntoExpr<Option<T>> for T {
     fn into_expr(self) -> Expr {
         Expr::Param(Arc::new(self))
     }

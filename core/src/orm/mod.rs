@@ -57,5 +57,5 @@ pub mod prelude {
     };
     pub use crate::ops::{atomic, pipeline};
     pub use crate::Error;
-    pub use duet_derive::Model;
+    pub use duet_derive::{Model, PgEnum};
 }

@@ -37,6 +37,9 @@ pub struct ColumnDef {
     /// `REFERENCES table (column)` and its `ON DELETE` action.
     pub references: Option<(&'static str, &'static str)>,
     pub on_delete: Option<&'static str>,
+    /// The statement creating the column's type, when the application
+    /// defines it (see [`SqlType::CREATE`](super::SqlType::CREATE)).
+    pub create_type: Option<&'static str>,
 }
 
 impl ColumnDef {
@@ -73,6 +76,32 @@ impl ModelMeta {
     }
 
     /// `CREATE TABLE IF NOT EXISTS` from the declarations.
+    /// [`create_table_sql`](Self::create_table_sql), preceded by the types
+    /// the columns need (`CREATE TYPE`, skipped when the type exists) in one
+    /// statement (a `DO` block).
+    pub fn create_types_and_table_sql(&self) -> String {
+        let mut types: Vec<&str> = Vec::new();
+        for c in self.columns {
+            if let Some(t) = c.create_type {
+                if !types.contains(&t) {
+                    types.push(t);
+                }
+            }
+        }
+        if types.is_empty() {
+            return self.create_table_sql();
+        }
+        let mut s = String::from("DO $duet$ BEGIN ");
+        for t in types {
+            s.push_str("BEGIN ");
+            s.push_str(t);
+            s.push_str("; EXCEPTION WHEN duplicate_object THEN NULL; END; ");
+        }
+        s.push_str(&self.create_table_sql());
+        s.push_str("; END $duet$");
+        s
+    }
+
     pub fn create_table_sql(&self) -> String {
         let mut s = Sql::new();
         s.push("CREATE TABLE IF NOT EXISTS ");
@@ -243,7 +272,7 @@ pub trait Model: Hooks + Sized + Send + Sync + 'static {
     /// `CREATE TABLE IF NOT EXISTS` for this model (tests and quick starts;
     /// not a migration tool).
     fn create_table() -> impl Operation<Output = ()> + Send + 'static {
-        Query::owned(Self::META.create_table_sql(), Vec::new())
+        Query::owned(Self::META.create_types_and_table_sql(), Vec::new())
             .map(|_| Ok(()))
             .infallible()
     }
