@@ -13,6 +13,7 @@ pub mod traces;
 use std::future::Future;
 use std::time::Duration;
 
+use duet_core::ops::TxOptions;
 use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus};
 
 /// What a test needs from a driver. Blocking on purpose: the async
@@ -54,6 +55,20 @@ pub trait Driver: Sized {
     /// closure abnormally: a panic (blocking driver) or a dropped future
     /// (tokio). The transaction must roll back.
     fn atomic_abandoned(&mut self, sql: &str);
+    /// The driver's `retry(attempts, |c| c.atomic_with(options, |tx| …))`,
+    /// the transaction running `sql` and giving its first column.
+    fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error>;
+}
+
+/// The first column of the first row of a simple query, as text.
+fn first_text(messages: &[duet_core::SimpleMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            duet_core::SimpleMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// One step of an interactive transaction script.
@@ -181,6 +196,11 @@ impl Driver for Sync {
     fn atomic_script(&mut self, script: &[TxStep]) -> Result<Vec<String>, Error> {
         script_sync(&mut self.0, script)
     }
+    fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error> {
+        self.0.retry(attempts, |c| {
+            c.atomic_with(options, |tx| Ok(first_text(&tx.simple_query(sql)?)))
+        })
+    }
     fn atomic_abandoned(&mut self, sql: &str) {
         let client = &mut self.0;
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -277,6 +297,13 @@ impl Driver for Tokio {
     }
     fn atomic_script(&mut self, script: &[TxStep]) -> Result<Vec<String>, Error> {
         self.rt.block_on(script_tokio(&mut self.client, script))
+    }
+    fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error> {
+        let client = &mut self.client;
+        self.rt.block_on(client.retry(attempts, async |c| {
+            c.atomic_with(options, async |tx| Ok(first_text(&tx.simple_query(sql).await?)))
+                .await
+        }))
     }
     fn atomic_abandoned(&mut self, sql: &str) {
         let client = &mut self.client;

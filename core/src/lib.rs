@@ -55,7 +55,7 @@ pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
 /// What an application needs from the core; each driver's `prelude`
 /// re-exports this beside its own `Client`.
 pub mod prelude {
-    pub use crate::ops::{atomic, pipeline, prepare, query, simple_query};
+    pub use crate::ops::{atomic, pipeline, prepare, query, retry, simple_query, IsolationLevel, TxOptions};
     pub use crate::orm::prelude::*;
     pub use crate::{Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type};
 }

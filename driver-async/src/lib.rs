@@ -321,11 +321,36 @@ impl Client {
     where
         F: AsyncFnOnce(&mut Client) -> Result<T, Error>,
     {
-        let tx = ops::TxGuard::begin(self);
+        self.atomic_with(ops::TxOptions::default(), f).await
+    }
+
+    /// [`atomic`](Self::atomic) with an isolation level, read only or
+    /// deferrable (outermost transactions only).
+    pub async fn atomic_with<T, F>(&mut self, options: ops::TxOptions, f: F) -> Result<T, Error>
+    where
+        F: AsyncFnOnce(&mut Client) -> Result<T, Error>,
+    {
+        let tx = ops::TxGuard::begin_with(self, &options)?;
         let work = f(&mut *tx.client).await;
         let end = tx.finish(work.is_ok());
         let ended = self.run(end).await;
         ops::settle(work, ended)
+    }
+
+    /// Calls `f` again while it fails with a serialization failure or a
+    /// deadlock ([`ops::retryable`]), at most `attempts` times in all: for
+    /// an `atomic_with` under `SERIALIZABLE`.
+    pub async fn retry<T, F>(&mut self, attempts: u32, mut f: F) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&mut Client) -> Result<T, Error>,
+    {
+        let mut left = attempts.max(1);
+        loop {
+            match f(self).await {
+                Err(e) if left > 1 && ops::retryable(&e) => left -= 1,
+                other => return other,
+            }
+        }
     }
 
     /// Runs any operation to completion: the whole I/O loop of this driver.

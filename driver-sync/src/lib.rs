@@ -324,11 +324,34 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn atomic<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
-        let tx = ops::TxGuard::begin(self);
+        self.atomic_with(ops::TxOptions::default(), f)
+    }
+
+    /// [`atomic`](Self::atomic) with an isolation level, read only or
+    /// deferrable (outermost transactions only).
+    pub fn atomic_with<T>(
+        &mut self,
+        options: ops::TxOptions,
+        f: impl FnOnce(&mut Client) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let tx = ops::TxGuard::begin_with(self, &options)?;
         let work = f(&mut *tx.client);
         let end = tx.finish(work.is_ok());
         let ended = self.run(end);
         ops::settle(work, ended)
+    }
+
+    /// Calls `f` again while it fails with a serialization failure or a
+    /// deadlock ([`ops::retryable`]), at most `attempts` times in all: for
+    /// an `atomic_with` under `SERIALIZABLE`.
+    pub fn retry<T>(&mut self, attempts: u32, mut f: impl FnMut(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        let mut left = attempts.max(1);
+        loop {
+            match f(self) {
+                Err(e) if left > 1 && ops::retryable(&e) => left -= 1,
+                other => return other,
+            }
+        }
     }
 
     /// Runs any operation to completion: the whole I/O loop of this driver.

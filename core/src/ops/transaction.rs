@@ -11,6 +11,149 @@ use crate::params;
 use crate::row::SimpleMessage;
 use crate::{Connection, Error};
 
+/// How a transaction runs: `BEGIN ISOLATION LEVEL … READ ONLY DEFERRABLE`.
+/// Options apply to the outermost transaction (a nested one is a
+/// savepoint, which has none).
+///
+/// ```
+/// use duet_core::ops::{atomic, query, IsolationLevel, TxOptions};
+/// let report = atomic(query("SELECT sum(balance) FROM accounts", &[]).rows())
+///     .options(TxOptions::new().isolation(IsolationLevel::Serializable).read_only().deferrable());
+/// # let _ = report;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOptions {
+    pub isolation: Option<IsolationLevel>,
+    pub read_only: bool,
+    pub deferrable: bool,
+}
+
+/// PostgreSQL's isolation levels (`READ UNCOMMITTED` behaves as
+/// `READ COMMITTED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationLevel {
+    ReadUncommitted,
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+impl TxOptions {
+    pub fn new() -> TxOptions {
+        TxOptions::default()
+    }
+    pub fn isolation(mut self, level: IsolationLevel) -> TxOptions {
+        self.isolation = Some(level);
+        self
+    }
+    pub fn read_only(mut self) -> TxOptions {
+        self.read_only = true;
+        self
+    }
+    pub fn deferrable(mut self) -> TxOptions {
+        self.deferrable = true;
+        self
+    }
+
+    fn is_default(&self) -> bool {
+        *self == TxOptions::default()
+    }
+
+    /// `BEGIN` with these options.
+    fn begin_sql(&self) -> String {
+        let mut s = String::from("BEGIN");
+        if let Some(level) = self.isolation {
+            s.push_str(match level {
+                IsolationLevel::ReadUncommitted => " ISOLATION LEVEL READ UNCOMMITTED",
+                IsolationLevel::ReadCommitted => " ISOLATION LEVEL READ COMMITTED",
+                IsolationLevel::RepeatableRead => " ISOLATION LEVEL REPEATABLE READ",
+                IsolationLevel::Serializable => " ISOLATION LEVEL SERIALIZABLE",
+            });
+        }
+        if self.read_only {
+            s.push_str(" READ ONLY");
+        }
+        if self.deferrable {
+            s.push_str(" DEFERRABLE");
+        }
+        s
+    }
+}
+
+/// Whether running the same transaction again may succeed: a
+/// serialization failure (40001) or a deadlock (40P01) rolled it back.
+/// (An outcome in doubt is not retried: the first run may have committed.)
+pub fn retryable(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Some(sqlstate::SERIALIZATION_FAILURE) | Some(sqlstate::DEADLOCK_DETECTED)
+    )
+}
+
+/// Runs the operation `make` builds, and builds and runs it again while it
+/// fails with a [`retryable`] error, at most `attempts` times in all. For
+/// transactions under `SERIALIZABLE` or that may deadlock:
+///
+/// ```
+/// use duet_core::ops::{atomic, query, retry, IsolationLevel, TxOptions};
+/// let transfer = retry(5, || {
+///     atomic(query("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).affected())
+///         .options(TxOptions::new().isolation(IsolationLevel::Serializable))
+/// });
+/// # let _ = transfer;
+/// ```
+pub fn retry<F, O>(attempts: u32, make: F) -> Retry<F, O>
+where
+    F: FnMut() -> O,
+    O: Operation,
+{
+    Retry {
+        make,
+        op: None,
+        left: attempts.max(1),
+    }
+}
+
+/// See [`retry`].
+pub struct Retry<F, O> {
+    make: F,
+    op: Option<O>,
+    left: u32,
+}
+
+impl<F, O> Operation for Retry<F, O>
+where
+    F: FnMut() -> O,
+    O: Operation,
+{
+    type Output = O::Output;
+
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<O::Output> {
+        loop {
+            let op = self.op.get_or_insert_with(&mut self.make);
+            match op.poll(conn, now) {
+                Step::Ready(Err(e)) if self.left > 1 && retryable(&e) => {
+                    self.left -= 1;
+                    self.op = None;
+                }
+                other => {
+                    if let Step::Ready(_) = other {
+                        self.op = None;
+                        self.left = 0;
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    fn abandon(&mut self, conn: &mut Connection) {
+        if let Some(op) = &mut self.op {
+            op.abandon(conn);
+        }
+    }
+}
+
 /// One level of transaction nesting: depth 0 is `BEGIN`/`COMMIT`, deeper
 /// levels are savepoints. Shared by [`atomic`] and the drivers' interactive
 /// transactions ([`TxGuard`]), so both nest the same way.
@@ -27,11 +170,16 @@ impl Scope {
     fn savepoint(self) -> String {
         format!("duet_sp_{}", self.0)
     }
-    fn begin_sql(self) -> String {
+    fn begin_sql(self, options: &TxOptions) -> Result<String, Error> {
         if self.0 == 0 {
-            "BEGIN".to_string()
+            Ok(options.begin_sql())
+        } else if options.is_default() {
+            Ok(format!("SAVEPOINT {}", self.savepoint()))
         } else {
-            format!("SAVEPOINT {}", self.savepoint())
+            Err(Error::misuse(
+                "isolation level, read only and deferrable apply to the outermost transaction; \
+                 this one is nested (a savepoint)",
+            ))
         }
     }
     fn commit_sql(self) -> String {
@@ -289,21 +437,30 @@ pub struct TxGuard<'c, C: HasConnection> {
 
 impl<'c, C: HasConnection> TxGuard<'c, C> {
     pub fn begin(client: &'c mut C) -> Self {
+        match Self::begin_with(client, &TxOptions::default()) {
+            Ok(tx) => tx,
+            Err(_) => unreachable!("a transaction without options always begins"),
+        }
+    }
+
+    /// [`TxGuard::begin`] with options; an error (and nothing sent) when
+    /// they are asked of a nested transaction.
+    pub fn begin_with(client: &'c mut C, options: &TxOptions) -> Result<Self, Error> {
         let conn = client.connection_mut();
         let scope = Scope::next(conn);
         let prev_depth = conn.atomic_depth();
-        conn.submit_detached(&scope.begin_sql());
+        conn.submit_detached(&scope.begin_sql(options)?);
         if scope.0 == 0 {
             CommitProbe::begin(conn);
         }
         // Everything the closure runs belongs to this scope.
         conn.set_atomic_depth(scope.0 + 1);
         conn.set_active_depth(scope.0 + 1);
-        TxGuard {
+        Ok(TxGuard {
             client,
             scope: Some(scope),
             prev_depth,
-        }
+        })
     }
 
     /// Ends the transaction: `COMMIT` (or `RELEASE SAVEPOINT`) when
@@ -529,6 +686,7 @@ fn commit_rolled_back() -> Error {
 pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
     Atomic {
         op,
+        options: TxOptions::default(),
         depth: 0,
         prev_depth: 0,
         begin: None,
@@ -546,6 +704,7 @@ pub fn atomic<O: Operation>(op: O) -> Atomic<O> {
 /// See [`atomic`].
 pub struct Atomic<O: Operation> {
     op: O,
+    options: TxOptions,
     depth: u32,
     /// The depth to restore when this transaction ends.
     prev_depth: u32,
@@ -561,6 +720,12 @@ pub struct Atomic<O: Operation> {
 }
 
 impl<O: Operation> Atomic<O> {
+    /// Begins with these options (isolation level, read only, deferrable).
+    pub fn options(mut self, options: TxOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     fn submit_commit(&mut self, conn: &mut Connection, now: Instant) -> Result<(), Error> {
         if self.depth == 0 {
             self.probe.submit(conn, now);
@@ -647,7 +812,10 @@ impl<O: Operation> Operation for Atomic<O> {
             // nest with a savepoint instead.
             self.prev_depth = conn.atomic_depth();
             self.depth = Scope::next(conn).0;
-            match conn.submit_control(&Scope(self.depth).begin_sql()) {
+            match Scope(self.depth)
+                .begin_sql(&self.options)
+                .and_then(|sql| conn.submit_control(&sql))
+            {
                 Ok(t) => {
                     self.begin = Some(t);
                     if self.depth == 0 {
