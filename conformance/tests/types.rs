@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use duet_conformance::server::TestServer;
 use duet_conformance::{conformance_tests, Driver};
 use duet_core::orm::prelude::*;
-use duet_core::Error;
+use duet_core::{Error, FromRow};
 use postgres_types::{FromSql, Kind, ToSql, Type};
 
 #[derive(Debug, PartialEq, ToSql, FromSql)]
@@ -380,10 +380,89 @@ fn model_fields_of_any_sql_type<D: Driver>() {
         .unwrap();
     assert_eq!(by_addr, 1);
     let all = c.run(Device::objects().order_by(Device::ID).all()).unwrap();
-    assert_eq!(all, vec![phone, laptop]);
+    assert_eq!(all, vec![phone.clone(), laptop]);
+    // A partial view of the model, by column name.
+    let views = c
+        .run(
+            Device::objects()
+                .filter(Device::KIND.eq(DeviceKind::Phone))
+                .all_as::<DeviceView>(),
+        )
+        .unwrap();
+    assert_eq!(
+        views,
+        vec![DeviceView {
+            id: phone.id,
+            kind: DeviceKind::Phone
+        }]
+    );
+}
+
+#[derive(FromRow, Debug, PartialEq)]
+struct DeviceView {
+    id: i32,
+    kind: DeviceKind,
+}
+
+#[derive(FromRow, Debug, PartialEq)]
+struct Report {
+    name: String,
+    #[duet(column = "n")]
+    count: i64,
+    mood: Option<Mood>,
+}
+
+fn rows_become_structs_by_column_name<D: Driver>() {
+    setup();
+    let mut c = D::connect(&url()).unwrap();
+    let reports = c
+        .run(
+            duet_core::ops::query(
+                "SELECT 1 AS extra, 'ann' AS name, 3::int8 AS n, 'happy'::duet_mood AS mood
+                 UNION ALL SELECT 2, 'bob', 0, NULL ORDER BY extra",
+                &[],
+            )
+            .rows_as::<Report>(),
+        )
+        .unwrap();
+    assert_eq!(
+        reports,
+        vec![
+            Report {
+                name: "ann".into(),
+                count: 3,
+                mood: Some(Mood::Happy)
+            },
+            Report {
+                name: "bob".into(),
+                count: 0,
+                mood: None
+            },
+        ]
+    );
+    let one = c
+        .run(
+            duet_core::ops::query("SELECT 'cy' AS name, 1::int8 AS n, NULL::duet_mood AS mood", &[]).one_as::<Report>(),
+        )
+        .unwrap();
+    assert_eq!(one.name, "cy");
+    // A column the struct needs and the row lacks: named in the error.
+    let e = c
+        .run(duet_core::ops::query("SELECT 'dee' AS name, NULL::duet_mood AS mood", &[]).rows_as::<Report>())
+        .unwrap_err();
+    assert!(e.to_string().contains("no column n"), "{e}");
+    // NULL into a field that cannot hold it: an error, not a panic.
+    let e = c
+        .run(
+            duet_core::ops::query("SELECT NULL::text AS name, 1::int8 AS n, NULL::duet_mood AS mood", &[])
+                .rows_as::<Report>(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Decode(_)), "{e:?}");
 }
 
 conformance_tests!(
+    rows_become_structs_by_column_name,
     model_fields_of_any_sql_type,
     forgetting_types_looks_them_up_again,
     an_enum_given_a_label_elsewhere_is_looked_up_again,

@@ -26,6 +26,12 @@ macro_rules! client_api {
             self.run($crate::ops::query(sql, params).for_each(f))$($await)*
         }
 
+        /// All rows, each made into a `T` by column name (a
+        /// `#[derive(FromRow)]` struct).
+        pub $($async)? fn query_as<T: $crate::FromRow>(&mut self, sql: &str, params: &[$crate::Param<'_>]) -> Result<Vec<T>, $crate::Error> {
+            self.run($crate::ops::query(sql, params).rows_as::<T>())$($await)*
+        }
+
         /// Exactly one row; [`Error::NoRows`]($crate::Error::NoRows) or
         /// [`Error::TooManyRows`]($crate::Error::TooManyRows) otherwise.
         pub $($async)? fn query_one(&mut self, sql: &str, params: &[$crate::Param<'_>]) -> Result<$crate::Row, $crate::Error> {

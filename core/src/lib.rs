@@ -46,18 +46,22 @@ pub use connection::{
     deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, SecretKey, Statement,
     Ticket, TransactionStatus, TxOutcome,
 };
+/// `#[derive(FromRow)]`: see the [`FromRow`] trait.
+pub use duet_derive::FromRow;
 pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};
 pub use orm::Model;
 pub use params::{Param, ParamSource};
-pub use row::{type_from_oid, Column, Row, RowIndex, SimpleMessage, SimpleRow};
+pub use row::{type_from_oid, Column, FromRow, Row, RowIndex, SimpleMessage, SimpleRow};
 
 /// What an application needs from the core; each driver's `prelude`
 /// re-exports this beside its own `Client`.
 pub mod prelude {
     pub use crate::ops::{atomic, pipeline, prepare, query, retry, simple_query, IsolationLevel, TxOptions};
     pub use crate::orm::prelude::*;
-    pub use crate::{Config, Error, Event, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type};
+    pub use crate::{
+        Config, Error, Event, FromRow, FromSql, Operation, Param, Row, Statement, ToSql, TransactionStatus, Type,
+    };
 }
 
 /// Re-exported so applications and drivers name the same types.

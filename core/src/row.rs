@@ -100,6 +100,30 @@ impl std::fmt::Debug for Row {
 }
 
 /// Something that picks a column: its position or its name.
+/// A Rust value made from a whole row, its fields found by column name:
+/// `#[derive(FromRow)]` for report queries and raw SQL that are not models
+/// (an `Option` field takes NULL; extra columns are ignored).
+///
+/// ```
+/// use duet_core::FromRow;
+/// #[derive(FromRow, Debug)]
+/// struct Totals {
+///     name: String,
+///     #[duet(column = "n")]
+///     orders: i64,
+///     last_note: Option<String>,
+/// }
+/// let op = duet_core::ops::query(
+///     "SELECT u.name, count(*) AS n, max(o.note) AS last_note FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.name",
+///     &[],
+/// )
+/// .rows_as::<Totals>();
+/// # let _ = op;
+/// ```
+pub trait FromRow: Sized {
+    fn from_row(row: &Row) -> Result<Self, Error>;
+}
+
 pub trait RowIndex: std::fmt::Display {
     fn index_in(&self, columns: &[Column]) -> Option<usize>;
 }

@@ -17,6 +17,57 @@ pub fn derive_model(input: TokenStream) -> TokenStream {
     }
 }
 
+/// `#[derive(FromRow)]`: a struct made from a row by column name (the
+/// field's name, or `#[duet(column = "…")]`).
+#[proc_macro_derive(FromRow, attributes(duet))]
+pub fn derive_from_row(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand_from_row(input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_from_row(input: DeriveInput) -> syn::Result<Tokens> {
+    let core = core_path();
+    let ident = &input.ident;
+    let Data::Struct(data) = &input.data else {
+        return Err(syn::Error::new_spanned(
+            ident,
+            "FromRow applies to structs with named fields",
+        ));
+    };
+    let Fields::Named(fields) = &data.fields else {
+        return Err(syn::Error::new_spanned(
+            ident,
+            "FromRow applies to structs with named fields",
+        ));
+    };
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "FromRow cannot be derived for a generic struct",
+        ));
+    }
+    let mut inits = Vec::new();
+    for f in &fields.named {
+        let field = f.ident.as_ref().expect("named field");
+        let a = parse_field_attrs(&f.attrs)?;
+        let column = a
+            .column
+            .clone()
+            .unwrap_or_else(|| field.to_string().trim_start_matches("r#").to_string());
+        inits.push(quote!(#field: row.try_get(#column)?));
+    }
+    Ok(quote! {
+        impl #core::FromRow for #ident {
+            fn from_row(row: &#core::Row) -> ::core::result::Result<Self, #core::Error> {
+                ::core::result::Result::Ok(#ident { #(#inits,)* })
+            }
+        }
+    })
+}
+
 /// `#[derive(PgEnum)]`: a Rust enum as a PostgreSQL enum column type. Reads
 /// the same `#[postgres(name = "…")]` attributes as `postgres-types`'
 /// `ToSql`/`FromSql` derives (which the enum also needs) and writes its

@@ -9,7 +9,7 @@ use crate::connection::{QueryResult, Request, Response, Statement, Ticket, Trans
 use crate::error::sqlstate;
 use crate::orm::Value;
 use crate::params::{self, Param, ParamSource};
-use crate::row::{maybe_learnt, Row};
+use crate::row::{maybe_learnt, FromRow, Row};
 use crate::{Connection, Error};
 
 pub(super) fn expect_rows(r: Result<Response, Error>) -> Result<QueryResult, Error> {
@@ -146,6 +146,33 @@ impl<'a> Query<'a> {
     /// All rows.
     pub fn rows(self) -> Map<Self, Convert<Vec<Row>>> {
         self.map((|r| Ok(r.rows)) as Convert<Vec<Row>>).infallible()
+    }
+
+    /// All rows, each made into a `T` by column name (see [`FromRow`]).
+    pub fn rows_as<T: FromRow>(self) -> Map<Self, Convert<Vec<T>>> {
+        self.map((|r| r.rows.iter().map(T::from_row).collect()) as Convert<Vec<T>>)
+    }
+
+    /// Exactly one row, made into a `T`.
+    pub fn one_as<T: FromRow>(self) -> Map<Self, Convert<T>> {
+        self.map(
+            (|r| match r.rows.len() {
+                0 => Err(Error::NoRows),
+                1 => T::from_row(&r.rows[0]),
+                n => Err(Error::TooManyRows(n)),
+            }) as Convert<T>,
+        )
+    }
+
+    /// At most one row, made into a `T`.
+    pub fn opt_as<T: FromRow>(self) -> Map<Self, Convert<Option<T>>> {
+        self.map(
+            (|r| match r.rows.len() {
+                0 => Ok(None),
+                1 => T::from_row(&r.rows[0]).map(Some),
+                n => Err(Error::TooManyRows(n)),
+            }) as Convert<Option<T>>,
+        )
     }
 
     /// Exactly one row, else [`Error::NoRows`] / [`Error::TooManyRows`].

@@ -57,5 +57,6 @@ pub mod prelude {
     };
     pub use crate::ops::{atomic, pipeline};
     pub use crate::Error;
+    pub use crate::FromRow;
     pub use duet_derive::{Model, PgEnum};
 }

@@ -252,6 +252,15 @@ impl<M: Model> QuerySet<M> {
         Self::run(self.select(Self::model_columns()), decode_models::<M>)
     }
 
+    /// Every matching row as a `T` made by column name from the model's
+    /// columns (a `#[derive(FromRow)]` struct naming some of them: a
+    /// partial view of the model).
+    pub fn all_as<T: crate::FromRow + Send + 'static>(self) -> FetchOp<Vec<T>> {
+        Self::run(self.select(Self::model_columns()), |r| {
+            r.rows.iter().map(T::from_row).collect()
+        })
+    }
+
     /// Hands each matching model to `f` as its row arrives, without
     /// collecting them: memory stays bounded however many rows match (see
     /// [`Query::for_each`]). Outputs the number of models.
