@@ -55,6 +55,30 @@ fn queries_pipelines_and_transactions_through_pgbouncer<D: Driver>() {
     assert_usable(&mut c);
 }
 
+fn types_not_built_in_are_looked_up_through_pgbouncer<D: Driver>() {
+    let Some(b) = bouncer() else { return };
+    let mut admin = duet_sync::Client::connect(&TestServer::shared().url()).unwrap();
+    let t = format!("bouncer_mood_{}", D::NAME);
+    admin
+        .batch_execute(&format!(
+            "DROP TYPE IF EXISTS {t}; CREATE TYPE {t} AS ENUM ('low', 'high')"
+        ))
+        .unwrap();
+    let mut c = D::connect(&b.url()).unwrap();
+    // Results and arrays of a type the session meets first, with unnamed
+    // statements only: the lookup is one more statement through the pooler.
+    let row = c
+        .query_one(&format!("SELECT 'high'::{t}, ARRAY['low', 'high']::{t}[]"), &[])
+        .unwrap();
+    let ty = &row.columns()[0].type_;
+    assert_eq!(
+        ty.kind(),
+        &duet_core::types::Kind::Enum(vec!["low".into(), "high".into()])
+    );
+    assert!(matches!(row.columns()[1].type_.kind(), duet_core::types::Kind::Array(e) if e == ty));
+    assert_usable(&mut c);
+}
+
 fn a_cancel_reaches_the_statement_through_pgbouncer<D: Driver>() {
     let Some(b) = bouncer() else { return };
     let mut c = D::connect(&b.url()).unwrap();
@@ -88,6 +112,7 @@ fn a_pool_in_front_of_pgbouncer<P: PoolDriver>() {
 }
 
 conformance_tests!(
+    types_not_built_in_are_looked_up_through_pgbouncer,
     queries_pipelines_and_transactions_through_pgbouncer,
     a_cancel_reaches_the_statement_through_pgbouncer,
 );
