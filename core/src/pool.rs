@@ -492,3 +492,43 @@ impl<T> Pool<T> {
         }
     }
 }
+
+/// Where a lent connection goes back when its guard drops: the driver's
+/// pool.
+pub trait GiveBack<C> {
+    fn give_back(&self, conn: Pooled<C>);
+}
+
+/// A connection lent by a pool; derefs to the driver's client and goes back
+/// to `P` when dropped.
+pub struct Lent<C, P: GiveBack<C>> {
+    conn: Option<Pooled<C>>,
+    pool: P,
+}
+
+impl<C, P: GiveBack<C>> Lent<C, P> {
+    pub fn new(conn: Pooled<C>, pool: P) -> Lent<C, P> {
+        Lent { conn: Some(conn), pool }
+    }
+}
+
+impl<C, P: GiveBack<C>> std::ops::Deref for Lent<C, P> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.conn.as_ref().expect("held until drop").conn
+    }
+}
+
+impl<C, P: GiveBack<C>> std::ops::DerefMut for Lent<C, P> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.conn.as_mut().expect("held until drop").conn
+    }
+}
+
+impl<C, P: GiveBack<C>> Drop for Lent<C, P> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
+    }
+}

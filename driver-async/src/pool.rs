@@ -16,11 +16,10 @@
 //! ```
 
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use duet_core::pool::{Action, Discard, Giveback, Pool as Policy, Pooled, WaiterId};
+use duet_core::pool::{Action, Discard, GiveBack, Giveback, Pool as Policy, Pooled, WaiterId};
 pub use duet_core::pool::{PoolOptions, PoolStatus};
 use tokio::sync::oneshot;
 
@@ -96,10 +95,7 @@ impl Pool {
                 self.shared.carry_out(&mut st);
                 continue;
             }
-            return Ok(PooledClient {
-                conn: Some(conn),
-                pool: self.clone(),
-            });
+            return Ok(PooledClient::new(conn, self.clone()));
         }
     }
 
@@ -281,28 +277,10 @@ impl Shared {
 
 /// A connection lent by a [`Pool`]; derefs to a [`Client`]. Given back
 /// when dropped.
-pub struct PooledClient {
-    conn: Option<Pooled<Client>>,
-    pool: Pool,
-}
+pub type PooledClient = duet_core::pool::Lent<Client, Pool>;
 
-impl Deref for PooledClient {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.conn.as_ref().expect("held until drop").conn
-    }
-}
-
-impl DerefMut for PooledClient {
-    fn deref_mut(&mut self) -> &mut Client {
-        &mut self.conn.as_mut().expect("held until drop").conn
-    }
-}
-
-impl Drop for PooledClient {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.shared.give_back(conn);
-        }
+impl GiveBack<Client> for Pool {
+    fn give_back(&self, conn: Pooled<Client>) {
+        self.shared.give_back(conn);
     }
 }
