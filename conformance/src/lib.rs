@@ -61,14 +61,11 @@ pub trait Driver: Sized {
 }
 
 /// The first column of the first row of a simple query, as text.
-fn first_text(messages: &[duet_core::SimpleMessage]) -> String {
-    messages
-        .iter()
-        .find_map(|m| match m {
-            duet_core::SimpleMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default()
+pub fn first_value(messages: &[duet_core::SimpleMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        duet_core::SimpleMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
 }
 
 /// One step of an interactive transaction script.
@@ -198,7 +195,10 @@ impl Driver for Sync {
     }
     fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error> {
         self.0.retry(attempts, |c| {
-            c.atomic_with(options, |tx| Ok(first_text(&tx.simple_query(sql)?)))
+            c.atomic_with(
+                options,
+                |tx| Ok(first_value(&tx.simple_query(sql)?).unwrap_or_default()),
+            )
         })
     }
     fn atomic_abandoned(&mut self, sql: &str) {
@@ -301,8 +301,10 @@ impl Driver for Tokio {
     fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error> {
         let client = &mut self.client;
         self.rt.block_on(client.retry(attempts, async |c| {
-            c.atomic_with(options, async |tx| Ok(first_text(&tx.simple_query(sql).await?)))
-                .await
+            c.atomic_with(options, async |tx| {
+                Ok(first_value(&tx.simple_query(sql).await?).unwrap_or_default())
+            })
+            .await
         }))
     }
     fn atomic_abandoned(&mut self, sql: &str) {

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use duet_core::pool::{PoolOptions, PoolStatus};
 use duet_core::{Error, TransactionStatus};
 
+use crate::first_value;
+
 /// A connection held by a test until it drops this.
 pub type Held = Box<dyn std::any::Any + Send>;
 
@@ -49,13 +51,6 @@ pub trait PoolDriver: Sized + 'static {
     /// `workers` threads or tasks at once, each taking a connection and
     /// running `sql` on it; the results.
     fn concurrently(pool: &Self::Pool, workers: usize, sql: &str) -> Vec<Result<Option<String>, Error>>;
-}
-
-fn first_value(messages: Vec<duet_core::SimpleMessage>) -> Option<String> {
-    messages.into_iter().find_map(|m| match m {
-        duet_core::SimpleMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    })
 }
 
 fn backend_pid(rows: Vec<duet_core::Row>) -> i32 {
@@ -148,7 +143,7 @@ impl<P: BlockingPool> PoolDriver for Blocking<P> {
         pool.status()
     }
     fn query(pool: &Self::Pool, sql: &str) -> Result<Option<String>, Error> {
-        pool.take()?.simple_query(sql).map(first_value)
+        pool.take()?.simple_query(sql).map(|m| first_value(&m))
     }
     fn hold(pool: &Self::Pool) -> Result<(i32, Held), Error> {
         let mut c = pool.take()?;
@@ -179,7 +174,7 @@ impl<P: BlockingPool> PoolDriver for Blocking<P> {
         let mut c = pool.take()?;
         c.batch_execute(first)?;
         std::thread::sleep(pause);
-        c.simple_query(then).map(first_value)
+        c.simple_query(then).map(|m| first_value(&m))
     }
     fn inspect(pool: &Self::Pool) -> Result<(i32, TransactionStatus), Error> {
         let mut c = pool.take()?;
@@ -307,7 +302,7 @@ impl<P: AsyncPool> PoolDriver for Tokio<P> {
     fn query(pool: &Self::Pool, sql: &str) -> Result<Option<String>, Error> {
         pool.rt
             .block_on(async { pool.pool.take().await?.simple_query(sql).await })
-            .map(first_value)
+            .map(|m| first_value(&m))
     }
     fn hold(pool: &Self::Pool) -> Result<(i32, Held), Error> {
         pool.rt.block_on(async {
@@ -343,7 +338,7 @@ impl<P: AsyncPool> PoolDriver for Tokio<P> {
             let mut c = pool.pool.take().await?;
             c.batch_execute(first).await?;
             tokio::time::sleep(pause).await;
-            c.simple_query(then).await.map(first_value)
+            c.simple_query(then).await.map(|m| first_value(&m))
         })
     }
     fn inspect(pool: &Self::Pool) -> Result<(i32, TransactionStatus), Error> {
@@ -358,7 +353,7 @@ impl<P: AsyncPool> PoolDriver for Tokio<P> {
             let tasks: Vec<_> = (0..workers)
                 .map(|_| {
                     let (p, sql) = (pool.pool.clone(), sql.to_string());
-                    tokio::spawn(async move { p.take().await?.simple_query(&sql).await.map(first_value) })
+                    tokio::spawn(async move { p.take().await?.simple_query(&sql).await.map(|m| first_value(&m)) })
                 })
                 .collect();
             let mut out = Vec::new();

@@ -130,10 +130,7 @@ pub(crate) fn encode_inferred(params: &[Param<'_>], hint: &[u32], learned: &[Typ
             .get(i)
             .and_then(|&oid| match oid {
                 0 => Some(Type::TEXT),
-                oid => match Type::from_oid(oid) {
-                    Some(t) => Some(t),
-                    None => learned.iter().find(|t| t.oid() == oid).cloned(),
-                },
+                oid => Type::from_oid(oid).or_else(|| learned.iter().find(|t| t.oid() == oid).cloned()),
             })
             .filter(hint_is_unambiguous);
         if let Some(ty) = &hinted {

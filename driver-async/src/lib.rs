@@ -330,7 +330,7 @@ impl Client {
     where
         F: AsyncFnOnce(&mut Client) -> Result<T, Error>,
     {
-        let tx = ops::TxGuard::begin_with(self, &options)?;
+        let tx = ops::TxGuard::begin(self, &options)?;
         let work = f(&mut *tx.client).await;
         let end = tx.finish(work.is_ok());
         let ended = self.run(end).await;

@@ -334,7 +334,7 @@ impl Client {
         options: ops::TxOptions,
         f: impl FnOnce(&mut Client) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let tx = ops::TxGuard::begin_with(self, &options)?;
+        let tx = ops::TxGuard::begin(self, &options)?;
         let work = f(&mut *tx.client);
         let end = tx.finish(work.is_ok());
         let ended = self.run(end);

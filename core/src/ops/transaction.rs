@@ -436,16 +436,10 @@ pub struct TxGuard<'c, C: HasConnection> {
 }
 
 impl<'c, C: HasConnection> TxGuard<'c, C> {
-    pub fn begin(client: &'c mut C) -> Self {
-        match Self::begin_with(client, &TxOptions::default()) {
-            Ok(tx) => tx,
-            Err(_) => unreachable!("a transaction without options always begins"),
-        }
-    }
-
-    /// [`TxGuard::begin`] with options; an error (and nothing sent) when
-    /// they are asked of a nested transaction.
-    pub fn begin_with(client: &'c mut C, options: &TxOptions) -> Result<Self, Error> {
+    /// Begins (queues `BEGIN` with `options`, or a `SAVEPOINT` when
+    /// nested); an error, and nothing sent, when options are asked of a
+    /// nested transaction.
+    pub fn begin(client: &'c mut C, options: &TxOptions) -> Result<Self, Error> {
         let conn = client.connection_mut();
         let scope = Scope::next(conn);
         let prev_depth = conn.atomic_depth();
