@@ -209,16 +209,7 @@ fn main() {
                         let t = Instant::now();
                         let mut c = pool.get().await.expect("get");
                         let acq = t.elapsed();
-                        match work {
-                            Work::Select => {
-                                c.query_one(SELECT, &[&id]).await.expect("select");
-                            }
-                            Work::Transaction => {
-                                let tx = c.transaction().await.expect("begin");
-                                tx.execute(UPDATE, &[&id]).await.expect("update");
-                                tx.commit().await.expect("commit");
-                            }
-                        }
+                        tokio_postgres_work(&mut c, work, id).await;
                         acq
                     }
                 }))
@@ -237,16 +228,7 @@ fn main() {
                         let t = Instant::now();
                         let mut c = pool.get().await.expect("get");
                         let acq = t.elapsed();
-                        match work {
-                            Work::Select => {
-                                c.query_one(SELECT, &[&id]).await.expect("select");
-                            }
-                            Work::Transaction => {
-                                let tx = c.transaction().await.expect("begin");
-                                tx.execute(UPDATE, &[&id]).await.expect("update");
-                                tx.commit().await.expect("commit");
-                            }
-                        }
+                        tokio_postgres_work(&mut c, work, id).await;
                         acq
                     }
                 }))
@@ -358,6 +340,20 @@ fn main() {
             let p50 = median(acq.iter().step_by(2).copied().collect());
             let p99 = median(acq.iter().skip(1).step_by(2).copied().collect());
             println!("  {:<30} {:>10.0} {:>10.1}µs {:>10.1}µs", c.name, median(ops), p50, p99);
+        }
+    }
+}
+
+/// One operation on a tokio-postgres client, as deadpool and bb8 lend it.
+async fn tokio_postgres_work(c: &mut tokio_postgres::Client, work: Work, id: i32) {
+    match work {
+        Work::Select => {
+            c.query_one(SELECT, &[&id]).await.expect("select");
+        }
+        Work::Transaction => {
+            let tx = c.transaction().await.expect("begin");
+            tx.execute(UPDATE, &[&id]).await.expect("update");
+            tx.commit().await.expect("commit");
         }
     }
 }
