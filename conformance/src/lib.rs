@@ -13,8 +13,9 @@ pub mod traces;
 use std::future::Future;
 use std::time::Duration;
 
+use duet_core::copy::Bytes;
 use duet_core::ops::TxOptions;
-use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus};
+use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus, Type};
 
 /// What a test needs from a driver. Blocking on purpose: the async
 /// implementation drives its client on a current-thread runtime, so one test
@@ -58,6 +59,28 @@ pub trait Driver: Sized {
     /// The driver's `retry(attempts, |c| c.atomic_with(options, |tx| …))`,
     /// the transaction running `sql` and giving its first column.
     fn retry_atomic(&mut self, attempts: u32, options: TxOptions, sql: &str) -> Result<String, Error>;
+    /// `COPY … FROM STDIN` with `chunks` written in turn, then finished —
+    /// or, when `finish` is false, the writer dropped unfinished (`Ok(0)`).
+    /// The first error a write or the finish gave.
+    fn copy_in(&mut self, sql: &str, chunks: &[&[u8]], finish: bool) -> Result<u64, Error> {
+        self.copy_in_counted(sql, chunks, finish).1
+    }
+    /// [`Driver::copy_in`], also saying how many writes succeeded.
+    fn copy_in_counted(&mut self, sql: &str, chunks: &[&[u8]], finish: bool) -> (usize, Result<u64, Error>);
+    /// A binary `COPY … FROM STDIN` of `rows` (`write_row` each).
+    fn copy_in_rows(&mut self, sql: &str, types: &[Type], rows: &[&[Param<'_>]]) -> Result<u64, Error>;
+    /// The driver's `copy_in_from` reading `data` (a `Read` / `AsyncRead`).
+    fn copy_in_from(&mut self, sql: &str, data: &[u8]) -> Result<u64, Error>;
+    /// `copy_in` of `data` inside the driver's interactive `atomic`, whose
+    /// closure then fails when `fail` is set.
+    fn copy_in_atomic(&mut self, sql: &str, data: &[u8], fail: bool) -> Result<u64, Error>;
+    /// `COPY … TO STDOUT`: the chunks read, at most `limit` (the reader is
+    /// dropped there), and the row count when the end was read.
+    fn copy_out(&mut self, sql: &str, limit: usize) -> Result<(Vec<Bytes>, Option<u64>), Error>;
+    /// The driver's `copy_out_to` into a `Vec` (a `Write` / `AsyncWrite`).
+    fn copy_out_to(&mut self, sql: &str) -> Result<(Vec<u8>, u64), Error>;
+    /// The rows of a binary `COPY … TO STDOUT`.
+    fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error>;
 }
 
 /// The first column of the first row of a simple query, as text.
@@ -201,6 +224,58 @@ impl Driver for Sync {
             )
         })
     }
+    fn copy_in_counted(&mut self, sql: &str, chunks: &[&[u8]], finish: bool) -> (usize, Result<u64, Error>) {
+        let mut copy = match self.0.copy_in(sql) {
+            Ok(c) => c,
+            Err(e) => return (0, Err(e)),
+        };
+        for (i, c) in chunks.iter().enumerate() {
+            if let Err(e) = copy.write(c) {
+                return (i, Err(e));
+            }
+        }
+        (chunks.len(), if finish { copy.finish() } else { Ok(0) })
+    }
+    fn copy_in_rows(&mut self, sql: &str, types: &[Type], rows: &[&[Param<'_>]]) -> Result<u64, Error> {
+        let mut copy = self.0.copy_in_binary(sql, types)?;
+        for r in rows {
+            copy.write_row(r)?;
+        }
+        copy.finish()
+    }
+    fn copy_in_from(&mut self, sql: &str, data: &[u8]) -> Result<u64, Error> {
+        self.0.copy_in_from(sql, data)
+    }
+    fn copy_in_atomic(&mut self, sql: &str, data: &[u8], fail: bool) -> Result<u64, Error> {
+        self.0.atomic(|tx| {
+            let mut copy = tx.copy_in(sql)?;
+            copy.write(data)?;
+            let n = copy.finish()?;
+            if fail {
+                return Err(Error::Misuse("the closure fails after its copy".into()));
+            }
+            Ok(n)
+        })
+    }
+    fn copy_out(&mut self, sql: &str, limit: usize) -> Result<(Vec<Bytes>, Option<u64>), Error> {
+        let mut copy = self.0.copy_out(sql)?;
+        let mut chunks = Vec::new();
+        while chunks.len() < limit {
+            match copy.chunk()? {
+                Some(c) => chunks.push(c),
+                None => break,
+            }
+        }
+        Ok((chunks, copy.rows()))
+    }
+    fn copy_out_to(&mut self, sql: &str) -> Result<(Vec<u8>, u64), Error> {
+        let mut out = Vec::new();
+        let n = self.0.copy_out_to(sql, &mut out)?;
+        Ok((out, n))
+    }
+    fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error> {
+        self.0.copy_out_binary(sql, types)?.collect()
+    }
     fn atomic_abandoned(&mut self, sql: &str) {
         let client = &mut self.0;
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -306,6 +381,71 @@ impl Driver for Tokio {
             })
             .await
         }))
+    }
+    fn copy_in_counted(&mut self, sql: &str, chunks: &[&[u8]], finish: bool) -> (usize, Result<u64, Error>) {
+        self.rt.block_on(async {
+            let mut copy = match self.client.copy_in(sql).await {
+                Ok(c) => c,
+                Err(e) => return (0, Err(e)),
+            };
+            for (i, c) in chunks.iter().enumerate() {
+                if let Err(e) = copy.write(c).await {
+                    return (i, Err(e));
+                }
+            }
+            (chunks.len(), if finish { copy.finish().await } else { Ok(0) })
+        })
+    }
+    fn copy_in_rows(&mut self, sql: &str, types: &[Type], rows: &[&[Param<'_>]]) -> Result<u64, Error> {
+        self.rt.block_on(async {
+            let mut copy = self.client.copy_in_binary(sql, types).await?;
+            for r in rows {
+                copy.write_row(r).await?;
+            }
+            copy.finish().await
+        })
+    }
+    fn copy_in_from(&mut self, sql: &str, data: &[u8]) -> Result<u64, Error> {
+        self.rt.block_on(self.client.copy_in_from(sql, data))
+    }
+    fn copy_in_atomic(&mut self, sql: &str, data: &[u8], fail: bool) -> Result<u64, Error> {
+        self.rt.block_on(self.client.atomic(async |tx| {
+            let mut copy = tx.copy_in(sql).await?;
+            copy.write(data).await?;
+            let n = copy.finish().await?;
+            if fail {
+                return Err(Error::Misuse("the closure fails after its copy".into()));
+            }
+            Ok(n)
+        }))
+    }
+    fn copy_out(&mut self, sql: &str, limit: usize) -> Result<(Vec<Bytes>, Option<u64>), Error> {
+        self.rt.block_on(async {
+            let mut copy = self.client.copy_out(sql).await?;
+            let mut chunks = Vec::new();
+            while chunks.len() < limit {
+                match copy.chunk().await? {
+                    Some(c) => chunks.push(c),
+                    None => break,
+                }
+            }
+            Ok((chunks, copy.rows()))
+        })
+    }
+    fn copy_out_to(&mut self, sql: &str) -> Result<(Vec<u8>, u64), Error> {
+        let mut out = Vec::new();
+        let n = self.rt.block_on(self.client.copy_out_to(sql, &mut out))?;
+        Ok((out, n))
+    }
+    fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error> {
+        self.rt.block_on(async {
+            let mut copy = self.client.copy_out_binary(sql, types).await?;
+            let mut rows = Vec::new();
+            while let Some(r) = copy.next_row().await? {
+                rows.push(r);
+            }
+            Ok(rows)
+        })
     }
     fn atomic_abandoned(&mut self, sql: &str) {
         let client = &mut self.client;

@@ -249,6 +249,9 @@ fn consume_response(r: Result<Response, Error>, statements: &mut Vec<Statement>)
                 statements.push(s);
             }
         }
+        Ok(Response::CopyOut { rest, tag }) => {
+            let _ = (rest.iter().map(|c| c.len()).sum::<usize>(), tag);
+        }
         Ok(Response::Simple(msgs)) => {
             for m in msgs.iter().take(16) {
                 if let duet_core::SimpleMessage::Row(r) = m {
@@ -308,7 +311,7 @@ fn make_op<'a>(kind: u8, p: &'a [Param<'a>], now: Instant) -> Box<dyn Operation<
 fn submit_one(conn: &mut Connection, k: u8, statements: &[Statement], tickets: &mut Vec<Ticket>, now: Instant) {
     let one: [Param; 1] = [&1i32];
     let two: [Param; 2] = [&7i64, &"text"];
-    let r = match k % 10 {
+    let r = match k % 12 {
         0 => conn.submit(Request::query("SELECT $1", &one), now),
         1 => conn.submit(Request::simple("SELECT 1; SELECT 'a'"), now),
         2 => conn.submit(Request::prepare("SELECT $1::int4", &[]), now),
@@ -337,6 +340,17 @@ fn submit_one(conn: &mut Connection, k: u8, statements: &[Statement], tickets: &
             conn.forget_statement("SELECT $1");
             conn.submit(Request::query("SELECT $1", &one), now)
         }
+        9 => conn.submit_copy_out("COPY t TO STDOUT", now),
+        10 => duet_core::copy::CopyIn::start(conn, "COPY t FROM STDIN", now).map(|mut copy| {
+            copy.write(conn, b"1\tone\n");
+            // Finished, abandoned, or left open (later submits are refused).
+            match (k / 12) % 3 {
+                0 => conn.copy_in_end(copy.ticket(), None),
+                1 => conn.abandon(copy.ticket()),
+                _ => {}
+            }
+            copy.ticket()
+        }),
         _ => {
             conn.submit_detached("ROLLBACK");
             return;

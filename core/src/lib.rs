@@ -28,6 +28,7 @@ mod client_api;
 pub mod config;
 mod connect;
 mod connection;
+pub mod copy;
 mod error;
 pub mod ops;
 pub mod orm;

@@ -61,7 +61,6 @@ pub(crate) struct RowBlock {
 }
 
 impl RowBlock {
-    #[cfg(test)]
     pub(crate) fn new(columns: Arc<[Column]>, data: Bytes) -> Arc<RowBlock> {
         RowBlock::watched(columns, data, None)
     }

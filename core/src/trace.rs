@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tracing::field::{display, Empty};
 
 use crate::config::{Config, Host};
-use crate::connection::Response;
+use crate::connection::{QueryResult, Response};
 use crate::Error;
 
 /// A statement's span while its answer is awaited; only exists while a
@@ -66,9 +66,9 @@ impl StatementSpan {
     pub(crate) fn finish(self, result: &Result<Response, Error>, now: Instant) {
         let span = &self.span;
         match result {
-            Ok(Response::Rows(q)) => {
-                // `SELECT 3`, `INSERT 0 1`; `BEGIN` counts nothing.
-                let count = q.tag.as_deref().and_then(|t| t.rsplit(' ').next()?.parse::<u64>().ok());
+            Ok(Response::Rows(QueryResult { tag, .. }) | Response::CopyOut { tag, .. }) => {
+                // `SELECT 3`, `INSERT 0 1`, `COPY 5`; `BEGIN` counts nothing.
+                let count = tag.as_deref().and_then(|t| t.rsplit(' ').next()?.parse::<u64>().ok());
                 if let Some(n) = count {
                     span.record("rows", n);
                 }

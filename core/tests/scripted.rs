@@ -2813,3 +2813,133 @@ fn a_pool_reset_cancels_abandoned_work_instead_of_waiting_it_out() {
     assert!(conn.poll_cancel().is_some(), "the abandoned statement is cancelled");
     assert!(conn.poll_cancel().is_none(), "once");
 }
+
+#[test]
+fn copy_in_data_follow_the_statement_and_an_error_mid_copy_ends_it() {
+    use duet_core::copy::CopyIn;
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut copy = CopyIn::start(&mut conn, "COPY t FROM STDIN", now).unwrap();
+    // No Sync after Execute: the server would ignore it mid-copy, and the
+    // data go out without waiting for CopyInResponse.
+    copy.write(&mut conn, b"1\n2\n");
+    let mut flush = copy.flush();
+    ready(&mut flush, &mut conn, now).unwrap();
+    let sent = drain(&mut conn);
+    assert_eq!(tags(&sent), "PBEd");
+    assert_eq!(frontend_messages(&sent)[3].body, b"1\n2\n");
+    // Nothing else may go out while the copy takes data.
+    let err = conn.submit(Request::simple("SELECT 1"), now).unwrap_err();
+    assert!(err.to_string().contains("COPY FROM STDIN is in progress"), "{err}");
+    assert!(conn.poll_transmit().is_empty());
+    // The server gives up on the data: the copy is over, and the Sync it
+    // now waits for goes out at once.
+    let reply = Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .raw(b'G', &[0, 0, 1, 0, 0])
+        .error("ERROR", "22P02", "invalid input syntax");
+    conn.handle_input(&reply.build(), now).unwrap();
+    assert!(!conn.copy_in_open(copy_ticket(&copy)));
+    assert_eq!(tags(&drain(&mut conn)), "S");
+    // Later writes are dropped; the flush reports the server's error.
+    copy.write(&mut conn, b"3\n");
+    assert!(conn.poll_transmit().is_empty());
+    conn.handle_input(&Backend::new().ready_for_query(b'I').build(), now)
+        .unwrap();
+    let err = ready(&mut copy.flush(), &mut conn, now).unwrap_err();
+    assert_eq!(err.code(), Some("22P02"));
+    assert!(conn.is_idle());
+    let err = ready(&mut copy.finish(), &mut conn, now).unwrap_err();
+    assert_eq!(err.code(), Some("22P02"), "finish reports it again");
+}
+
+fn copy_ticket(copy: &duet_core::copy::CopyIn) -> duet_core::Ticket {
+    copy.ticket()
+}
+
+#[test]
+fn copy_in_finishes_with_copydone_and_an_abandoned_one_with_copyfail() {
+    use duet_core::copy::CopyIn;
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut copy = CopyIn::start(&mut conn, "COPY t FROM STDIN (FORMAT binary)", now).unwrap();
+    copy.binary(&[Type::INT4]);
+    copy.write_row(&mut conn, &[&7i32]).unwrap();
+    let mut finish = copy.finish();
+    pending(&mut finish, &mut conn, now);
+    let sent = drain(&mut conn);
+    assert_eq!(tags(&sent), "PBEdcS", "one frame: header, row, trailer");
+    let data = &frontend_messages(&sent)[3].body;
+    assert!(data.starts_with(b"PGCOPY\n\xff\r\n\0"));
+    assert!(data.ends_with(&[0, 1, 0, 0, 0, 4, 0, 0, 0, 7, 0xff, 0xff]));
+    let reply = Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .raw(b'G', &[1, 0, 1, 0, 1])
+        .command_complete("COPY 1")
+        .ready_for_query(b'I');
+    conn.handle_input(&reply.build(), now).unwrap();
+    assert_eq!(ready(&mut finish, &mut conn, now).unwrap(), 1);
+
+    // Dropped unfinished: CopyFail, then the Sync; its error is not kept.
+    let mut copy = CopyIn::start(&mut conn, "COPY t FROM STDIN", now).unwrap();
+    copy.write(&mut conn, b"1\n");
+    copy.abandon(&mut conn);
+    let sent = drain(&mut conn);
+    assert_eq!(tags(&sent), "PBEfS", "what was not framed yet is not sent");
+    let reply = Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .raw(b'G', &[0, 0, 1, 0, 0])
+        .error("ERROR", "57014", "COPY from stdin failed: abandoned by the client")
+        .ready_for_query(b'I');
+    conn.handle_input(&reply.build(), now).unwrap();
+    assert!(conn.is_idle());
+    let mut q = ops::query("SELECT 1", &[]).rows();
+    pending(&mut q, &mut conn, now);
+    assert!(!drain(&mut conn).is_empty(), "the connection takes requests again");
+}
+
+#[test]
+fn copy_out_chunks_arrive_before_the_end_and_binary_rows_may_straddle_them() {
+    use duet_core::copy::CopyOut;
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut copy = CopyOut::start(&mut conn, "COPY t TO STDOUT (FORMAT binary)", now).unwrap();
+    copy.binary(&[Type::INT4, Type::TEXT]);
+    assert_eq!(tags(&drain(&mut conn)), "PBES");
+    let mut stream = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    for (id, name) in [(1i32, "one"), (2, "two")] {
+        stream.extend_from_slice(&2i16.to_be_bytes());
+        stream.extend_from_slice(&4i32.to_be_bytes());
+        stream.extend_from_slice(&id.to_be_bytes());
+        stream.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        stream.extend_from_slice(name.as_bytes());
+    }
+    stream.extend_from_slice(&(-1i16).to_be_bytes());
+    // Cut anywhere: mid-header, mid-length, mid-value.
+    let reply = Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .raw(b'H', &[1, 0, 2, 0, 1, 0, 1])
+        .raw(b'd', &stream[..7])
+        .raw(b'd', &stream[7..30])
+        .raw(b'd', &stream[30..41]);
+    conn.handle_input(&reply.build(), now).unwrap();
+    let row = ready(&mut copy.next_row(), &mut conn, now).unwrap().unwrap();
+    assert_eq!((row.get::<i32>(0), row.get::<&str>(1)), (1, "one"));
+    // The second row is not whole yet: waiting, not failing.
+    pending(&mut copy.next_row(), &mut conn, now);
+    let reply = Backend::new()
+        .raw(b'd', &stream[41..])
+        .raw(b'c', &[])
+        .command_complete("COPY 2")
+        .ready_for_query(b'I');
+    conn.handle_input(&reply.build(), now).unwrap();
+    let row = ready(&mut copy.next_row(), &mut conn, now).unwrap().unwrap();
+    assert_eq!((row.get::<i32>(0), row.get::<&str>(1)), (2, "two"));
+    assert!(ready(&mut copy.next_row(), &mut conn, now).unwrap().is_none());
+    assert_eq!(copy.rows(), Some(2));
+    assert!(conn.is_idle());
+}

@@ -32,13 +32,16 @@ pub use duet_core::*;
 /// The engine this driver pumps; `#[derive(Model)]` reaches it here.
 pub use duet_core;
 
+mod copying;
 #[cfg(feature = "deadpool")]
 pub mod deadpool;
 pub mod pool;
 
+pub use copying::{CopyIn, CopyOut};
+
 /// Everything an application needs: `use duet_async::prelude::*;`.
 pub mod prelude {
-    pub use crate::{CancelToken, Client};
+    pub use crate::{CancelToken, Client, CopyIn, CopyOut};
     pub use duet_core::prelude::*;
 }
 

@@ -29,13 +29,16 @@ pub struct ReadmeDoctests;
 /// The engine this driver pumps; `#[derive(Model)]` reaches it here.
 pub use duet_core;
 
+mod copying;
 pub mod pool;
 #[cfg(feature = "r2d2")]
 pub mod r2d2;
 
+pub use copying::{CopyIn, CopyOut};
+
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
-    pub use crate::{CancelToken, Client};
+    pub use crate::{CancelToken, Client, CopyIn, CopyOut};
     pub use duet_core::prelude::*;
 }
 

@@ -27,6 +27,7 @@ use crate::row::{Column, Row, SimpleMessage};
 use crate::{Config, DbError, Error};
 use wire::Wire;
 
+mod copy;
 mod outcome;
 mod request;
 mod response;
@@ -34,6 +35,7 @@ mod startup;
 mod types;
 mod wire;
 
+pub(crate) use copy::copy_data_header;
 pub use outcome::TxOutcome;
 pub(crate) use outcome::XID_PROBE;
 use startup::not_postgres;
@@ -221,6 +223,12 @@ pub enum Response {
     Rows(QueryResult),
     Prepared(Statement),
     Simple(Vec<SimpleMessage>),
+    /// A `COPY … TO STDOUT` ended: the data chunks not taken while it ran
+    /// ([`Connection::take_copy_chunks`]) and its command tag.
+    CopyOut {
+        rest: std::collections::VecDeque<bytes::Bytes>,
+        tag: Option<String>,
+    },
 }
 
 /// One unit of work to send.
@@ -332,7 +340,7 @@ struct StmtState {
     bound: bool,
     columns: Option<Arc<[Column]>>,
     rows: Vec<Row>,
-    copy_out: bool,
+    copy: copy::CopyRole,
     /// Where this statement's messages sit in the send stream (absolute
     /// byte offset, length), so an unsent one can be taken back
     /// ([`Connection::retract`]) and a lost connection can tell whether
@@ -354,7 +362,7 @@ impl StmtState {
             bound: false,
             columns,
             rows: Vec::new(),
-            copy_out: false,
+            copy: copy::CopyRole::None,
             span,
         }
     }
@@ -465,6 +473,8 @@ pub struct Connection {
     now: Instant,
     /// Types looked up on this session, and results waiting for them.
     types: types::Types,
+    /// The `COPY FROM STDIN` taking data: nothing else may be sent.
+    copy_in: Option<Ticket>,
 }
 
 impl Connection {
@@ -597,6 +607,7 @@ impl Connection {
             traces: Vec::new(),
             now,
             types: types::Types::default(),
+            copy_in: None,
         }
     }
 
@@ -688,6 +699,11 @@ impl Connection {
 
     /// The earliest instant at which [`Connection::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.copy_in.is_some() && !self.has_output() {
+            // The server waits for the copy's data, so a wait for input
+            // must not block: it only looks whether an error came.
+            return Some(self.now);
+        }
         let mut t = self.cancel_grace_until;
         if !self.is_ready() {
             t = min_opt(t, self.startup_deadline);
@@ -955,11 +971,22 @@ impl Connection {
     /// server has the grace period to answer.
     fn expire(&mut self, tickets: Vec<Ticket>, now: Instant) {
         let mut fire = false;
+        let mut grace = false;
         for t in tickets {
             if !self.timed_out.contains(&t) {
                 self.timed_out.push(t);
-                fire = true;
+                grace = true;
+                if self.copy_in == Some(t) {
+                    // A copy the server waits on data for is ended by
+                    // CopyFail, surely and with nothing to race.
+                    self.copy_in_end(t, Some("its time limit passed"));
+                } else {
+                    fire = true;
+                }
             }
+        }
+        if grace && !fire {
+            self.cancel_grace_until = deadline_after(now, self.config.cancel_grace);
         }
         if fire {
             self.cancel_wanted = self.backend_key.is_some();
@@ -981,6 +1008,7 @@ impl Connection {
         }
         self.deadlines.retain(|(d, _)| *d != t);
         self.forget_typing(t);
+        self.copy_in_end(t, Some("abandoned by the client"));
     }
 
     /// Queues Terminate; the driver sends it and closes the socket.

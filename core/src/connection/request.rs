@@ -190,6 +190,7 @@ impl Connection {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
+        self.refuse_during_copy()?;
         self.forget_stale_types();
 
         let ticket = Ticket(self.next_ticket);
@@ -368,7 +369,7 @@ impl Connection {
             bound: false,
             columns,
             rows: Vec::new(),
-            copy_out: false,
+            copy: super::copy::CopyRole::None,
             span: self.span_of(start, buf.len()),
         })));
         Ok(())
@@ -490,6 +491,13 @@ impl Connection {
         if matches!(self.phase, Phase::Closed(_)) {
             return;
         }
+        if self.copy_in.is_some() {
+            // Closed on the server with the next request instead.
+            if let Ok(mut v) = self.to_close.lock() {
+                v.extend(names.iter().map(|n| n.to_string()));
+            }
+            return;
+        }
         for name in names {
             let buf = self.send_buf();
             if frontend::close(b'S', &name, buf).is_ok() {
@@ -531,7 +539,7 @@ fn takes_snapshot(sql: &str) -> bool {
 
 /// A statement's text that cannot be sent: a NUL byte is named as such,
 /// not as a parameter that failed to encode.
-fn sql_error(sql: &str, e: std::io::Error) -> Error {
+pub(super) fn sql_error(sql: &str, e: std::io::Error) -> Error {
     match sql.find('\0') {
         Some(at) => Error::invalid(format!(
             "the SQL text has a NUL byte at byte {at}; PostgreSQL cannot take one in a statement"

@@ -9,6 +9,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
+use super::copy::CopyRole;
 use super::{
     entry_ticket, io_to_encode, proto, Connection, Entry, Event, Phase, QueryResult, Response, Statement,
     StatementInner, TransactionStatus,
@@ -143,14 +144,34 @@ impl Connection {
             (Entry::Stmt(_), Message::EmptyQueryResponse) | (Entry::Stmt(_), Message::PortalSuspended) => {
                 self.complete_stmt(None);
             }
-            (Entry::Stmt(s), Message::CopyOutResponse(_)) => s.copy_out = true,
-            (Entry::Stmt(s), Message::CopyData(_)) if s.copy_out => {}
-            (Entry::Stmt(s), Message::CopyDone) if s.copy_out => {}
+            (Entry::Stmt(s), Message::CopyInResponse(_)) if matches!(s.copy, CopyRole::In) => {
+                // Its data are on their way already.
+            }
+            (Entry::Stmt(s), Message::CopyOutResponse(_)) => {
+                if !matches!(s.copy, CopyRole::Out(_)) {
+                    s.copy = CopyRole::Unread(match s.copy {
+                        CopyRole::In => "copy_in was given a COPY … TO STDOUT: read it with copy_out",
+                        _ => "COPY … TO STDOUT runs through copy_out, not query",
+                    });
+                }
+            }
+            (Entry::Stmt(s), Message::CopyData(body)) => match &mut s.copy {
+                // Nobody will read an abandoned copy's data: not kept.
+                CopyRole::Out(chunks) if !self.abandoned.contains(&s.ticket) => chunks.push_back(body.into_bytes()),
+                CopyRole::Out(_) | CopyRole::Unread(_) => {}
+                _ => return Err(Error::protocol("CopyData for a statement that is not copying out")),
+            },
+            (Entry::Stmt(s), Message::CopyDone) if matches!(s.copy, CopyRole::Out(_) | CopyRole::Unread(_)) => {}
             (entry @ (Entry::Stmt(_) | Entry::Simple(_)), Message::CopyInResponse(_)) => {
-                // COPY FROM STDIN is not supported yet: refuse it so the
-                // server answers with an error instead of waiting for data.
-                frontend::copy_fail("COPY FROM STDIN is not supported by duet yet", &mut self.out)
-                    .map_err(io_to_encode)?;
+                // Not submitted as a copy in: refused, so the server
+                // answers with an error instead of waiting for data.
+                let why = match entry {
+                    Entry::Stmt(s) if matches!(s.copy, CopyRole::Out(_)) => {
+                        "copy_out was given a COPY … FROM STDIN: send its data with copy_in"
+                    }
+                    _ => "COPY … FROM STDIN runs through copy_in",
+                };
+                frontend::copy_fail(why, &mut self.out).map_err(io_to_encode)?;
                 if let Entry::Stmt(_) = entry {
                     // The server ignored the Sync we sent while it was in
                     // copy-in mode; the queued sync point needs a new one.
@@ -159,7 +180,7 @@ impl Connection {
             }
             (Entry::Simple(s), Message::CopyOutResponse(_)) => {
                 s.error
-                    .get_or_insert_with(|| Error::misuse("COPY TO STDOUT is not supported by duet yet"));
+                    .get_or_insert_with(|| Error::misuse("COPY … TO STDOUT runs through copy_out, not a simple query"));
             }
             (Entry::Simple(_), Message::CopyData(_)) | (Entry::Simple(_), Message::CopyDone) => {}
             (Entry::Prepare(p), Message::ParseComplete) if !p.parsed => p.parsed = true,
@@ -283,19 +304,18 @@ impl Connection {
 
     fn complete_stmt(&mut self, tag: Option<String>) {
         if let Some(Entry::Stmt(s)) = self.queue.pop_front() {
-            if s.copy_out {
+            let s = *s;
+            let r = match s.copy {
                 // The data went by unread: never report that as success.
-                let e = Error::misuse("COPY TO STDOUT is not supported by duet yet");
-                self.group.push((s.ticket, Err(e)));
-                return;
-            }
-            let columns = s.columns.unwrap_or_else(|| Arc::from(Vec::new()));
-            let r = Response::Rows(QueryResult {
-                columns,
-                rows: s.rows,
-                tag,
-            });
-            self.group.push((s.ticket, Ok(r)));
+                CopyRole::Unread(why) => Err(Error::misuse(why)),
+                CopyRole::Out(rest) => Ok(Response::CopyOut { rest, tag }),
+                CopyRole::None | CopyRole::In => Ok(Response::Rows(QueryResult {
+                    columns: s.columns.unwrap_or_else(|| Arc::from(Vec::new())),
+                    rows: s.rows,
+                    tag,
+                })),
+            };
+            self.group.push((s.ticket, r));
         }
     }
 
@@ -333,7 +353,10 @@ impl Connection {
                     }
                 }
             }
-            Some(_) => {
+            Some(front) => {
+                // A copy the server gave up on: it now discards what we
+                // send until a Sync, which ends the copy on our side too.
+                let copy_failed = self.copy_in.is_some() && entry_ticket(front) == self.copy_in;
                 self.group_failed = true;
                 let stale = matches!(
                     e.code(),
@@ -365,6 +388,9 @@ impl Connection {
                         Entry::Prepare(p) => self.group.push((p.ticket, Err(err))),
                         _ => {}
                     }
+                }
+                if copy_failed {
+                    self.close_copy_in();
                 }
             }
         }

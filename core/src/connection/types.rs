@@ -199,7 +199,7 @@ impl Connection {
     }
 
     fn send_type_lookup_now(&mut self) {
-        if self.types.lookup.is_some() || self.in_batch() || self.unsynced {
+        if self.types.lookup.is_some() || self.in_batch() || self.unsynced || self.copy_in.is_some() {
             return;
         }
         if !matches!(self.phase, super::Phase::Ready) {

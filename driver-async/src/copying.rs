@@ -1,0 +1,170 @@
+//! COPY through this driver: [`CopyIn`] takes data and rows, [`CopyOut`]
+//! hands over chunks and rows. The core frames, decodes and decides when to
+//! wait for the socket; this file only runs its operations.
+
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use duet_core::copy::{self, Bytes};
+use duet_core::{Error, Param, Row, Type};
+
+use crate::Client;
+
+/// Data for a running `COPY … FROM STDIN`. Written data leave in frames of
+/// 64 KiB; a write waits for the socket only when 512 KiB are queued, so
+/// memory stays bounded however much passes. [`CopyIn::finish`] ends it;
+/// dropped unfinished, the server is sent CopyFail and keeps none of it.
+pub struct CopyIn<'c> {
+    client: &'c mut Client,
+    copy: copy::CopyIn,
+}
+
+/// The data of a running `COPY … TO STDOUT`, as the server sends them.
+/// Dropped before the end, the server is asked to stop and what still
+/// comes is dropped unread.
+pub struct CopyOut<'c> {
+    client: &'c mut Client,
+    copy: copy::CopyOut,
+}
+
+impl Client {
+    /// Starts `COPY … FROM STDIN` (text, csv or binary, as `sql` says):
+    ///
+    /// ```no_run
+    /// # use duet_async::prelude::*;
+    /// # async fn f(client: &mut Client) -> Result<(), Error> {
+    /// let mut copy = client.copy_in("COPY items (id, name) FROM STDIN (FORMAT csv)").await?;
+    /// copy.write(b"1,pen\n2,ink\n").await?;
+    /// assert_eq!(copy.finish().await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_in(&mut self, sql: &str) -> Result<CopyIn<'_>, Error> {
+        let copy = copy::CopyIn::start(&mut self.conn, sql, Instant::now())?;
+        Ok(CopyIn { client: self, copy })
+    }
+
+    /// Starts `COPY … FROM STDIN (FORMAT binary)` for rows written with
+    /// [`CopyIn::write_row`], one value per type:
+    ///
+    /// ```no_run
+    /// # use duet_async::prelude::*;
+    /// # async fn f(client: &mut Client) -> Result<(), Error> {
+    /// let mut copy = client
+    ///     .copy_in_binary("COPY items (id, name) FROM STDIN (FORMAT binary)", &[Type::INT4, Type::TEXT])
+    ///     .await?;
+    /// copy.write_row(&[&1i32, &"pen"]).await?;
+    /// copy.write_row(&[&2i32, &None::<&str>]).await?;
+    /// assert_eq!(copy.finish().await?, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_in_binary(&mut self, sql: &str, types: &[Type]) -> Result<CopyIn<'_>, Error> {
+        let mut copy = self.copy_in(sql).await?;
+        copy.copy.binary(types);
+        Ok(copy)
+    }
+
+    /// Runs `COPY … FROM STDIN` with everything `reader` gives; returns the
+    /// number of rows copied.
+    pub async fn copy_in_from(&mut self, sql: &str, mut reader: impl AsyncRead + Unpin) -> Result<u64, Error> {
+        let mut copy = self.copy_in(sql).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf).await? {
+                0 => return copy.finish().await,
+                n => copy.write(&buf[..n]).await?,
+            }
+        }
+    }
+
+    /// Starts `COPY … TO STDOUT`: read the data with [`CopyOut::chunk`].
+    ///
+    /// ```no_run
+    /// # use duet_async::prelude::*;
+    /// # async fn f(client: &mut Client) -> Result<(), Error> {
+    /// let mut copy = client.copy_out("COPY items TO STDOUT (FORMAT csv)").await?;
+    /// while let Some(line) = copy.chunk().await? {
+    ///     print!("{}", String::from_utf8_lossy(&line));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>, Error> {
+        let copy = copy::CopyOut::start(&mut self.conn, sql, Instant::now())?;
+        Ok(CopyOut { client: self, copy })
+    }
+
+    /// Starts `COPY … TO STDOUT (FORMAT binary)` whose columns have these
+    /// types: read it with [`CopyOut::next_row`].
+    pub async fn copy_out_binary(&mut self, sql: &str, types: &[Type]) -> Result<CopyOut<'_>, Error> {
+        let mut copy = self.copy_out(sql).await?;
+        copy.copy.binary(types);
+        Ok(copy)
+    }
+
+    /// Runs `COPY … TO STDOUT` into `writer`; returns the number of rows.
+    pub async fn copy_out_to(&mut self, sql: &str, mut writer: impl AsyncWrite + Unpin) -> Result<u64, Error> {
+        let mut copy = self.copy_out(sql).await?;
+        while let Some(chunk) = copy.chunk().await? {
+            writer.write_all(&chunk).await?;
+        }
+        Ok(copy.rows().unwrap_or(0))
+    }
+}
+
+impl CopyIn<'_> {
+    /// Queues data (any split; rows may straddle calls), waiting for the
+    /// socket when much is queued. Fails with the server's error if the
+    /// copy failed already.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.copy.write(&mut self.client.conn, data);
+        self.settle().await
+    }
+
+    /// Queues one row of a binary copy ([`Client::copy_in_binary`]).
+    pub async fn write_row(&mut self, values: &[Param<'_>]) -> Result<(), Error> {
+        self.copy.write_row(&mut self.client.conn, values)?;
+        self.settle().await
+    }
+
+    /// Sends the end of the data; returns the number of rows copied, or
+    /// the server's error (none of the data is then kept).
+    pub async fn finish(mut self) -> Result<u64, Error> {
+        self.client.run(self.copy.finish()).await
+    }
+
+    async fn settle(&mut self) -> Result<(), Error> {
+        if self.copy.must_flush(&self.client.conn) {
+            self.client.run(self.copy.flush()).await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for CopyIn<'_> {
+    fn drop(&mut self) {
+        self.copy.abandon(&mut self.client.conn);
+    }
+}
+
+impl CopyOut<'_> {
+    /// The next chunk of data as the server sent it (`None` at the end).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        self.client.run(self.copy.next_chunk()).await
+    }
+
+    /// The next row of a binary copy ([`Client::copy_out_binary`]).
+    pub async fn next_row(&mut self) -> Result<Option<Row>, Error> {
+        self.client.run(self.copy.next_row()).await
+    }
+
+    /// The number of rows the server copied, once the end was read.
+    pub fn rows(&self) -> Option<u64> {
+        self.copy.rows()
+    }
+}
+
+impl Drop for CopyOut<'_> {
+    fn drop(&mut self) {
+        self.copy.abandon(&mut self.client.conn, Instant::now());
+    }
+}
