@@ -405,6 +405,7 @@ conformance_tests!(
     queryset_update_and_delete,
     bulk_insert_order_empty_and_chunking,
     bulk_insert_execute_counts_and_keeps_hooks,
+    bulk_insert_execute_copies_many_rows_as_inserts_would,
     upsert_do_nothing_do_update_and_given_key_save,
     get_or_create_and_update_or_create,
     get_or_create_recovers_from_concurrent_insert,
@@ -1267,6 +1268,128 @@ fn bulk_insert_execute_counts_and_keeps_hooks<D: Driver>() {
     assert_eq!(stored.len(), 2);
     assert!(stored.iter().all(|u| u.version == 1), "before_save ran: {stored:?}");
     assert_eq!(run(&mut c, AuditLog::objects().count()), 2, "after_save ran");
+}
+
+fn bulk_insert_execute_copies_many_rows_as_inserts_would<D: Driver>() {
+    let mut c: D = setup("bulk_copy");
+    run(&mut c, pipeline((Item::create_table(), Weird::create_table())));
+    // The same items loaded by COPY (over the threshold) and by INSERT
+    // are stored alike: generated, skipped and defaulted columns, json,
+    // NULLs.
+    let items = |tag: &str| -> Vec<Item> {
+        (0..1_500)
+            .map(|i| Item::new(&format!("{tag}{i}"), i, 2, None))
+            .collect()
+    };
+    assert_eq!(run(&mut c, Item::bulk_insert(items("c")).execute()), 1_500);
+    let by_insert = Item::bulk_insert(items("i")).copy_from(usize::MAX).execute();
+    assert_eq!(run(&mut c, by_insert), 1_500);
+    let differ: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (
+                (SELECT substr(code, 2), price, qty, total, note, owner_id, (meta - 'code')::text FROM items WHERE code LIKE 'c%'
+                 EXCEPT SELECT substr(code, 2), price, qty, total, note, owner_id, (meta - 'code')::text FROM items WHERE code LIKE 'i%')
+                UNION ALL
+                (SELECT substr(code, 2), price, qty, total, note, owner_id, (meta - 'code')::text FROM items WHERE code LIKE 'i%'
+                 EXCEPT SELECT substr(code, 2), price, qty, total, note, owner_id, (meta - 'code')::text FROM items WHERE code LIKE 'c%')) d",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(differ, 0);
+    let copied = run(&mut c, Item::objects().filter(Item::CODE.eq("c7")).get());
+    assert_eq!((copied.total, copied.note.as_deref()), (14, None));
+    assert!(copied.created > chrono::Utc::now() - chrono::Duration::hours(1));
+    // Identifiers that need quoting, through COPY's column list.
+    let weird = (0..1_200).map(|i| Weird {
+        id: 0,
+        value: format!("w{i}"),
+        n: i,
+    });
+    assert_eq!(run(&mut c, Weird::bulk_insert(weird).execute()), 1_200);
+    assert_eq!(run(&mut c, Weird::objects().filter(Weird::N.gt(1_000)).count()), 199);
+
+    // Upserts go through a temporary table, dropped again: twice in one
+    // session, an update of some rows and a skip of others.
+    let tags = |uses: i32| {
+        (0..2_000).map(move |i| Tag {
+            name: format!("t{i}"),
+            uses,
+        })
+    };
+    assert_eq!(run(&mut c, Tag::bulk_insert(tags(1).take(1_000)).execute()), 1_000);
+    assert_eq!(
+        run(
+            &mut c,
+            Tag::bulk_insert(tags(5))
+                .on_conflict(Tag::NAME)
+                .do_update(Tag::USES)
+                .execute()
+        ),
+        2_000
+    );
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(5)).count()), 2_000);
+    assert_eq!(
+        run(
+            &mut c,
+            Tag::bulk_insert(tags(9)).on_conflict(Tag::NAME).do_nothing().execute()
+        ),
+        0
+    );
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(9)).count()), 0);
+    let staging: Option<String> = c
+        .query_one("SELECT to_regclass('pg_temp.duet_bulk_staging')::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(staging, None, "the temporary table is gone");
+    // The threshold is the caller's to move: none and a few models copied.
+    assert_eq!(run(&mut c, Tag::bulk_insert(Vec::new()).copy_from(0).execute()), 0);
+    let few = ["f1", "f2"].map(|n| Tag {
+        name: n.into(),
+        uses: 3,
+    });
+    assert_eq!(run(&mut c, Tag::bulk_insert(few).copy_from(0).execute()), 2);
+
+    // A duplicate key fails the whole load; nothing of it is kept.
+    let dup = (0..1_500).map(|i| Tag {
+        name: format!("d{}", i % 1_499),
+        uses: 0,
+    });
+    let err = c.run(Tag::bulk_insert(dup).execute()).unwrap_err();
+    assert_eq!(err.code(), Some("23505"), "{err}");
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(0)).count()), 0);
+
+    // Inside a transaction and a pipeline: the copy joins their batch,
+    // the statements after it follow, and all of it rolls back together.
+    let more = |p: &str| {
+        (0..1_000)
+            .map(|i| Tag {
+                name: format!("{p}{i}"),
+                uses: 7,
+            })
+            .collect::<Vec<_>>()
+    };
+    let err = c
+        .run(atomic(pipeline((
+            Tag::bulk_insert(more("a")).execute(),
+            Query::values("SELECT 1 / $1", vec![value(0i32)]),
+        ))))
+        .unwrap_err();
+    assert_eq!(err.code(), Some("22012"), "{err}");
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(7)).count()), 0);
+    let (n, m) = run(
+        &mut c,
+        atomic(pipeline((
+            Tag::bulk_insert(more("b")).execute(),
+            Tag::bulk_insert(more("c"))
+                .on_conflict(Tag::NAME)
+                .do_nothing()
+                .execute(),
+        ))),
+    );
+    assert_eq!((n, m), (1_000, 1_000));
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(7)).count()), 2_000);
+    assert_eq!(c.transaction_status(), TransactionStatus::Idle);
 }
 
 // ---- 10. upserts ----

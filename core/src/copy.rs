@@ -48,6 +48,8 @@ pub struct CopyIn {
     header_written: bool,
     /// Finished or abandoned.
     over: bool,
+    /// CopyDone was queued (or the copy ended otherwise).
+    done_sent: bool,
     /// Why the copy failed, once known (given again to `finish`).
     failed: Option<Error>,
 }
@@ -62,6 +64,7 @@ impl CopyIn {
             binary: None,
             header_written: false,
             over: false,
+            done_sent: false,
             failed: None,
         })
     }
@@ -166,10 +169,7 @@ impl CopyIn {
 
     /// Sends CopyDone and waits for the number of rows copied.
     pub fn finish(&mut self) -> Finish<'_> {
-        Finish {
-            copy: self,
-            ended: false,
-        }
+        Finish { copy: self }
     }
 
     /// The writer is dropped unfinished: the server is sent CopyFail (or,
@@ -184,6 +184,11 @@ impl CopyIn {
     /// Whether the copy finished or was abandoned.
     pub fn is_over(&self) -> bool {
         self.over
+    }
+
+    /// Whether the end of the data was queued: nothing more will be sent.
+    pub fn finishing(&self) -> bool {
+        self.done_sent
     }
 
     /// The ticket its result comes under.
@@ -256,10 +261,10 @@ impl Operation for Flush<'_> {
     }
 }
 
-/// See [`CopyIn::finish`].
+/// See [`CopyIn::finish`]. Polling a new one where another left off is
+/// the same as polling that one.
 pub struct Finish<'a> {
     copy: &'a mut CopyIn,
-    ended: bool,
 }
 
 impl Operation for Finish<'_> {
@@ -267,8 +272,8 @@ impl Operation for Finish<'_> {
 
     fn poll(&mut self, conn: &mut Connection, _now: Instant) -> Step<u64> {
         let copy = &mut *self.copy;
-        if !self.ended {
-            self.ended = true;
+        if !copy.done_sent {
+            copy.done_sent = true;
             if copy.binary.is_some() && conn.copy_in_open(copy.ticket) {
                 if !copy.header_written {
                     copy.write(conn, BINARY_HEADER);

@@ -6,7 +6,9 @@
 //! trip saved: should the statement fail before copying, the server drops
 //! the data with everything else up to the Sync). CopyDone or CopyFail,
 //! then a Sync, end it. Until then nothing else may be sent: the server
-//! would read it as the end of the copy, so other submits are refused.
+//! would read it as the end of the copy, so other submits are refused. A
+//! copy may join a batch (an `atomic` around a bulk load): its writer then
+//! ends it before the batch goes on, and the batch's Sync follows.
 //!
 //! `TO STDOUT`: the data are kept as chunks the caller takes while they
 //! arrive ([`Connection::take_copy_chunks`]); what was not taken comes with
@@ -49,10 +51,9 @@ pub(crate) fn copy_data_header(len: usize, out: &mut BytesMut) {
 }
 
 impl Connection {
-    /// Starts `COPY … FROM STDIN`: the caller then hands the data to
-    /// [`Connection::copy_in_send`] and ends with
-    /// [`Connection::copy_in_end`] (usually through [`crate::copy::CopyIn`]).
-    /// Refused inside a batch, and while another copy is open.
+    /// Starts `COPY … FROM STDIN`: the caller then hands over the data and
+    /// ends with [`Connection::copy_in_end`] (through
+    /// [`crate::copy::CopyIn`]). Refused while another copy is open.
     pub fn submit_copy_in(&mut self, sql: &str, now: std::time::Instant) -> Result<Ticket, Error> {
         self.now = now;
         self.submit_copy(sql, Direction::In)
@@ -73,11 +74,6 @@ impl Connection {
         if !self.is_ready() {
             return Err(Error::misuse("a COPY cannot start before the session is ready"));
         }
-        if self.in_batch() {
-            return Err(Error::misuse(
-                "a COPY cannot join a pipeline or atomic batch: its data must follow it on the wire",
-            ));
-        }
         self.forget_stale_types();
         let ticket = Ticket(self.next_ticket);
         let mut buf = std::mem::take(&mut self.out);
@@ -94,10 +90,7 @@ impl Connection {
                 self.queue.push_back(Entry::Stmt(Box::new(s)));
                 match dir {
                     Direction::In => self.copy_in = Some(ticket),
-                    Direction::Out => {
-                        frontend::sync(&mut buf);
-                        self.queue.push_back(Entry::Sync);
-                    }
+                    Direction::Out => self.end_request(&mut buf),
                 }
                 self.out = buf;
             }
@@ -187,14 +180,17 @@ impl Connection {
         self.close_copy_in();
     }
 
-    /// The copy takes no more data; the Sync the server waits for (after
-    /// CopyDone or CopyFail, or after an error it raised mid-copy) goes out.
+    /// The copy takes no more data. The Sync that ends its group (which
+    /// the server waits for after an error it raised mid-copy) goes out now,
+    /// or with the batch the copy joined.
     pub(super) fn close_copy_in(&mut self) {
         if self.copy_in.take().is_some() {
-            frontend::sync(&mut self.out);
-            self.queue.push_back(Entry::Sync);
-            // A type lookup held back while the copy was open.
-            self.send_type_lookup();
+            self.unsynced = true;
+            if !self.in_batch() {
+                self.push_sync();
+                // A type lookup held back while the copy was open.
+                self.send_type_lookup();
+            }
         }
     }
 

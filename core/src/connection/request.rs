@@ -74,7 +74,7 @@ impl Connection {
         })
     }
 
-    fn end_request(&mut self, buf: &mut BytesMut) {
+    pub(super) fn end_request(&mut self, buf: &mut BytesMut) {
         if self.batch_depth == 0 {
             frontend::sync(buf);
             self.queue.push_back(Entry::Sync);
@@ -95,7 +95,8 @@ impl Connection {
 
     pub fn end_batch(&mut self) {
         self.batch_depth = self.batch_depth.saturating_sub(1);
-        if self.batch_depth == 0 && self.unsynced {
+        // A copy still taking data sends the Sync itself when it ends.
+        if self.batch_depth == 0 && self.unsynced && self.copy_in.is_none() {
             self.push_sync();
             self.send_type_lookup();
         }
@@ -476,7 +477,7 @@ impl Connection {
         }
     }
 
-    fn push_sync(&mut self) {
+    pub(super) fn push_sync(&mut self) {
         let buf = self.send_buf();
         frontend::sync(buf);
         self.queue.push_back(Entry::Sync);

@@ -353,10 +353,7 @@ impl Connection {
                     }
                 }
             }
-            Some(front) => {
-                // A copy the server gave up on: it now discards what we
-                // send until a Sync, which ends the copy on our side too.
-                let copy_failed = self.copy_in.is_some() && entry_ticket(front) == self.copy_in;
+            Some(_) => {
                 self.group_failed = true;
                 let stale = matches!(
                     e.code(),
@@ -389,8 +386,13 @@ impl Connection {
                         _ => {}
                     }
                 }
-                if copy_failed {
-                    self.close_copy_in();
+                if let Some(t) = self.copy_in {
+                    if !self.queue.iter().any(|e| entry_ticket(e) == Some(t)) {
+                        // A copy the server gave up on (or skipped): it now
+                        // discards what we send until a Sync, which ends
+                        // the copy on our side too.
+                        self.close_copy_in();
+                    }
                 }
             }
         }

@@ -30,6 +30,7 @@
 //! assert!(long_books.to_sql().text.starts_with(r#"SELECT "books"."id""#));
 //! ```
 
+mod bulk_copy;
 pub mod expr;
 pub mod model;
 pub mod queryset;

@@ -6,6 +6,7 @@
 
 use std::borrow::{Borrow, BorrowMut};
 
+use super::bulk_copy;
 use super::expr::{Col, Value};
 use super::model::{HookCtx, Model};
 use super::queryset::{decode_models, QuerySet};
@@ -258,7 +259,7 @@ impl Conflict {
         }
     }
 
-    fn render(&self, s: &mut Sql) {
+    pub(super) fn render(&self, s: &mut Sql) {
         s.push(" ON CONFLICT (");
         s.list(&self.target, |s, c| s.ident(c));
         s.push(")");
@@ -327,6 +328,8 @@ column_tuples!(A 0, B 1, C 2, D 3);
 pub struct BulkInsert<M: Model> {
     models: Vec<M>,
     conflict: Option<Conflict>,
+    /// From how many models `execute` copies (see [`BulkInsert::copy_from`]).
+    copy_from: usize,
     op: crate::ops::Deferred<BoxOp<'static, Vec<M>>>,
 }
 
@@ -362,6 +365,7 @@ impl<M: Model> BulkInsert<M> {
         BulkInsert {
             models: models.into_iter().collect(),
             conflict: None,
+            copy_from: bulk_copy::COPY_THRESHOLD,
             op: Default::default(),
         }
     }
@@ -377,8 +381,10 @@ impl<M: Model> BulkInsert<M> {
 
     /// Inserts without bringing the rows back: the output is the number of
     /// rows written. For a model without hooks nothing is returned or
-    /// decoded (the statements have no `RETURNING`), which is what a bulk
-    /// load wants; a model with hooks is inserted as by the operation
+    /// decoded, which is what a bulk load wants: from 500 models on (all
+    /// with, or all without, their key) the rows go by binary `COPY` (an
+    /// upsert through a temporary table), below that by multi-row
+    /// `INSERT`s. A model with hooks is inserted as by the operation
     /// itself, so `after_save` still sees each stored row.
     ///
     /// ```
@@ -394,11 +400,32 @@ impl<M: Model> BulkInsert<M> {
         if M::HAS_HOOKS {
             return Box::new(self.map(|stored| Ok(stored.len() as u64)));
         }
-        let BulkInsert { models, conflict, .. } = self;
+        let BulkInsert {
+            models,
+            conflict,
+            copy_from,
+            ..
+        } = self;
+        if !models.is_empty() && models.len() >= copy_from {
+            // One COPY for models that all write the same columns.
+            let has_key = models[0].key().is_some();
+            let cols = inserted_columns::<M>(has_key);
+            if !cols.is_empty() && models.iter().all(|m| m.key().is_some() == has_key) {
+                return bulk_copy::copy_models(models, cols, conflict);
+            }
+        }
         Box::new(lazy(move || {
             let writes = Self::statements(models, conflict.as_ref(), false);
             Ok(pipeline(writes).map(|results| Ok(results.iter().map(|r| r.rows_affected()).sum())))
         }))
+    }
+
+    /// From how many models [`execute`](Self::execute) loads by `COPY`
+    /// instead of multi-row `INSERT`s (500 unless set; `usize::MAX`
+    /// never copies, `0` always does).
+    pub fn copy_from(mut self, models: usize) -> Self {
+        self.copy_from = models;
+        self
     }
 
     /// The statements, rendered (for tests and logs). Hooks have not run.
@@ -500,7 +527,9 @@ impl<M: Model> BulkInsert<M> {
 impl<M: Model> Operation for BulkInsert<M> {
     type Output = Vec<M>;
     fn poll(&mut self, conn: &mut crate::Connection, now: std::time::Instant) -> crate::Step<Vec<M>> {
-        let BulkInsert { models, conflict, op } = self;
+        let BulkInsert {
+            models, conflict, op, ..
+        } = self;
         op.poll_with(conn, now, || {
             if models.is_empty() {
                 return Err(crate::Step::Ready(Ok(Vec::new())));
