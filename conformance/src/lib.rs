@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use duet_core::copy::Bytes;
+use duet_core::listen::Heard;
 use duet_core::ops::TxOptions;
 use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus, Type};
 
@@ -22,6 +23,8 @@ use duet_core::{Error, Event, Operation, Param, Row, TransactionStatus, Type};
 /// body exercises both.
 pub trait Driver: Sized {
     const NAME: &'static str;
+    /// The driver's LISTEN/NOTIFY listener.
+    type Listener: Listening;
     fn connect(url: &str) -> Result<Self, Error>;
     fn run<O: Operation + Send>(&mut self, op: O) -> Result<O::Output, Error>
     where
@@ -81,6 +84,98 @@ pub trait Driver: Sized {
     fn copy_out_to(&mut self, sql: &str) -> Result<(Vec<u8>, u64), Error>;
     /// The rows of a binary `COPY … TO STDOUT`.
     fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error>;
+}
+
+/// A driver's `Listener`, driven blocking.
+pub trait Listening: Sized {
+    fn connect(url: &str) -> Result<Self, Error>;
+    fn listen(&mut self, channel: &str) -> Result<(), Error>;
+    fn unlisten(&mut self, channel: &str) -> Result<(), Error>;
+    /// Waits up to `timeout` (`recv_timeout`).
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Heard>, Error>;
+    /// The next item of the iterator (blocking) or the `Stream` (tokio);
+    /// after it, `listen` and `unlisten` are gone (the stream owns the
+    /// listener) and `recv_timeout` reads the stream.
+    fn next_item(&mut self) -> Result<Heard, Error>;
+}
+
+impl Listening for duet_sync::Listener {
+    fn connect(url: &str) -> Result<Self, Error> {
+        duet_sync::Listener::connect(url)
+    }
+    fn listen(&mut self, channel: &str) -> Result<(), Error> {
+        duet_sync::Listener::listen(self, channel)
+    }
+    fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
+        duet_sync::Listener::unlisten(self, channel)
+    }
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Heard>, Error> {
+        duet_sync::Listener::recv_timeout(self, timeout)
+    }
+    fn next_item(&mut self) -> Result<Heard, Error> {
+        Iterator::next(self).expect("the listener's iterator never ends")
+    }
+}
+
+type HeardStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Heard, Error>> + Send>>;
+
+/// The tokio listener, on a runtime of its own; turned into its `Stream`
+/// at the first `next_item`.
+pub struct TokioListener {
+    rt: tokio::runtime::Runtime,
+    listener: Option<duet_async::Listener>,
+    stream: Option<HeardStream>,
+}
+
+impl TokioListener {
+    /// Runs `f`'s future on the listener (before it became a stream).
+    fn on<T>(&mut self, f: impl AsyncFnOnce(&mut duet_async::Listener) -> T) -> T {
+        let listener = self.listener.as_mut().expect("still a listener, not yet a stream");
+        self.rt.block_on(f(listener))
+    }
+}
+
+impl Listening for TokioListener {
+    fn connect(url: &str) -> Result<Self, Error> {
+        let rt = runtime();
+        let listener = rt.block_on(duet_async::Listener::connect(url))?;
+        Ok(TokioListener {
+            rt,
+            listener: Some(listener),
+            stream: None,
+        })
+    }
+    fn listen(&mut self, channel: &str) -> Result<(), Error> {
+        self.on(async |l| l.listen(channel).await)
+    }
+    fn unlisten(&mut self, channel: &str) -> Result<(), Error> {
+        self.on(async |l| l.unlisten(channel).await)
+    }
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Heard>, Error> {
+        use futures_util::StreamExt;
+        match &mut self.stream {
+            // Waiting on the stream's next item is cancel safe: the wait
+            // goes on at the next poll.
+            Some(stream) => match self
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, stream.next()).await })
+            {
+                Ok(item) => item.expect("the listener's stream never ends").map(Some),
+                Err(_) => Ok(None),
+            },
+            None => self.on(async |l| l.recv_timeout(timeout).await),
+        }
+    }
+    fn next_item(&mut self) -> Result<Heard, Error> {
+        use futures_util::StreamExt;
+        if let Some(l) = self.listener.take() {
+            self.stream = Some(Box::pin(l.into_stream()));
+        }
+        let stream = self.stream.as_mut().expect("a stream");
+        self.rt
+            .block_on(stream.next())
+            .expect("the listener's stream never ends")
+    }
 }
 
 /// The first column of the first row of a simple query, as text.
@@ -161,6 +256,7 @@ pub struct Sync(pub duet_sync::Client);
 
 impl Driver for Sync {
     const NAME: &'static str = "sync";
+    type Listener = duet_sync::Listener;
     fn connect(url: &str) -> Result<Self, Error> {
         duet_sync::Client::connect(url).map(Sync)
     }
@@ -303,6 +399,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 impl Driver for Tokio {
     const NAME: &'static str = "tokio";
+    type Listener = TokioListener;
     fn connect(url: &str) -> Result<Self, Error> {
         let rt = runtime();
         let client = rt.block_on(duet_async::Client::connect(url))?;

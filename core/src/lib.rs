@@ -30,6 +30,7 @@ mod connect;
 mod connection;
 pub mod copy;
 mod error;
+pub mod listen;
 pub mod ops;
 pub mod orm;
 pub mod params;

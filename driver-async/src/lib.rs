@@ -35,13 +35,16 @@ pub use duet_core;
 mod copying;
 #[cfg(feature = "deadpool")]
 pub mod deadpool;
+mod listener;
 pub mod pool;
 
 pub use copying::{CopyIn, CopyOut};
+pub use duet_core::listen::{Heard, Missed, Notification};
+pub use listener::Listener;
 
 /// Everything an application needs: `use duet_async::prelude::*;`.
 pub mod prelude {
-    pub use crate::{CancelToken, Client, CopyIn, CopyOut};
+    pub use crate::{CancelToken, Client, CopyIn, CopyOut, Heard, Listener};
     pub use duet_core::prelude::*;
 }
 
@@ -441,21 +444,28 @@ impl Client {
     /// Waits up to `timeout` for a notice, notification or parameter change.
     pub async fn wait_event(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
         // A limit past the end of the clock is no limit.
-        let until = TokioInstant::now().checked_add(timeout);
+        let until = deadline_after(Instant::now(), timeout);
         loop {
             if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
             }
-            let ready = self.sock.ready(TokioInterest::READABLE);
-            let waited = match until {
-                Some(u) => tokio::time::timeout_at(u, ready).await,
-                None => Ok(ready.await),
-            };
-            match waited {
-                Ok(Ok(_)) => self.read_once()?,
-                Ok(Err(e)) => return Err(self.fatal(e)),
-                Err(_) => return Ok(None),
+            if !self.await_input(until).await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Waits for input until `until` and reads it; false once `until` passed.
+    async fn await_input(&mut self, until: Option<Instant>) -> Result<bool, Error> {
+        let ready = self.sock.ready(TokioInterest::READABLE);
+        let waited = match until {
+            Some(u) => tokio::time::timeout_at(TokioInstant::from_std(u), ready).await,
+            None => Ok(ready.await),
+        };
+        match waited {
+            Ok(Ok(_)) => self.read_once().map(|()| true),
+            Ok(Err(e)) => Err(self.fatal(e)),
+            Err(_) => Ok(false),
         }
     }
 

@@ -30,15 +30,18 @@ pub struct ReadmeDoctests;
 pub use duet_core;
 
 mod copying;
+mod listener;
 pub mod pool;
 #[cfg(feature = "r2d2")]
 pub mod r2d2;
 
 pub use copying::{CopyIn, CopyOut};
+pub use duet_core::listen::{Heard, Missed, Notification};
+pub use listener::Listener;
 
 /// Everything an application needs: `use duet_sync::prelude::*;`.
 pub mod prelude {
-    pub use crate::{CancelToken, Client, CopyIn, CopyOut};
+    pub use crate::{CancelToken, Client, CopyIn, CopyOut, Heard, Listener};
     pub use duet_core::prelude::*;
 }
 
@@ -453,12 +456,20 @@ impl Client {
             if let Some(e) = self.conn.next_event()? {
                 return Ok(Some(e));
             }
-            let (readable, _) = self.sock.wait(true, false, until).map_err(|e| self.fatal(e))?;
-            if readable {
-                self.read_once()?;
-            } else if until.is_some_and(|u| Instant::now() >= u) {
+            if !self.await_input(until)? {
                 return Ok(None);
             }
+        }
+    }
+
+    /// Waits for input until `until` and reads it; false once `until` passed.
+    fn await_input(&mut self, until: Option<Instant>) -> Result<bool, Error> {
+        let (readable, _) = self.sock.wait(true, false, until).map_err(|e| self.fatal(e))?;
+        if readable {
+            self.read_once()?;
+            Ok(true)
+        } else {
+            Ok(until.is_none_or(|u| Instant::now() < u))
         }
     }
 

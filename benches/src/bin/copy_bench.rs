@@ -1,5 +1,6 @@
 //! COPY side by side, on one throwaway server, contenders interleaved
-//! round by round (median wall time of the rounds):
+//! round by round, each round starting with another (medians of the
+//! rounds' wall time and client CPU time):
 //!
 //! - **binary rows**: 100,000 typed rows (int8, text, float8, timestamptz)
 //!   by duet's `write_row` (both drivers) against tokio-postgres's
@@ -193,41 +194,45 @@ fn main() {
 
     // ---- binary rows ----
     let (mut d_sync, mut d_async, mut tp) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        truncate("copy_bench");
-        d_sync.push(timed(|| {
-            let mut copy = sync.copy_in_binary(COPY_SQL, &TYPES).unwrap();
-            for r in &rows {
-                copy.write_row(&[&r.sensor, &r.label, &r.value, &r.at]).unwrap();
+    // Each round starts with a different contender, so none always runs
+    // right after the same neighbour.
+    for round in 0..rounds {
+        for k in 0..3 {
+            truncate("copy_bench");
+            match (round + k) % 3 {
+                0 => d_sync.push(timed(|| {
+                    let mut copy = sync.copy_in_binary(COPY_SQL, &TYPES).unwrap();
+                    for r in &rows {
+                        copy.write_row(&[&r.sensor, &r.label, &r.value, &r.at]).unwrap();
+                    }
+                    assert_eq!(copy.finish().unwrap(), ROWS as u64);
+                })),
+                1 => d_async.push(timed(|| {
+                    rt.block_on(async {
+                        let mut copy = async_client.copy_in_binary(COPY_SQL, &TYPES).await.unwrap();
+                        for r in &rows {
+                            copy.write_row(&[&r.sensor, &r.label, &r.value, &r.at]).await.unwrap();
+                        }
+                        assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
+                    })
+                })),
+                _ => tp.push(timed(|| {
+                    rt.block_on(async {
+                        let sink = tpg.copy_in::<_, bytes::Bytes>(COPY_SQL).await.unwrap();
+                        let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &TYPES);
+                        let mut writer = std::pin::pin!(writer);
+                        for r in &rows {
+                            writer
+                                .as_mut()
+                                .write(&[&r.sensor, &r.label, &r.value, &r.at])
+                                .await
+                                .unwrap();
+                        }
+                        assert_eq!(writer.finish().await.unwrap(), ROWS as u64);
+                    })
+                })),
             }
-            assert_eq!(copy.finish().unwrap(), ROWS as u64);
-        }));
-        truncate("copy_bench");
-        d_async.push(timed(|| {
-            rt.block_on(async {
-                let mut copy = async_client.copy_in_binary(COPY_SQL, &TYPES).await.unwrap();
-                for r in &rows {
-                    copy.write_row(&[&r.sensor, &r.label, &r.value, &r.at]).await.unwrap();
-                }
-                assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
-            })
-        }));
-        truncate("copy_bench");
-        tp.push(timed(|| {
-            rt.block_on(async {
-                let sink = tpg.copy_in::<_, bytes::Bytes>(COPY_SQL).await.unwrap();
-                let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &TYPES);
-                let mut writer = std::pin::pin!(writer);
-                for r in &rows {
-                    writer
-                        .as_mut()
-                        .write(&[&r.sensor, &r.label, &r.value, &r.at])
-                        .await
-                        .unwrap();
-                }
-                assert_eq!(writer.finish().await.unwrap(), ROWS as u64);
-            })
-        }));
+        }
     }
     report(
         &format!("COPY {ROWS} typed rows, binary (write_row)"),
@@ -241,46 +246,47 @@ fn main() {
     // ---- csv bytes ----
     let (mut d_sync, mut d_async, mut sq, mut tp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let chunks: Vec<&[u8]> = csv_data.chunks(64 * 1024).collect();
-    for _ in 0..rounds {
-        truncate("copy_bench");
-        d_sync.push(timed(|| {
-            let mut copy = sync.copy_in(CSV_SQL).unwrap();
-            for c in &chunks {
-                copy.write(c).unwrap();
+    for round in 0..rounds {
+        for k in 0..4 {
+            truncate("copy_bench");
+            match (round + k) % 4 {
+                0 => d_sync.push(timed(|| {
+                    let mut copy = sync.copy_in(CSV_SQL).unwrap();
+                    for c in &chunks {
+                        copy.write(c).unwrap();
+                    }
+                    assert_eq!(copy.finish().unwrap(), ROWS as u64);
+                })),
+                1 => d_async.push(timed(|| {
+                    rt.block_on(async {
+                        let mut copy = async_client.copy_in(CSV_SQL).await.unwrap();
+                        for c in &chunks {
+                            copy.write(c).await.unwrap();
+                        }
+                        assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
+                    })
+                })),
+                2 => sq.push(timed(|| {
+                    rt.block_on(async {
+                        let mut copy = sqlx_conn.copy_in_raw(CSV_SQL).await.unwrap();
+                        for c in &chunks {
+                            copy.send(*c).await.unwrap();
+                        }
+                        assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
+                    })
+                })),
+                _ => tp.push(timed(|| {
+                    rt.block_on(async {
+                        let sink = tpg.copy_in::<_, bytes::Bytes>(CSV_SQL).await.unwrap();
+                        let mut sink = std::pin::pin!(sink);
+                        for c in &chunks {
+                            sink.send(bytes::Bytes::copy_from_slice(c)).await.unwrap();
+                        }
+                        assert_eq!(sink.finish().await.unwrap(), ROWS as u64);
+                    })
+                })),
             }
-            assert_eq!(copy.finish().unwrap(), ROWS as u64);
-        }));
-        truncate("copy_bench");
-        d_async.push(timed(|| {
-            rt.block_on(async {
-                let mut copy = async_client.copy_in(CSV_SQL).await.unwrap();
-                for c in &chunks {
-                    copy.write(c).await.unwrap();
-                }
-                assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
-            })
-        }));
-        truncate("copy_bench");
-        sq.push(timed(|| {
-            rt.block_on(async {
-                let mut copy = sqlx_conn.copy_in_raw(CSV_SQL).await.unwrap();
-                for c in &chunks {
-                    copy.send(*c).await.unwrap();
-                }
-                assert_eq!(copy.finish().await.unwrap(), ROWS as u64);
-            })
-        }));
-        truncate("copy_bench");
-        tp.push(timed(|| {
-            rt.block_on(async {
-                let sink = tpg.copy_in::<_, bytes::Bytes>(CSV_SQL).await.unwrap();
-                let mut sink = std::pin::pin!(sink);
-                for c in &chunks {
-                    sink.send(bytes::Bytes::copy_from_slice(c)).await.unwrap();
-                }
-                assert_eq!(sink.finish().await.unwrap(), ROWS as u64);
-            })
-        }));
+        }
     }
     report(
         &format!(
@@ -297,21 +303,21 @@ fn main() {
 
     // ---- ORM bulk insert ----
     let (mut d_copy, mut d_insert, mut diesel_like) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        truncate("copy_bench_models");
-        let models = readings(ROWS);
-        d_copy.push(timed(|| {
-            assert_eq!(sync.run(Reading::bulk_insert(models).execute()).unwrap(), ROWS as u64);
-        }));
-        truncate("copy_bench_models");
-        let models = readings(ROWS);
-        d_insert.push(timed(|| {
-            let op = Reading::bulk_insert(models).copy_from(usize::MAX).execute();
-            assert_eq!(sync.run(op).unwrap(), ROWS as u64);
-        }));
-        truncate("copy_bench_models");
-        let models = readings(ROWS);
-        diesel_like.push(timed(|| assert_eq!(multi_row_insert(&mut pg, &models), ROWS as u64)));
+    for round in 0..rounds {
+        for k in 0..3 {
+            truncate("copy_bench_models");
+            let models = readings(ROWS);
+            match (round + k) % 3 {
+                0 => d_copy.push(timed(|| {
+                    assert_eq!(sync.run(Reading::bulk_insert(models).execute()).unwrap(), ROWS as u64);
+                })),
+                1 => d_insert.push(timed(|| {
+                    let op = Reading::bulk_insert(models).copy_from(usize::MAX).execute();
+                    assert_eq!(sync.run(op).unwrap(), ROWS as u64);
+                })),
+                _ => diesel_like.push(timed(|| assert_eq!(multi_row_insert(&mut pg, &models), ROWS as u64))),
+            }
+        }
     }
     report(
         &format!("ORM bulk insert of {ROWS} models"),

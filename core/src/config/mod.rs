@@ -266,7 +266,8 @@ pub struct Config {
     /// (`cancel_grace_ms=…` in a connection string; default 5 s).
     pub cancel_grace: Duration,
     /// Notices, notifications and parameter changes kept until the
-    /// application takes them; the oldest are dropped past this.
+    /// application takes them; the oldest are dropped past this
+    /// (`event_capacity=…` in a connection string; default 1,024).
     pub event_capacity: usize,
     /// Where to look for the server's Unix socket when a host names this
     /// machine (`localhost`, `127.0.0.1`, `::1`) and TLS is not demanded
@@ -739,6 +740,11 @@ impl Config {
                     ))
                 })?;
                 self.cancel_grace = Duration::from_millis(ms);
+            }
+            "event_capacity" => {
+                self.event_capacity = value
+                    .parse()
+                    .map_err(|_| Error::config(format!("event_capacity {value:?} is not a whole number")))?
             }
             "statement_cache_capacity" => {
                 self.statement_cache_capacity = value

@@ -2,8 +2,10 @@ use super::*;
 
 #[test]
 fn url_forms() {
-    let c =
-        Config::parse("postgresql://u%40x:p%3Aw@[::1]:7/d%20b?options=-c%20a%3Db&statement_cache_capacity=0").unwrap();
+    let c = Config::parse(
+        "postgresql://u%40x:p%3Aw@[::1]:7/d%20b?options=-c%20a%3Db&statement_cache_capacity=0&event_capacity=8",
+    )
+    .unwrap();
     assert_eq!(c.user, "u@x");
     assert_eq!(c.password.as_deref(), Some("p:w"));
     assert_eq!(c.host, [Host::Tcp("::1".into())]);
@@ -11,6 +13,7 @@ fn url_forms() {
     assert_eq!(c.dbname.as_deref(), Some("d b"));
     assert_eq!(c.options.as_deref(), Some("-c a=b"));
     assert_eq!(c.statement_cache_capacity, 0);
+    assert_eq!(c.event_capacity, 8);
     let h = Config::parse("postgres://%2Ftmp%2Fsock/db").unwrap();
     assert_eq!(h.host, [Host::Unix("/tmp/sock".into())]);
 }
