@@ -252,6 +252,9 @@ fn consume_response(r: Result<Response, Error>, statements: &mut Vec<Statement>)
         Ok(Response::CopyOut { rest, tag }) => {
             let _ = (rest.iter().map(|c| c.len()).sum::<usize>(), tag);
         }
+        Ok(Response::Portal(p)) => {
+            let _ = (p.name().len(), p.columns().len());
+        }
         Ok(Response::Simple(msgs)) => {
             for m in msgs.iter().take(16) {
                 if let duet_core::SimpleMessage::Row(r) = m {
@@ -288,7 +291,7 @@ fn make_op<'a>(kind: u8, p: &'a [Param<'a>], now: Instant) -> Box<dyn Operation<
     fn done<T>(_: T) -> Result<(), Error> {
         Ok(())
     }
-    match kind % 6 {
+    match kind % 7 {
         0 => Box::new(atomic(pipeline((query("SELECT $1", p).rows(), query("SELECT 2", &[]).one()))).map(done)),
         1 => Box::new(pipeline((query("SELECT $1", p).opt(), simple_query("SELECT 1; SELECT 2", None))).map(done)),
         2 => Box::new(atomic(atomic(query("UPDATE t SET x = $1", p).affected())).map(done)),
@@ -302,7 +305,13 @@ fn make_op<'a>(kind: u8, p: &'a [Param<'a>], now: Instant) -> Box<dyn Operation<
                 })
                 .map(done),
         ),
-        _ => Box::new(pipeline(vec![query("SELECT 1", &[]).rows(), query("SELECT $1", p).rows()]).map(done)),
+        5 => Box::new(pipeline(vec![query("SELECT 1", &[]).rows(), query("SELECT $1", p).rows()]).map(done)),
+        _ => Box::new(
+            atomic(duet_core::ops::then(duet_core::ops::portal("SELECT $1", p), |pt| {
+                Ok(duet_core::ops::fetch(&pt, 1))
+            }))
+            .map(done),
+        ),
     }
 }
 

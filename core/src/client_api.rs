@@ -73,6 +73,17 @@ macro_rules! client_api {
             self.run($crate::ops::execute(stmt, params, None))$($await)*.map(|r| r.rows)
         }
 
+        /// Binds a query to a portal of the open transaction, to [`fetch`](Self::fetch)
+        /// its rows a few at a time; see [`ops::portal`]($crate::ops::portal).
+        pub $($async)? fn portal(&mut self, sql: &str, params: &[$crate::Param<'_>]) -> Result<$crate::Portal, $crate::Error> {
+            self.run($crate::ops::portal(sql, params))$($await)*
+        }
+
+        /// The next `max_rows` rows of a portal (0: all that are left).
+        pub $($async)? fn fetch(&mut self, portal: &$crate::Portal, max_rows: u32) -> Result<$crate::ops::Fetched, $crate::Error> {
+            self.run($crate::ops::fetch(portal, max_rows))$($await)*
+        }
+
         /// Runs independent operations in one round trip; see
         /// [`ops::pipeline`]($crate::ops::pipeline).
         pub $($async)? fn pipeline<P: $crate::ops::PipelineOps>(&mut self, ops: P) -> Result<P::Output, $crate::Error> {

@@ -45,8 +45,8 @@ pub use config::{
 };
 pub use connect::{Attempt, Connector};
 pub use connection::{
-    deadline_after, CancelRequest, Connection, Event, Interest, QueryResult, Request, Response, SecretKey, Statement,
-    Ticket, TransactionStatus, TxOutcome,
+    deadline_after, CancelRequest, Connection, Event, Interest, Portal, QueryResult, Request, Response, SecretKey,
+    Statement, Ticket, TransactionStatus, TxOutcome,
 };
 /// `#[derive(FromRow)]`: see the [`FromRow`] trait.
 pub use duet_derive::FromRow;

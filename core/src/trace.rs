@@ -80,7 +80,7 @@ impl StatementSpan {
                     .count();
                 span.record("rows", rows);
             }
-            Ok(Response::Prepared(_)) => {}
+            Ok(Response::Prepared(_) | Response::Portal(_)) => {}
             Err(Error::Db(e)) => {
                 span.record("sqlstate", e.code.as_str());
             }

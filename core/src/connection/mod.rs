@@ -152,6 +152,28 @@ impl CancelRequest {
 #[derive(Clone)]
 pub struct Statement(Arc<StatementInner>);
 
+/// A statement bound to a named portal inside a transaction: its rows are
+/// fetched a few at a time ([`crate::ops::fetch`]), with other statements
+/// in between. It lasts until the transaction ends.
+#[derive(Clone, Debug)]
+pub struct Portal(Arc<PortalInner>);
+
+#[derive(Debug)]
+struct PortalInner {
+    name: String,
+    sql: Arc<str>,
+    columns: Arc<[Column]>,
+}
+
+impl Portal {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn columns(&self) -> &[Column] {
+        &self.0.columns
+    }
+}
+
 struct StatementInner {
     name: String,
     sql: Arc<str>,
@@ -223,6 +245,8 @@ pub enum Response {
     Rows(QueryResult),
     Prepared(Statement),
     Simple(Vec<SimpleMessage>),
+    /// A statement bound to a portal.
+    Portal(Portal),
     /// A `COPY … TO STDOUT` ended: the data chunks not taken while it ran
     /// ([`Connection::take_copy_chunks`]) and its command tag.
     CopyOut {
@@ -248,6 +272,10 @@ enum RequestKind<'a> {
     /// nothing else depends on its `Parse`, so an unsent one can be taken
     /// back whole ([`Connection::retract`]).
     Control(&'a str),
+    /// Binds an encoded statement to a named portal, without running it.
+    BindPortal(&'a str, Encoded, &'a str),
+    /// Runs a portal for at most this many rows (0: all that are left).
+    FetchPortal(&'a Portal, u32),
 }
 
 impl RequestKind<'_> {
@@ -258,8 +286,10 @@ impl RequestKind<'_> {
             | RequestKind::Query(sql, _)
             | RequestKind::Prepare(sql, _)
             | RequestKind::Encoded(sql, _)
-            | RequestKind::Control(sql) => sql,
+            | RequestKind::Control(sql)
+            | RequestKind::BindPortal(sql, _, _) => sql,
             RequestKind::Execute(stmt, _) => stmt.sql(),
+            RequestKind::FetchPortal(p, _) => &p.0.sql,
         }
     }
 }
@@ -341,6 +371,9 @@ struct StmtState {
     columns: Option<Arc<[Column]>>,
     rows: Vec<Row>,
     copy: copy::CopyRole,
+    /// Bound to this portal (name, statement text), not run: done once it
+    /// is described.
+    binds: Option<(Arc<str>, Arc<str>)>,
     /// Where this statement's messages sit in the send stream (absolute
     /// byte offset, length), so an unsent one can be taken back
     /// ([`Connection::retract`]) and a lost connection can tell whether
@@ -363,6 +396,7 @@ impl StmtState {
             columns,
             rows: Vec::new(),
             copy: copy::CopyRole::None,
+            binds: None,
             span,
         }
     }
@@ -475,6 +509,8 @@ pub struct Connection {
     types: types::Types,
     /// The `COPY FROM STDIN` taking data: nothing else may be sent.
     copy_in: Option<Ticket>,
+    /// Portals named so far (`duet_c1`, …).
+    next_portal: u64,
 }
 
 impl Connection {
@@ -608,6 +644,7 @@ impl Connection {
             now,
             types: types::Types::default(),
             copy_in: None,
+            next_portal: 0,
         }
     }
 

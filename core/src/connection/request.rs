@@ -11,7 +11,7 @@ use postgres_protocol::message::frontend;
 use postgres_types::Type;
 
 use super::{
-    io_to_encode, Connection, Entry, Phase, PrepareState, Request, RequestKind, SimpleState, StmtState, Ticket,
+    io_to_encode, Connection, Entry, Phase, Portal, PrepareState, Request, RequestKind, SimpleState, StmtState, Ticket,
     XID_PROBE,
 };
 use crate::cache::CacheLookup;
@@ -244,7 +244,10 @@ impl Connection {
     }
 
     fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
-        if !matches!(req.kind, RequestKind::Query(..) | RequestKind::Encoded(..)) {
+        if !matches!(
+            req.kind,
+            RequestKind::Query(..) | RequestKind::Encoded(..) | RequestKind::BindPortal(..)
+        ) {
             self.close_dropped_statements(buf);
         }
         match req.kind {
@@ -274,9 +277,18 @@ impl Connection {
                         ))
                     }
                 };
-                self.encode_query(sql, &enc, ticket, buf)?;
+                self.encode_query(sql, &enc, ticket, buf, None)?;
             }
-            RequestKind::Encoded(sql, ref enc) => self.encode_query(sql, enc, ticket, buf)?,
+            RequestKind::Encoded(sql, ref enc) => self.encode_query(sql, enc, ticket, buf, None)?,
+            RequestKind::BindPortal(sql, ref enc, portal) => self.encode_query(sql, enc, ticket, buf, Some(portal))?,
+            RequestKind::FetchPortal(portal, max_rows) => {
+                let start = buf.len();
+                frontend::execute(portal.name(), max_rows as i32, buf).map_err(io_to_encode)?;
+                let span = self.span_of(start, buf.len());
+                let columns = Some(portal.0.columns.clone());
+                self.queue
+                    .push_back(Entry::Stmt(Box::new(StmtState::plain(ticket, false, columns, span))));
+            }
             RequestKind::Control(sql) => {
                 let start = buf.len();
                 frontend::parse("", sql, std::iter::empty(), buf).map_err(|e| sql_error(sql, e))?;
@@ -319,7 +331,17 @@ impl Connection {
         Ok(())
     }
 
-    fn encode_query(&mut self, sql: &str, enc: &Encoded, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
+    /// `Parse` (unless cached), `Bind`, `Describe` (unless the columns are
+    /// cached) and `Execute`; or, binding to `portal`, `Bind` and `Describe`
+    /// of that portal, not run yet.
+    fn encode_query(
+        &mut self,
+        sql: &str,
+        enc: &Encoded,
+        ticket: Ticket,
+        buf: &mut BytesMut,
+        portal: Option<&str>,
+    ) -> Result<(), Error> {
         let (name, parses, columns) = match self.cache.lookup(sql, enc.oids()) {
             CacheLookup::Hit { name, columns } => {
                 self.close_dropped_statements(buf);
@@ -345,11 +367,17 @@ impl Connection {
         if parses.is_some() {
             frontend::parse(&name, sql, enc.oids(), buf).map_err(|e| sql_error(sql, e))?;
         }
-        params::write_bind("", &name, enc, buf)?;
-        if columns.is_none() {
-            frontend::describe(b'P', "", buf).map_err(io_to_encode)?;
+        params::write_bind(portal.unwrap_or(""), &name, enc, buf)?;
+        match portal {
+            Some(p) => frontend::describe(b'P', p, buf).map_err(io_to_encode)?,
+            None => {
+                if columns.is_none() {
+                    frontend::describe(b'P', "", buf).map_err(io_to_encode)?;
+                }
+                frontend::execute("", 0, buf).map_err(io_to_encode)?;
+            }
         }
-        frontend::execute("", 0, buf).map_err(io_to_encode)?;
+        let columns = if portal.is_some() { None } else { columns };
         // Cached only once everything was encoded: a failed submit leaves
         // no entry behind.
         let parse_sent = parses.is_some();
@@ -359,7 +387,7 @@ impl Connection {
         }
         self.queue.push_back(Entry::Stmt(Box::new(StmtState {
             ticket,
-            learns: if parse_sent || columns.is_some() {
+            learns: if parse_sent || columns.is_some() || portal.is_some() {
                 None
             } else {
                 Some(name.clone())
@@ -371,6 +399,7 @@ impl Connection {
             columns,
             rows: Vec::new(),
             copy: super::copy::CopyRole::None,
+            binds: portal.map(|p| (Arc::from(p), Arc::from(sql))),
             span: self.span_of(start, buf.len()),
         })));
         Ok(())
@@ -546,5 +575,33 @@ pub(super) fn sql_error(sql: &str, e: std::io::Error) -> Error {
             "the SQL text has a NUL byte at byte {at}; PostgreSQL cannot take one in a statement"
         )),
         None => Error::encode(format!("statement text: {e}")),
+    }
+}
+
+impl Connection {
+    /// Binds `sql` with its encoded parameters to a new portal of the open
+    /// transaction (see [`crate::ops::portal`]).
+    pub(crate) fn submit_bind_portal(&mut self, sql: &str, enc: Encoded, now: Instant) -> Result<Ticket, Error> {
+        if !self.transaction_open() && self.atomic_depth == 0 {
+            return Err(Error::misuse(
+                "a portal lasts until its transaction ends: open one (atomic, or BEGIN) first",
+            ));
+        }
+        self.now = now;
+        self.next_portal += 1;
+        let name = format!("duet_c{}", self.next_portal);
+        self.submit_request(&Request {
+            kind: RequestKind::BindPortal(sql, enc, &name),
+            deadline: None,
+        })
+    }
+
+    /// Runs `portal` for at most `max_rows` more rows (0: all that are left).
+    pub(crate) fn submit_fetch(&mut self, portal: &Portal, max_rows: u32, now: Instant) -> Result<Ticket, Error> {
+        self.now = now;
+        self.submit_request(&Request {
+            kind: RequestKind::FetchPortal(portal, max_rows),
+            deadline: None,
+        })
     }
 }

@@ -11,8 +11,8 @@ use postgres_protocol::message::frontend;
 
 use super::copy::CopyRole;
 use super::{
-    entry_ticket, io_to_encode, proto, Connection, Entry, Event, Phase, QueryResult, Response, Statement,
-    StatementInner, TransactionStatus,
+    entry_ticket, io_to_encode, proto, Connection, Entry, Event, Phase, Portal, PortalInner, QueryResult, Response,
+    Statement, StatementInner, TransactionStatus,
 };
 use crate::row::{Column, Row, RowBlock, SimpleMessage, SimpleRow};
 use crate::{DbError, Error};
@@ -129,6 +129,9 @@ impl Connection {
                     self.cache.set_columns(name, columns.clone());
                 }
                 s.columns = Some(columns);
+                if s.binds.is_some() {
+                    self.complete_stmt(None);
+                }
             }
             (Entry::Stmt(s), Message::NoData) => {
                 let columns: Arc<[Column]> = Arc::from(Vec::new());
@@ -136,6 +139,9 @@ impl Connection {
                     self.cache.set_columns(name, columns.clone());
                 }
                 s.columns = Some(columns);
+                if s.binds.is_some() {
+                    self.complete_stmt(None);
+                }
             }
             (Entry::Stmt(_), Message::CommandComplete(body)) => {
                 let tag = body.tag().map_err(proto)?.to_string();
@@ -305,6 +311,16 @@ impl Connection {
     fn complete_stmt(&mut self, tag: Option<String>) {
         if let Some(Entry::Stmt(s)) = self.queue.pop_front() {
             let s = *s;
+            let columns = || s.columns.clone().unwrap_or_else(|| Arc::from(Vec::new()));
+            if let Some((name, sql)) = &s.binds {
+                let portal = Portal(Arc::new(PortalInner {
+                    name: name.to_string(),
+                    sql: sql.clone(),
+                    columns: columns(),
+                }));
+                self.group.push((s.ticket, Ok(Response::Portal(portal))));
+                return;
+            }
             let r = match s.copy {
                 // The data went by unread: never report that as success.
                 CopyRole::Unread(why) => Err(Error::misuse(why)),

@@ -384,6 +384,14 @@ impl Connection {
                 }
                 Response::Prepared(stmt)
             }
+            Response::Portal(p) => {
+                let columns = self.retype_columns(&p.0.columns);
+                Response::Portal(super::Portal(Arc::new(super::PortalInner {
+                    name: p.0.name.clone(),
+                    sql: p.0.sql.clone(),
+                    columns,
+                })))
+            }
             other => other,
         }
     }

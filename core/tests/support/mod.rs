@@ -888,6 +888,11 @@ pub fn outcome(r: Result<Response, Error>) -> Outcome {
             columns: cols(s.columns()),
         },
         Ok(Response::Simple(m)) => Outcome::Simple(m),
+        Ok(Response::Portal(p)) => Outcome::Prepared {
+            name: p.name().to_string(),
+            params: Vec::new(),
+            columns: cols(p.columns()),
+        },
         Ok(Response::CopyOut { rest, tag }) => Outcome::Rows {
             columns: Vec::new(),
             rows: rest.iter().map(|c| vec![Some(c.to_vec())]).collect(),
