@@ -27,6 +27,7 @@ pub use pipeline::{pipeline, Pipeline, PipelineOps, Slot};
 pub use portal::{fetch, portal, Fetched};
 pub use query::{query, Convert, Query};
 pub use ready::{ready, Ready};
+pub(crate) use single::prepare_owned;
 pub use single::{execute, prepare, simple_query, Single};
 pub use startup::{startup, Startup};
 pub use then::{then, then_result, Then};

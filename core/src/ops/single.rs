@@ -96,6 +96,20 @@ pub fn prepare<'a>(sql: &'a str, types: &'a [Type]) -> Single<'a, Statement> {
     }
 }
 
+/// [`prepare`] of a statement text the operation owns.
+pub(crate) fn prepare_owned(sql: String) -> Single<'static, Statement> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            c.submit(Request::prepare(&sql, &[]), now)
+        })),
+        ticket: None,
+        convert: |r| match r {
+            Response::Prepared(s) => Ok(s),
+            _ => Err(Error::protocol("internal: prepare gave another response")),
+        },
+    }
+}
+
 /// Executes a prepared statement.
 pub fn execute<'a>(stmt: &'a Statement, params: &'a [Param<'a>], deadline: Option<Instant>) -> Single<'a, QueryResult> {
     Single {

@@ -2,9 +2,11 @@
 //! multi-row `INSERT`s: no SQL text or parameter list to build and parse,
 //! values encoded straight into the stream.
 //!
-//! The target's column types are read first (binary COPY values must be
-//! encoded as the column's exact type, an application's enum included),
-//! then the rows stream in. With `ON CONFLICT`, they are copied into a
+//! The target's column types are read first, as the parameter types of
+//! the `INSERT` the rows would otherwise take (binary COPY values must be
+//! encoded as the column's exact type: an application's enum, a domain —
+//! which a result column would report as its base type), then the rows
+//! stream in. With `ON CONFLICT`, they are copied into a
 //! temporary table and moved by one `INSERT … SELECT … ON CONFLICT`.
 
 use std::time::Instant;
@@ -15,7 +17,7 @@ use super::model::Model;
 use super::render::Sql;
 use super::write::Conflict;
 use crate::copy::CopyIn;
-use crate::ops::{pipeline, then, BoxOp, Operation, Query, Step};
+use crate::ops::{pipeline, prepare_owned, then, BoxOp, Operation, Query, Step};
 use crate::params::Param;
 use crate::{Connection, Error};
 
@@ -43,11 +45,13 @@ pub(super) fn copy_models<M: Model>(
     let mut table = Sql::new();
     table.ident(meta.table);
     let table = table.text;
-    let describe = Query::owned(format!("SELECT {names} FROM {table} WHERE false"), Vec::new());
+    let mut placeholders = Sql::new();
+    placeholders.list(&cols, |s, _| s.placeholder());
+    let describe = prepare_owned(format!("INSERT INTO {table} ({names}) VALUES ({})", placeholders.text));
     let Some(conflict) = conflict else {
         let sql = format!("COPY {table} ({names}) FROM STDIN (FORMAT binary)");
-        return Box::new(then(describe, move |r| {
-            Ok(CopyRows::new(models, cols, &r.columns, sql))
+        return Box::new(then(describe, move |st| {
+            Ok(CopyRows::new(models, cols, st.params(), sql))
         }));
     };
     let staging = format!("CREATE TEMPORARY TABLE {STAGING} AS SELECT {names} FROM {table} WITH NO DATA");
@@ -64,7 +68,7 @@ pub(super) fn copy_models<M: Model>(
     let merge = merge.text;
     Box::new(then(prepare, move |(described, _, _)| {
         let sql = format!("COPY pg_temp.{STAGING} ({names}) FROM STDIN (FORMAT binary)");
-        let copy = CopyRows::new(models, cols, &described.columns, sql);
+        let copy = CopyRows::new(models, cols, described.params(), sql);
         Ok(then(copy, move |_| {
             let moved = pipeline((
                 Query::owned(merge, Vec::new()),
@@ -89,11 +93,11 @@ struct CopyRows<M> {
 }
 
 impl<M: Model> CopyRows<M> {
-    fn new(models: Vec<M>, cols: Vec<usize>, columns: &[crate::Column], sql: String) -> Self {
+    fn new(models: Vec<M>, cols: Vec<usize>, types: &[Type], sql: String) -> Self {
         CopyRows {
             models,
             cols,
-            types: columns.iter().map(|c| c.type_.clone()).collect(),
+            types: types.to_vec(),
             sql,
             copy: None,
             next: 0,
