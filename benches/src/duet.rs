@@ -159,11 +159,8 @@ macro_rules! duet_workload {
             }
             (Workload::Fetch10k, Level::Raw) => {
                 for _ in 0..iters {
-                    let rows: Vec<(i32, i64, String, f64)> = c
-                        .query(w::FETCH_SQL, &[])$($aw)*?
-                        .iter()
-                        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                        .collect();
+                    // Decoded into tuples as the rows arrive.
+                    let rows: Vec<(i32, i64, String, f64)> = c.query_as(w::FETCH_SQL, &[])$($aw)*?;
                     sum += rows.iter().map(|(a, b, s, f)| w::row4_sum(*a, *b, s, *f)).sum::<u64>();
                 }
             }

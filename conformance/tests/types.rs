@@ -531,6 +531,41 @@ struct Report {
     mood: Option<Mood>,
 }
 
+fn tuples_by_position_and_a_row_that_cannot_decode<D: Driver>() {
+    let mut c = D::connect(&url()).unwrap();
+    let rows = c
+        .run(
+            duet_core::ops::query(
+                "SELECT i, 'n' || i, i::float8 / 2 FROM generate_series(1, 20000) i",
+                &[],
+            )
+            .rows_as::<(i32, String, f64)>(),
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 20_000);
+    assert_eq!(rows[19_999], (20_000, "n20000".to_string(), 10_000.0));
+    let err = c
+        .run(duet_core::ops::query("SELECT 1, 2", &[]).rows_as::<(i32,)>())
+        .unwrap_err();
+    assert!(err.to_string().contains("2 columns cannot be a tuple of 1"), "{err}");
+    // Row 15,000 has a NULL the tuple cannot hold: the error names the
+    // column, the rows after it are dropped, the connection goes on.
+    let err = c
+        .run(
+            duet_core::ops::query(
+                "SELECT i, CASE WHEN i = 15000 THEN NULL ELSE i END FROM generate_series(1, 30000) i",
+                &[],
+            )
+            .rows_as::<(i32, i32)>(),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("column 1") && err.to_string().contains("NULL"),
+        "{err}"
+    );
+    duet_conformance::assert_usable(&mut c);
+}
+
 fn rows_become_structs_by_column_name<D: Driver>() {
     setup();
     let mut c = D::connect(&url()).unwrap();
@@ -583,6 +618,7 @@ fn rows_become_structs_by_column_name<D: Driver>() {
 conformance_tests!(
     rows_become_structs_by_column_name,
     model_fields_of_any_sql_type,
+    tuples_by_position_and_a_row_that_cannot_decode,
     model_fields_of_composites_domains_ranges_and_citext,
     forgetting_types_looks_them_up_again,
     an_enum_given_a_label_elsewhere_is_looked_up_again,

@@ -54,7 +54,7 @@ pub use error::{sqlstate, DbError, Error};
 pub use ops::{Operation, Step};
 pub use orm::Model;
 pub use params::{Param, ParamSource};
-pub use row::{type_from_oid, Column, FromRow, Row, RowIndex, SimpleMessage, SimpleRow};
+pub use row::{type_from_oid, Column, FromRow, Row, RowCursor, RowIndex, SimpleMessage, SimpleRow};
 
 /// What an application needs from the core; each driver's `prelude`
 /// re-exports this beside its own `Client`.

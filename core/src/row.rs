@@ -123,6 +123,34 @@ pub trait FromRow: Sized {
     fn from_row(row: &Row) -> Result<Self, Error>;
 }
 
+/// Tuples are made by position: `query_as::<(i32, String)>` takes a row of
+/// exactly two columns.
+macro_rules! tuple_from_row {
+    ($n:literal: $($t:ident),+) => {
+        impl<$($t: for<'a> FromSql<'a>),+> FromRow for ($($t,)+) {
+            fn from_row(row: &Row) -> Result<Self, Error> {
+                if row.len() != $n {
+                    return Err(Error::invalid(format!(
+                        "a row of {} columns cannot be a tuple of {}",
+                        row.len(),
+                        $n
+                    )));
+                }
+                let mut cursor = row.cursor();
+                Ok(($(cursor.read::<$t>()?,)+))
+            }
+        }
+    };
+}
+tuple_from_row!(1: A);
+tuple_from_row!(2: A, B);
+tuple_from_row!(3: A, B, C);
+tuple_from_row!(4: A, B, C, D);
+tuple_from_row!(5: A, B, C, D, E);
+tuple_from_row!(6: A, B, C, D, E, F);
+tuple_from_row!(7: A, B, C, D, E, F, G);
+tuple_from_row!(8: A, B, C, D, E, F, G, H);
+
 pub trait RowIndex: std::fmt::Display {
     fn index_in(&self, columns: &[Column]) -> Option<usize>;
 }
@@ -198,6 +226,7 @@ impl Row {
         })
     }
 
+    #[inline]
     fn body(&self) -> &[u8] {
         &self.block.data[self.start as usize..self.end as usize]
     }
@@ -218,6 +247,7 @@ impl Row {
         body.get(at + 4..at + 4 + len)
     }
 
+    #[inline]
     pub fn columns(&self) -> &[Column] {
         &self.block.columns
     }
@@ -261,30 +291,26 @@ impl Row {
     /// malformed.
     pub fn try_get<'a, T: FromSql<'a>>(&'a self, idx: impl RowIndex) -> Result<T, Error> {
         let columns = self.columns();
-        let i = idx.index_in(columns).ok_or_else(|| {
-            Error::decode(format!(
-                "no column {idx} (the row has {})",
-                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        let col = &columns[i];
+        let Some(i) = idx.index_in(columns) else {
+            return Err(no_column(&idx, columns));
+        };
+        self.decode(i, self.value(i))
+    }
+
+    /// Reads the row front to back: the values of consecutive columns
+    /// without looking each one up (how tuples and models decode).
+    pub fn cursor(&self) -> RowCursor<'_> {
+        RowCursor { row: self, i: 0, at: 0 }
+    }
+
+    /// Value `value` of column `i` as a `T`, with the checks `try_get`
+    /// promises.
+    #[inline]
+    fn decode<'a, T: FromSql<'a>>(&'a self, i: usize, value: Option<&'a [u8]>) -> Result<T, Error> {
+        let col = &self.columns()[i];
         if !T::accepts(&col.type_) {
-            if let Some(learnt) = &self.block.learnt {
-                if maybe_learnt(&col.type_) {
-                    // Perhaps changed since the session looked it up (an
-                    // enum given a label): looked up afresh next time.
-                    learnt.store(true, Ordering::Relaxed);
-                }
-            }
-            return Err(Error::decode(format!(
-                "column {} ({:?}) is of SQL type {}, which {} cannot hold",
-                i,
-                col.name,
-                col.type_,
-                std::any::type_name::<T>()
-            )));
+            return Err(self.refused::<T>(i));
         }
-        let value = self.value(i);
         // An array value starts with a small dimension count (three zero
         // bytes): only then is the column's kind worth looking up.
         if let Some(bytes) = value.filter(|b| b.len() >= 12 && b[..3] == [0, 0, 0]) {
@@ -298,14 +324,26 @@ impl Row {
             Some(bytes) => T::from_sql(&col.type_, bytes),
             None => T::from_sql_null(&col.type_),
         };
-        decoded.map_err(|e| {
-            let what = if value.is_none() {
-                format!("is NULL, which {} cannot hold (use Option)", std::any::type_name::<T>())
-            } else {
-                format!("could not be read as {}: {e}", std::any::type_name::<T>())
-            };
-            Error::decode(format!("column {} ({:?}) {}", i, col.name, what))
-        })
+        decoded.map_err(|e| unreadable::<T>(i, col, value.is_none(), e))
+    }
+
+    /// Column `i` refused `T`: perhaps a type the session learnt changed
+    /// since (an enum given a label), so it is looked up afresh next time.
+    #[cold]
+    fn refused<T>(&self, i: usize) -> Error {
+        let col = &self.columns()[i];
+        if let Some(learnt) = &self.block.learnt {
+            if maybe_learnt(&col.type_) {
+                learnt.store(true, Ordering::Relaxed);
+            }
+        }
+        Error::decode(format!(
+            "column {} ({:?}) is of SQL type {}, which {} cannot hold",
+            i,
+            col.name,
+            col.type_,
+            std::any::type_name::<T>()
+        ))
     }
 }
 
@@ -349,6 +387,69 @@ fn check_array(bytes: &[u8]) -> Result<(), String> {
 /// The length word at `at`: `Some(None)` for NULL (any negative length, as
 /// the protocol has it), `None` when `at` is out of bounds.
 #[inline]
+#[cold]
+fn no_column(idx: &dyn std::fmt::Display, columns: &[Column]) -> Error {
+    Error::decode(format!(
+        "no column {idx} (the row has {})",
+        columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+#[cold]
+fn unreadable<T>(i: usize, col: &Column, null: bool, e: Box<dyn std::error::Error + Sync + Send>) -> Error {
+    let what = if null {
+        format!("is NULL, which {} cannot hold (use Option)", std::any::type_name::<T>())
+    } else {
+        format!("could not be read as {}: {e}", std::any::type_name::<T>())
+    };
+    Error::decode(format!("column {} ({:?}) {}", i, col.name, what))
+}
+
+/// Reads a row's values in column order (see [`Row::cursor`]).
+pub struct RowCursor<'r> {
+    row: &'r Row,
+    /// The next column, and where its value starts in the row's body.
+    i: usize,
+    at: usize,
+}
+
+impl<'r> RowCursor<'r> {
+    /// The next column's value as a `T` (the checks of [`Row::try_get`]).
+    #[inline]
+    pub fn read<T: FromSql<'r>>(&mut self) -> Result<T, Error> {
+        let row = self.row;
+        if self.i >= row.len() {
+            return Err(no_column(&self.i, row.columns()));
+        }
+        let body = row.body();
+        // Row::new checked every length against the body.
+        let value = match read_len(body, self.at).flatten() {
+            Some(len) => {
+                let v = body.get(self.at + 4..self.at + 4 + len);
+                self.at += 4 + len;
+                v
+            }
+            None => {
+                self.at += 4;
+                None
+            }
+        };
+        let i = self.i;
+        self.i += 1;
+        row.decode(i, value)
+    }
+
+    /// Skips column values up to column `i` (a model after another's
+    /// columns in a join).
+    pub fn skip_to(&mut self, i: usize) {
+        let body = self.row.body();
+        while self.i < i && self.i < self.row.len() {
+            self.at += 4 + read_len(body, self.at).flatten().unwrap_or(0);
+            self.i += 1;
+        }
+    }
+}
+
 fn read_len(body: &[u8], at: usize) -> Option<Option<usize>> {
     let word = body.get(at..at + 4)?;
     let len = i32::from_be_bytes([word[0], word[1], word[2], word[3]]);

@@ -2943,3 +2943,35 @@ fn copy_out_chunks_arrive_before_the_end_and_binary_rows_may_straddle_them() {
     assert_eq!(copy.rows(), Some(2));
     assert!(conn.is_idle());
 }
+
+#[test]
+fn collected_rows_are_decoded_as_they_arrive() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DECODED: AtomicUsize = AtomicUsize::new(0);
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut op = ops::query("SELECT v FROM t", &[]).collect(|row| {
+        DECODED.fetch_add(1, Ordering::Relaxed);
+        row.try_get::<i32>(0)
+    });
+    pending(&mut op, &mut conn, now);
+    drain(&mut conn);
+    let reply = Backend::new()
+        .parse_complete()
+        .bind_complete()
+        .row_description(&[Field::int4("v")])
+        .int4_row(1)
+        .int4_row(2)
+        .int4_row(3);
+    conn.handle_input(&reply.build(), now).unwrap();
+    // Three rows in, the statement still running: all three decoded.
+    pending(&mut op, &mut conn, now);
+    assert_eq!(DECODED.load(Ordering::Relaxed), 3);
+    let rest = Backend::new()
+        .int4_row(4)
+        .command_complete("SELECT 4")
+        .ready_for_query(b'I');
+    conn.handle_input(&rest.build(), now).unwrap();
+    assert_eq!(ready(&mut op, &mut conn, now).unwrap(), [1, 2, 3, 4]);
+    assert_eq!(DECODED.load(Ordering::Relaxed), 4);
+}

@@ -314,6 +314,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
 
     let mut defs = Vec::new();
     let mut decode = Vec::new();
+    let mut decode_in_order = Vec::new();
     let mut values = Vec::new();
     let mut lent = Vec::new();
     let mut consts = Vec::new();
@@ -383,6 +384,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             }
         });
         decode.push(quote!(#ident: row.try_get(at.get(#i))?));
+        decode_in_order.push(quote!(#ident: cursor.read()?));
         values.push(quote!(#i => ::std::sync::Arc::new(::core::clone::Clone::clone(&self.#ident))));
         lent.push(quote!(#i => &self.#ident));
         let const_name = format_ident!("{}", field_name.to_uppercase());
@@ -435,6 +437,12 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             };
 
             fn from_row(row: &#core::Row, at: #core::orm::Positions<'_>) -> ::core::result::Result<Self, #core::Error> {
+                if let #core::orm::Positions::From(start) = at {
+                    // Consecutive columns: read front to back.
+                    let mut cursor = row.cursor();
+                    cursor.skip_to(start);
+                    return ::core::result::Result::Ok(#name { #(#decode_in_order),* });
+                }
                 ::core::result::Result::Ok(#name { #(#decode),* })
             }
 

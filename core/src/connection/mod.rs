@@ -829,7 +829,12 @@ impl Connection {
         for e in &mut self.queue {
             if let Entry::Stmt(s) = e {
                 if s.ticket == t {
-                    out.append(&mut s.rows);
+                    if out.is_empty() {
+                        // Handed over whole: no row is moved.
+                        std::mem::swap(out, &mut s.rows);
+                    } else {
+                        out.append(&mut s.rows);
+                    }
                     return;
                 }
             }

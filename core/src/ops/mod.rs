@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::{Connection, Error};
 
+mod collect;
 mod for_each;
 mod lazy;
 mod map;
@@ -19,6 +20,7 @@ mod startup;
 mod then;
 mod transaction;
 
+pub use collect::{Collect, Decode};
 pub use for_each::ForEach;
 pub use lazy::{lazy, Deferred, Lazy};
 pub use map::Map;

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use super::{ForEach, Map, Operation, Step};
+use super::{Collect, Decode, ForEach, Map, Operation, Step};
 use crate::connection::{QueryResult, Request, Response, Statement, Ticket, TransactionStatus};
 use crate::error::sqlstate;
 use crate::orm::Value;
@@ -148,9 +148,24 @@ impl<'a> Query<'a> {
         self.map((|r| Ok(r.rows)) as Convert<Vec<Row>>).infallible()
     }
 
-    /// All rows, each made into a `T` by column name (see [`FromRow`]).
-    pub fn rows_as<T: FromRow>(self) -> Map<Self, Convert<Vec<T>>> {
-        self.map((|r| r.rows.iter().map(T::from_row).collect()) as Convert<Vec<T>>)
+    /// All rows, each made into a `T` (see [`FromRow`]: a derive by
+    /// column name, a tuple by position) as it arrives.
+    pub fn rows_as<T: FromRow>(self) -> Collect<'a, T> {
+        self.collect(T::from_row)
+    }
+
+    /// All rows, each made into a `T` by `decode` as it arrives rather than
+    /// after the last one: the client decodes while the server is still
+    /// sending. A row that fails to decode fails the operation (the rest
+    /// are dropped as they come).
+    pub fn collect<T>(self, decode: Decode<T>) -> Collect<'a, T> {
+        Collect {
+            query: self,
+            decode,
+            out: Vec::new(),
+            batch: Vec::new(),
+            failed: None,
+        }
     }
 
     /// Exactly one row, made into a `T`.

@@ -248,17 +248,17 @@ impl<M: Model> QuerySet<M> {
     // ---- finishing methods ----
 
     /// Every matching row.
-    pub fn all(self) -> FetchOp<Vec<M>> {
-        Self::run(self.select(Self::model_columns()), decode_models::<M>)
+    pub fn all(self) -> CollectOp<M> {
+        let sql = self.select(Self::model_columns()).to_sql();
+        Query::values(sql.text, sql.params).collect(|row| M::from_row(row, Positions::From(0)))
     }
 
     /// Every matching row as a `T` made by column name from the model's
     /// columns (a `#[derive(FromRow)]` struct naming some of them: a
     /// partial view of the model).
-    pub fn all_as<T: crate::FromRow + Send + 'static>(self) -> FetchOp<Vec<T>> {
-        Self::run(self.select(Self::model_columns()), |r| {
-            r.rows.iter().map(T::from_row).collect()
-        })
+    pub fn all_as<T: crate::FromRow + Send + 'static>(self) -> CollectOp<T> {
+        let sql = self.select(Self::model_columns()).to_sql();
+        Query::values(sql.text, sql.params).rows_as::<T>()
     }
 
     /// Hands each matching model to `f` as its row arrives, without
@@ -462,6 +462,9 @@ fn one_row(r: QueryResult) -> Result<Row, Error> {
 /// The operation a query set's finishing method returns: one statement and
 /// how to decode its rows.
 pub type FetchOp<T> = crate::ops::Map<Query<'static>, fn(QueryResult) -> Result<T, Error>>;
+
+/// A query set's rows decoded as they arrive (see [`Query::collect`]).
+pub type CollectOp<T> = crate::ops::Collect<'static, T>;
 
 /// `UPDATE … SET …` on a query set. It is itself the operation (the number
 /// of rows updated).
