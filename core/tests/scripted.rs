@@ -2975,3 +2975,20 @@ fn collected_rows_are_decoded_as_they_arrive() {
     assert_eq!(ready(&mut op, &mut conn, now).unwrap(), [1, 2, 3, 4]);
     assert_eq!(DECODED.load(Ordering::Relaxed), 4);
 }
+
+#[test]
+fn a_copy_open_when_the_connection_dies_ends_with_it() {
+    use duet_core::copy::CopyIn;
+    // Found by fuzzing: abandoning a copy after the server hung up queued
+    // a Sync on the closed connection, and results then waited forever.
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut copy = CopyIn::start(&mut conn, "COPY t FROM STDIN", now).unwrap();
+    copy.write(&mut conn, b"1\n");
+    conn.handle_eof(now);
+    copy.abandon(&mut conn);
+    assert!(conn.poll_transmit().is_empty());
+    assert!(!conn.wants_input());
+    let mut q = ops::query("SELECT 1", &[]).rows();
+    assert!(ready(&mut q, &mut conn, now).is_err(), "closed, and says so");
+}

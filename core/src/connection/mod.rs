@@ -1118,6 +1118,8 @@ impl Connection {
             t.discard_output(matches!(e, Error::Tls(_)));
         }
         self.held.clear();
+        // A copy that was taking data is over: nothing more goes out.
+        self.copy_in = None;
         self.deadlines.clear();
         self.cancel_grace_until = None;
         self.group_failed = false;
