@@ -174,6 +174,16 @@ impl Listen {
     pub fn retry_at(&self) -> Option<Instant> {
         self.retry_at
     }
+
+    /// Before connecting again, a caller waiting no later than `until`
+    /// sleeps until the returned instant (if any), then connects — unless
+    /// `false` says `until` comes first: it then has nothing to report.
+    pub fn before_connect(&self, until: Option<Instant>) -> (Option<Instant>, bool) {
+        match (self.retry_at, until) {
+            (Some(at), Some(u)) if u < at => (Some(u), false),
+            (at, _) => (at, true),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +219,11 @@ mod tests {
             l.connect_failed(t);
         }
         assert_eq!(l.retry_at(), Some(t + Duration::from_secs(5)));
+        let soon = t + Duration::from_secs(1);
+        assert_eq!(l.before_connect(Some(soon)), (Some(soon), false));
+        assert_eq!(l.before_connect(None), (Some(t + Duration::from_secs(5)), true));
         l.reconnected();
         assert_eq!(l.retry_at(), None);
+        assert_eq!(l.before_connect(Some(soon)), (None, true));
     }
 }

@@ -122,12 +122,12 @@ impl Listener {
     /// waiting out the back-off.
     async fn connected(&mut self, until: Option<Instant>) -> Result<bool, Error> {
         if self.client.is_none() {
-            if let Some(at) = self.listen.retry_at() {
-                if let Some(u) = until.filter(|u| *u < at) {
-                    tokio::time::sleep_until(u.into()).await;
-                    return Ok(false);
-                }
-                tokio::time::sleep_until(at.into()).await;
+            let (sleep, then_connect) = self.listen.before_connect(until);
+            if let Some(t) = sleep {
+                tokio::time::sleep_until(t.into()).await;
+            }
+            if !then_connect {
+                return Ok(false);
             }
             match self.reconnect().await {
                 Ok(c) => {

@@ -119,12 +119,12 @@ impl Listener {
     /// waiting out the back-off.
     fn connected(&mut self, until: Option<Instant>) -> Result<bool, Error> {
         if self.client.is_none() {
-            if let Some(at) = self.listen.retry_at() {
-                if until.is_some_and(|u| u < at) {
-                    std::thread::sleep(until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now())));
-                    return Ok(false);
-                }
-                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let (sleep, then_connect) = self.listen.before_connect(until);
+            if let Some(t) = sleep {
+                std::thread::sleep(t.saturating_duration_since(Instant::now()));
+            }
+            if !then_connect {
+                return Ok(false);
             }
             match self.reconnect() {
                 Ok(c) => {
