@@ -242,6 +242,13 @@ fn copies_in_the_wrong_direction_or_through_query_are_refused<D: Driver>() {
     assert!(err.to_string().contains("copy_out"), "{err}");
     let err = c.batch_execute(&format!("COPY {t} FROM STDIN")).unwrap_err();
     assert!(err.to_string().contains("copy_in"), "{err}");
+    // Not a COPY at all: refused before it runs (its result would be lost).
+    let err = c
+        .copy_in(&format!("INSERT INTO {t} VALUES (1)"), &[b"1\n"], true)
+        .unwrap_err();
+    assert!(err.to_string().contains("copy_in takes a COPY"), "{err}");
+    let err = c.copy_out("SELECT 1", usize::MAX).unwrap_err();
+    assert!(err.to_string().contains("copy_out takes a COPY"), "{err}");
     assert_eq!(count(&mut c, &t), 0);
     assert_usable(&mut c);
 }

@@ -1337,11 +1337,14 @@ fn bulk_insert_execute_copies_many_rows_as_inserts_would<D: Driver>() {
         0
     );
     assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(9)).count()), 0);
-    let staging: Option<String> = c
-        .query_one("SELECT to_regclass('pg_temp.duet_bulk_staging')::text", &[])
+    let staging: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'duet_bulk_staging%' AND pg_table_is_visible(oid)",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(staging, None, "the temporary table is gone");
+    assert_eq!(staging, 0, "the temporary tables are gone");
     // The threshold is the caller's to move: none and a few models copied.
     assert_eq!(run(&mut c, Tag::bulk_insert(Vec::new()).copy_from(0).execute()), 0);
     let few = ["f1", "f2"].map(|n| Tag {
@@ -1350,6 +1353,25 @@ fn bulk_insert_execute_copies_many_rows_as_inserts_would<D: Driver>() {
     });
     assert_eq!(run(&mut c, Tag::bulk_insert(few).copy_from(0).execute()), 2);
 
+    // Two upserts in one pipeline: a staging table each.
+    let (x, y) = run(
+        &mut c,
+        pipeline((
+            Tag::bulk_insert(tags(6))
+                .on_conflict(Tag::NAME)
+                .do_update(Tag::USES)
+                .execute(),
+            Tag::bulk_insert((0..600).map(|i| Tag {
+                name: format!("u{i}"),
+                uses: 6,
+            }))
+            .on_conflict(Tag::NAME)
+            .do_nothing()
+            .execute(),
+        )),
+    );
+    assert_eq!((x, y), (2_000, 600));
+    assert_eq!(run(&mut c, Tag::objects().filter(Tag::USES.eq(6)).count()), 2_600);
     // A duplicate key fails the whole load; nothing of it is kept.
     let dup = (0..1_500).map(|i| Tag {
         name: format!("d{}", i % 1_499),

@@ -36,6 +36,10 @@ fn a_portal_gives_its_rows_a_few_at_a_time_between_other_statements<D: Driver>()
     assert_eq!((ints(&f.rows), f.done), (vec![4, 5, 6, 7], false));
     let f = c.run(fetch(&p, 0)).unwrap();
     assert_eq!((ints(&f.rows), f.done), (vec![8, 9, 10], true));
+    // Asking for exactly what is left: done once fewer come than asked.
+    let e = c.run(portal("SELECT 1 WHERE false", &[])).unwrap();
+    let f = c.run(fetch(&e, 5)).unwrap();
+    assert!(f.rows.is_empty() && f.done);
     c.batch_execute("COMMIT").unwrap();
 
     // The portal ended with its transaction: the server says so.

@@ -453,15 +453,81 @@ impl Operation for NextRow<'_> {
 }
 
 /// Splits binary COPY data into rows. The data come in chunks that need
-/// not end on a row: a row cut in two is joined before it is decoded.
+/// not end on a row (PostgreSQL sends one row a chunk, but nothing says it
+/// must): a row's start is kept until its end comes, each byte copied at
+/// most once, and a row may not exceed what PostgreSQL can send.
 struct BinaryRows {
     columns: Arc<[Column]>,
-    /// Data not made into rows yet.
+    /// Data joined from several chunks, not made into rows yet.
     pending: BytesMut,
-    /// The current chunk, rows taken from its front without a copy.
+    /// The current chunk while nothing is pending: rows are taken from its
+    /// front without a copy.
     chunk: Bytes,
     header_read: bool,
     trailer_read: bool,
+}
+
+/// The most one row (or the header's extension) may take: a value is at
+/// most 1 GiB in PostgreSQL.
+const MAX_ROW: usize = (1 << 30) + (1 << 20);
+
+/// What the front of binary COPY data holds.
+enum Front {
+    /// Not enough bytes to tell.
+    More,
+    /// The header, this many bytes long.
+    Header(usize),
+    /// A row: its value count, where its values start and where it ends.
+    Row(usize, usize, usize),
+    /// The trailer (two bytes).
+    Trailer,
+}
+
+fn front(data: &[u8], header_read: bool) -> Result<Front, Error> {
+    if !header_read {
+        if data.len() < BINARY_HEADER.len() {
+            return Ok(Front::More);
+        }
+        if data[..11] != BINARY_HEADER[..11] {
+            return Err(Error::protocol("binary COPY data without its signature"));
+        }
+        let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
+        if ext > MAX_ROW {
+            return Err(Error::protocol("binary COPY header extension too long"));
+        }
+        return Ok(if data.len() < 19 + ext {
+            Front::More
+        } else {
+            Front::Header(19 + ext)
+        });
+    }
+    if data.len() < 2 {
+        return Ok(Front::More);
+    }
+    let count = i16::from_be_bytes([data[0], data[1]]);
+    if count == -1 {
+        return Ok(Front::Trailer);
+    }
+    let count = usize::try_from(count).map_err(|_| Error::protocol("binary COPY row with a negative count"))?;
+    let mut end = 2usize;
+    for _ in 0..count {
+        let Some(len) = data.get(end..end + 4) else {
+            return Ok(Front::More);
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        if len < -1 {
+            return Err(Error::protocol("binary COPY value with a negative length"));
+        }
+        end = end.saturating_add(4).saturating_add(usize::try_from(len).unwrap_or(0));
+        if end > MAX_ROW {
+            return Err(Error::protocol("binary COPY row over 1 GiB"));
+        }
+    }
+    Ok(if end > data.len() {
+        Front::More
+    } else {
+        Front::Row(count, 2, end)
+    })
 }
 
 impl BinaryRows {
@@ -476,86 +542,153 @@ impl BinaryRows {
     }
 
     fn feed(&mut self, chunk: Bytes) {
-        if self.chunk.is_empty() && self.pending.is_empty() {
+        if self.pending.is_empty() && self.chunk.is_empty() {
             self.chunk = chunk;
         } else {
-            self.pending.extend_from_slice(&self.chunk);
+            let rest = std::mem::take(&mut self.chunk);
+            self.pending.extend_from_slice(&rest);
             self.pending.extend_from_slice(&chunk);
-            self.chunk = Bytes::new();
         }
     }
 
     /// The next whole row of what was fed, if there is one.
     fn next(&mut self) -> Result<Option<Row>, Error> {
-        if self.chunk.is_empty() && !self.pending.is_empty() {
-            self.chunk = std::mem::take(&mut self.pending).freeze();
-        }
-        let data = &self.chunk;
-        let mut at = 0;
-        if !self.header_read {
-            if data.len() < BINARY_HEADER.len() {
-                return self.keep_tail(0);
+        loop {
+            let joined = self.chunk.is_empty();
+            let data: &[u8] = if joined { &self.pending } else { &self.chunk };
+            if data.is_empty() {
+                return Ok(None);
             }
-            if data[..11] != BINARY_HEADER[..11] {
-                return Err(Error::protocol("binary COPY data without its signature"));
-            }
-            let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
-            if data.len() < 19 + ext {
-                return self.keep_tail(0);
-            }
-            at = 19 + ext;
-            self.header_read = true;
-        }
-        if data.len() < at + 2 {
-            return self.keep_tail(at);
-        }
-        if self.trailer_read {
-            return Err(Error::protocol("binary COPY data after its trailer"));
-        }
-        let count = i16::from_be_bytes([data[at], data[at + 1]]);
-        if count == -1 {
-            self.trailer_read = true;
-            self.chunk.advance(at + 2);
-            if !self.chunk.is_empty() {
+            if self.trailer_read {
                 return Err(Error::protocol("binary COPY data after its trailer"));
             }
-            return Ok(None);
-        }
-        let count = usize::try_from(count).map_err(|_| Error::protocol("binary COPY row with a negative count"))?;
-        let mut end = at + 2;
-        for _ in 0..count {
-            let Some(len) = data.get(end..end + 4) else {
-                return self.keep_tail(at);
-            };
-            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-            end += 4 + usize::try_from(len).unwrap_or(0);
-            if len < -1 {
-                return Err(Error::protocol("binary COPY value with a negative length"));
+            match front(data, self.header_read)? {
+                Front::More => {
+                    if !joined {
+                        // The row's start waits for its end: copied once.
+                        let rest = std::mem::take(&mut self.chunk);
+                        self.pending.extend_from_slice(&rest);
+                    }
+                    return Ok(None);
+                }
+                Front::Header(n) => {
+                    self.header_read = true;
+                    self.consume(joined, n);
+                }
+                Front::Trailer => {
+                    self.trailer_read = true;
+                    self.consume(joined, 2);
+                }
+                Front::Row(count, start, end) => {
+                    let bytes = if joined {
+                        self.pending.split_to(end).freeze()
+                    } else {
+                        self.chunk.split_to(end)
+                    };
+                    let block = RowBlock::new(self.columns.clone(), bytes);
+                    return Row::new(&block, start..end, count).map(Some);
+                }
             }
         }
-        if end > data.len() {
-            return self.keep_tail(at);
-        }
-        let block = RowBlock::new(self.columns.clone(), self.chunk.slice(..end));
-        let row = Row::new(&block, at + 2..end, count)?;
-        self.chunk.advance(end);
-        Ok(Some(row))
     }
 
-    /// No whole row from `at` on: the tail waits for the next chunk.
-    fn keep_tail(&mut self, at: usize) -> Result<Option<Row>, Error> {
-        let tail = self.chunk.split_off(at);
-        self.chunk = Bytes::new();
-        self.pending.extend_from_slice(&tail);
-        Ok(None)
+    fn consume(&mut self, joined: bool, n: usize) {
+        if joined {
+            self.pending.advance(n);
+        } else {
+            self.chunk.advance(n);
+        }
     }
 
     /// The data ended: they must have ended with the trailer.
     fn finish(&self) -> Result<(), Error> {
-        if self.trailer_read && self.pending.is_empty() {
+        if self.trailer_read && self.pending.is_empty() && self.chunk.is_empty() {
             Ok(())
         } else {
             Err(Error::protocol("binary COPY data ended without their trailer"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(rows: &[(i32, Option<&str>)]) -> Vec<u8> {
+        let mut s = BINARY_HEADER.to_vec();
+        for (id, name) in rows {
+            s.extend_from_slice(&2i16.to_be_bytes());
+            s.extend_from_slice(&4i32.to_be_bytes());
+            s.extend_from_slice(&id.to_be_bytes());
+            match name {
+                Some(n) => {
+                    s.extend_from_slice(&(n.len() as i32).to_be_bytes());
+                    s.extend_from_slice(n.as_bytes());
+                }
+                None => s.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        s.extend_from_slice(&(-1i16).to_be_bytes());
+        s
+    }
+
+    fn columns() -> Arc<[Column]> {
+        [Type::INT4, Type::TEXT]
+            .into_iter()
+            .map(|t| Column {
+                name: String::new(),
+                type_: t,
+                table_oid: 0,
+                column_id: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_come_out_whole_however_the_data_are_cut() {
+        let rows = [(1, Some("one")), (2, None), (3, Some("three, a longer one"))];
+        let data = stream(&rows);
+        for size in 1..=data.len() {
+            let mut b = BinaryRows::new(columns());
+            let mut got = Vec::new();
+            for piece in data.chunks(size) {
+                b.feed(Bytes::copy_from_slice(piece));
+                while let Some(r) = b.next().unwrap() {
+                    got.push((r.get::<i32>(0), r.get::<Option<String>>(1)));
+                }
+            }
+            b.finish().unwrap();
+            let want: Vec<_> = rows.iter().map(|(i, n)| (*i, n.map(str::to_string))).collect();
+            assert_eq!(got, want, "cut every {size} bytes");
+        }
+    }
+
+    #[test]
+    fn malformed_data_are_errors_not_panics() {
+        let data = stream(&[(1, Some("x"))]);
+        for cut in 0..data.len() {
+            // Truncated: never a row out of bounds; the end says it is cut.
+            let mut b = BinaryRows::new(columns());
+            b.feed(Bytes::copy_from_slice(&data[..cut]));
+            while let Ok(Some(_)) = b.next() {}
+            assert!(b.finish().is_err());
+            // One byte changed anywhere: an error or a row, never a panic.
+            let mut bad = data.clone();
+            bad[cut] ^= 0xff;
+            let mut b = BinaryRows::new(columns());
+            b.feed(Bytes::from(bad));
+            while let Ok(Some(r)) = b.next() {
+                let _ = (r.try_get::<i32>(0), r.try_get::<Option<String>>(1));
+            }
+        }
+        let mut b = BinaryRows::new(columns());
+        let mut huge = BINARY_HEADER.to_vec();
+        huge.extend_from_slice(&1i16.to_be_bytes());
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        b.feed(Bytes::from(huge));
+        assert!(
+            b.next().is_err(),
+            "a value over 1 GiB is refused before it is waited for"
+        );
     }
 }

@@ -35,8 +35,8 @@ pub enum Heard {
 /// Why notifications may have been lost (see [`Heard::Missed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Missed {
-    /// Notifications dropped, oldest first, because more arrived than the
-    /// connection's event buffer holds while nobody took them.
+    /// Notifications dropped, oldest first, because more events arrived
+    /// than the connection's event buffer holds while nobody took them.
     pub dropped: u64,
     /// The connection was lost and a new one subscribed again: whatever was
     /// sent in between is gone (how much cannot be known).
@@ -118,7 +118,12 @@ impl Listen {
         if let Some(h) = self.pending.pop_front() {
             return Some(h);
         }
-        let dropped = conn.events_dropped();
+        self.heard(conn)
+    }
+
+    /// What `conn` heard, not counting what is pending.
+    fn heard(&mut self, conn: &mut Connection) -> Option<Heard> {
+        let dropped = conn.notifications_dropped();
         if dropped > self.dropped_seen {
             let n = dropped - self.dropped_seen;
             self.dropped_seen = dropped;
@@ -147,7 +152,7 @@ impl Listen {
     /// `conn` was lost: what it had heard is kept for [`Listen::next`],
     /// then a gap, reported once a new connection listens again.
     pub fn lost(&mut self, conn: &mut Connection) {
-        while let Some(h) = self.next(conn) {
+        while let Some(h) = self.heard(conn) {
             self.pending.push_back(h);
         }
     }

@@ -2992,3 +2992,31 @@ fn a_copy_open_when_the_connection_dies_ends_with_it() {
     let mut q = ops::query("SELECT 1", &[]).rows();
     assert!(ready(&mut q, &mut conn, now).is_err(), "closed, and says so");
 }
+
+#[test]
+fn a_listener_keeps_what_a_lost_connection_heard_then_reports_the_gap() {
+    use duet_core::listen::{Heard, Listen, Missed};
+    // Found in review: moving what the old connection heard into the
+    // pending list took it out of that same list again, forever.
+    let now = t0();
+    let mut conn = ready_connection(&config(), now);
+    let mut l = Listen::new();
+    let input = Backend::new()
+        .notification(7, "jobs", "1")
+        .notification(7, "jobs", "2")
+        .error("FATAL", "57P01", "terminating connection due to administrator command");
+    let _ = conn.handle_input(&input.build(), now);
+    l.lost(&mut conn);
+    l.reconnected();
+    let heard: Vec<Heard> = std::iter::from_fn(|| l.take_pending()).collect();
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    assert!(matches!(&heard[0], Heard::Notification(n) if n.payload == "1"));
+    assert!(matches!(&heard[1], Heard::Notification(n) if n.payload == "2"));
+    assert_eq!(
+        heard[2],
+        Heard::Missed(Missed {
+            dropped: 0,
+            reconnected: true
+        })
+    );
+}

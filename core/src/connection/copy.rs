@@ -70,6 +70,13 @@ impl Connection {
         if let Phase::Closed(e) = &self.phase {
             return Err(e.clone());
         }
+        if !super::request::first_word(sql).eq_ignore_ascii_case("COPY") {
+            // Anything else would run, and its result be lost.
+            return Err(Error::misuse(match dir {
+                Direction::In => "copy_in takes a COPY … FROM STDIN statement",
+                Direction::Out => "copy_out takes a COPY … TO STDOUT statement",
+            }));
+        }
         self.refuse_during_copy()?;
         if !self.is_ready() {
             return Err(Error::misuse("a COPY cannot start before the session is ready"));

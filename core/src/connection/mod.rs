@@ -440,6 +440,8 @@ pub struct Connection {
     next_statement: u64,
     events: VecDeque<Event>,
     events_dropped: u64,
+    /// Of those, notifications (what a listener reports as missed).
+    notifications_dropped: u64,
     parameters: HashMap<String, String>,
     backend_key: Option<CancelRequest>,
     cancel_wanted: bool,
@@ -611,6 +613,7 @@ impl Connection {
             next_statement: 0,
             events: VecDeque::new(),
             events_dropped: 0,
+            notifications_dropped: 0,
             parameters: HashMap::new(),
             backend_key: None,
             cancel_wanted: false,
@@ -725,6 +728,11 @@ impl Connection {
     /// How many events were dropped because nobody took them in time.
     pub fn events_dropped(&self) -> u64 {
         self.events_dropped
+    }
+
+    /// How many of the dropped events were notifications.
+    pub fn notifications_dropped(&self) -> u64 {
+        self.notifications_dropped
     }
 
     /// Named statements currently cached.
@@ -1019,8 +1027,11 @@ impl Connection {
                 self.timed_out.push(t);
                 grace = true;
                 if self.copy_in == Some(t) {
-                    // A copy the server waits on data for is ended by
-                    // CopyFail, surely and with nothing to race.
+                    // A copy the server reads data for is ended by
+                    // CopyFail, with nothing to race. Behind unsent data
+                    // (a server that stopped reading: a lock wait, say) it
+                    // could not arrive: then a cancel is owed too.
+                    fire |= !self.out.is_empty();
                     self.copy_in_end(t, Some("its time limit passed"));
                 } else {
                     fire = true;
@@ -1155,7 +1166,9 @@ impl Connection {
 
     fn push_event(&mut self, e: Event) {
         if self.events.len() >= self.config.event_capacity.max(1) {
-            self.events.pop_front();
+            if let Some(Event::Notification { .. }) = self.events.pop_front() {
+                self.notifications_dropped += 1;
+            }
             self.events_dropped += 1;
         }
         self.events.push_back(e);

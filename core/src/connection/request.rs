@@ -244,6 +244,13 @@ impl Connection {
     }
 
     fn encode_request(&mut self, req: &Request<'_>, ticket: Ticket, buf: &mut BytesMut) -> Result<(), Error> {
+        if let RequestKind::Query(sql, _)
+        | RequestKind::Encoded(sql, _)
+        | RequestKind::Prepare(sql, _)
+        | RequestKind::BindPortal(sql, _, _) = req.kind
+        {
+            refuse_stdio_copy(sql)?;
+        }
         if !matches!(
             req.kind,
             RequestKind::Query(..) | RequestKind::Encoded(..) | RequestKind::BindPortal(..)
@@ -543,9 +550,37 @@ impl Connection {
 }
 
 /// Whether a statement surely takes a snapshot when it runs: a query or a
-/// data-changing statement, by its first word (comments and parentheses
-/// skipped).
+/// data-changing statement, by its first word.
 fn takes_snapshot(sql: &str) -> bool {
+    let word = first_word(sql);
+    [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// `COPY … FROM STDIN` or `TO STDOUT` sent as an ordinary statement would
+/// put the server in copy mode while the statements pipelined behind it
+/// arrive: refused before it leaves, naming the calls that run it.
+fn refuse_stdio_copy(sql: &str) -> Result<(), Error> {
+    if !first_word(sql).eq_ignore_ascii_case("COPY") {
+        return Ok(());
+    }
+    let words = sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+    for w in words {
+        if w.eq_ignore_ascii_case("STDIN") {
+            return Err(Error::misuse("COPY … FROM STDIN runs through copy_in, not query"));
+        }
+        if w.eq_ignore_ascii_case("STDOUT") {
+            return Err(Error::misuse("COPY … TO STDOUT runs through copy_out, not query"));
+        }
+    }
+    Ok(())
+}
+
+/// A statement's first word, comments and opening parentheses skipped.
+pub(super) fn first_word(sql: &str) -> &str {
     let mut rest = sql.trim_start();
     loop {
         if let Some(r) = rest.strip_prefix("--") {
@@ -559,12 +594,7 @@ fn takes_snapshot(sql: &str) -> bool {
         }
     }
     let len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-    let word = &rest[..len];
-    [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE",
-    ]
-    .iter()
-    .any(|w| word.eq_ignore_ascii_case(w))
+    &rest[..len]
 }
 
 /// A statement's text that cannot be sent: a NUL byte is named as such,

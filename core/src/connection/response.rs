@@ -177,10 +177,15 @@ impl Connection {
                     }
                     _ => "COPY … FROM STDIN runs through copy_in",
                 };
+                let is_stmt = matches!(entry, Entry::Stmt(_));
                 frontend::copy_fail(why, &mut self.out).map_err(io_to_encode)?;
-                if let Entry::Stmt(_) = entry {
-                    // The server ignored the Sync we sent while it was in
-                    // copy-in mode; the queued sync point needs a new one.
+                if is_stmt && self.queue.len() == 2 && matches!(self.queue.get(1), Some(Entry::Sync)) {
+                    // The server ignored the Sync that came right after the
+                    // statement, being in copy-in mode: the queued sync
+                    // point needs a new one. (Had more followed, the server
+                    // would have failed the copy on it; `query` refuses
+                    // such statements before they leave, see
+                    // `refuse_stdio_copy`.)
                     frontend::sync(&mut self.out);
                 }
             }

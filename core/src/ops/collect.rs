@@ -21,6 +21,9 @@ pub struct Collect<'a, T> {
     /// The first row that failed to decode: the statement runs on, the
     /// rows after it are dropped, and this is the outcome.
     pub(super) failed: Option<Error>,
+    /// The run the values in `out` came from: a retried statement (a stale
+    /// cached one) starts them again.
+    pub(super) run: Option<crate::Ticket>,
 }
 
 impl<T> Collect<'_, T> {
@@ -48,6 +51,11 @@ impl<T> Operation for Collect<'_, T> {
 
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<Vec<T>> {
         if let QueryState::Running { ticket, .. } = &self.query.state {
+            if self.run != Some(*ticket) {
+                self.run = Some(*ticket);
+                self.out.clear();
+                self.failed = None;
+            }
             conn.take_rows(*ticket, &mut self.batch);
             self.feed();
         }

@@ -2,7 +2,9 @@
 //! fetched a few at a time with other statements in between (a cursor at
 //! the protocol level, without `DECLARE`).
 
+use super::query::expect_rows;
 use super::single::Single;
+use super::Operation;
 use crate::connection::{Portal, Response};
 use crate::params::{self, Param};
 use crate::row::Row;
@@ -51,20 +53,18 @@ pub fn portal<'a>(sql: &'a str, params: &'a [Param<'a>]) -> Single<'a, Portal> {
 
 /// The next `max_rows` rows of `portal` (0: all that are left); `done` once
 /// the last has been fetched.
-pub fn fetch(portal: &Portal, max_rows: u32) -> Single<'static, Fetched> {
+pub fn fetch(portal: &Portal, max_rows: u32) -> impl Operation<Output = Fetched> + Send + 'static {
     let portal = portal.clone();
-    Single {
+    let run = Single {
         request: Some(Box::new(move |c, now| c.submit_fetch(&portal, max_rows, now))),
         ticket: None,
-        convert: |r| match r {
-            // A suspended portal ends without a command tag.
-            Response::Rows(q) => Ok(Fetched {
-                done: q.tag.is_some(),
-                rows: q.rows,
-            }),
-            _ => Err(Error::protocol(
-                "internal: fetching from a portal gave another response",
-            )),
-        },
-    }
+        convert: |r| expect_rows(Ok(r)),
+    };
+    run.map(move |q| {
+        // A portal that stopped at `max_rows` ends without a command tag;
+        // fewer rows than asked for (an empty query too) means no more.
+        let done = q.tag.is_some() || max_rows == 0 || q.rows.len() < max_rows as usize;
+        Ok(Fetched { rows: q.rows, done })
+    })
+    .infallible()
 }

@@ -165,6 +165,7 @@ impl<'a> Query<'a> {
             out: Vec::new(),
             batch: Vec::new(),
             failed: None,
+            run: None,
         }
     }
 

@@ -28,8 +28,9 @@ use crate::{Connection, Error};
 /// and 0.60× at 10,000.
 pub(super) const COPY_THRESHOLD: usize = 500;
 
-/// The temporary table an upsert's rows are copied into.
-const STAGING: &str = "duet_bulk_staging";
+/// The temporary tables upserts copy their rows into: one name each, so
+/// two upserts in one pipeline do not share one.
+static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Loads `models` (all writing the columns `cols`) by COPY; the output is
 /// the number of rows written.
@@ -54,25 +55,29 @@ pub(super) fn copy_models<M: Model>(
             Ok(CopyRows::new(models, cols, st.params(), sql))
         }));
     };
-    let staging = format!("CREATE TEMPORARY TABLE {STAGING} AS SELECT {names} FROM {table} WITH NO DATA");
+    let staging = format!(
+        "duet_bulk_staging_{}",
+        STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let create = format!("CREATE TEMPORARY TABLE {staging} AS SELECT {names} FROM {table} WITH NO DATA");
     let prepare = pipeline((
         describe,
-        Query::owned(format!("DROP TABLE IF EXISTS pg_temp.{STAGING}"), Vec::new()),
-        Query::owned(staging, Vec::new()),
+        Query::owned(format!("DROP TABLE IF EXISTS pg_temp.{staging}"), Vec::new()),
+        Query::owned(create, Vec::new()),
     ));
     let mut merge = Sql::new();
     merge.push(&format!(
-        "INSERT INTO {table} ({names}) SELECT {names} FROM pg_temp.{STAGING}"
+        "INSERT INTO {table} ({names}) SELECT {names} FROM pg_temp.{staging}"
     ));
     conflict.render(&mut merge);
     let merge = merge.text;
     Box::new(then(prepare, move |(described, _, _)| {
-        let sql = format!("COPY pg_temp.{STAGING} ({names}) FROM STDIN (FORMAT binary)");
+        let sql = format!("COPY pg_temp.{staging} ({names}) FROM STDIN (FORMAT binary)");
         let copy = CopyRows::new(models, cols, described.params(), sql);
         Ok(then(copy, move |_| {
             let moved = pipeline((
                 Query::owned(merge, Vec::new()),
-                Query::owned(format!("DROP TABLE pg_temp.{STAGING}"), Vec::new()),
+                Query::owned(format!("DROP TABLE pg_temp.{staging}"), Vec::new()),
             ));
             Ok(moved.map(|(merged, _)| Ok(merged.rows_affected())))
         }))
@@ -131,6 +136,10 @@ impl<M: Model> Operation for CopyRows<M> {
 
     fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<u64> {
         if self.copy.is_none() {
+            if conn.foreign_transaction_open() {
+                // A sibling's transaction is open: the copy must not run in it.
+                return Step::Pending;
+            }
             match CopyIn::start(conn, &self.sql, now) {
                 Ok(mut c) => {
                     c.binary(&self.types);
