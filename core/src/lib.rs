@@ -31,6 +31,7 @@ mod connection;
 pub mod copy;
 mod error;
 pub mod listen;
+pub mod migrate;
 pub mod ops;
 pub mod orm;
 pub mod params;
@@ -48,6 +49,9 @@ pub use connection::{
     deadline_after, CancelRequest, Connection, Event, Interest, Portal, QueryResult, Request, Response, SecretKey,
     Statement, Ticket, TransactionStatus, TxOutcome,
 };
+/// `migrations!("folder")`: a folder of migrations embedded at compile
+/// time (see [`migrate`]).
+pub use duet_derive::migrations;
 /// `#[derive(FromRow)]`: see the [`FromRow`] trait.
 pub use duet_derive::FromRow;
 pub use error::{sqlstate, DbError, Error};

@@ -473,3 +473,46 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
         #hooks
     })
 }
+
+/// `migrations!("folder")`: the `.sql` files of `folder` (relative to the
+/// crate's `Cargo.toml`) embedded in the binary, as
+/// `Result<duet_core::migrate::Migrations, duet_core::Error>`. Each file is
+/// `include_str!`'d, so editing one rebuilds the crate; a file added or
+/// removed is seen at the next build of the crate.
+#[proc_macro]
+pub fn migrations(input: TokenStream) -> TokenStream {
+    let dir = parse_macro_input!(input as LitStr);
+    match expand_migrations(&dir) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_migrations(dir: &LitStr) -> syn::Result<Tokens> {
+    let core = core_path();
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .map_err(|_| syn::Error::new(dir.span(), "CARGO_MANIFEST_DIR is not set"))?;
+    let path = std::path::Path::new(&root).join(dir.value());
+    let entries = std::fs::read_dir(&path)
+        .map_err(|e| syn::Error::new(dir.span(), format!("migrations folder {}: {e}", path.display())))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let p = entry.map_err(|e| syn::Error::new(dir.span(), e.to_string()))?.path();
+        if p.extension().is_some_and(|e| e == "sql") {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !name.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(syn::Error::new(
+                    dir.span(),
+                    format!("migration file {name:?} does not start with a version number"),
+                ));
+            }
+            files.push((name, p.to_string_lossy().into_owned()));
+        }
+    }
+    files.sort();
+    let entries = files.iter().map(|(name, full)| quote!((#name, include_str!(#full))));
+    Ok(quote!(#core::migrate::Migrations::from_files([#(#entries),*])))
+}

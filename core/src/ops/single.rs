@@ -96,6 +96,25 @@ pub fn prepare<'a>(sql: &'a str, types: &'a [Type]) -> Single<'a, Statement> {
     }
 }
 
+/// [`simple_query`] of a text the operation owns.
+pub(crate) fn simple_query_owned(sql: String) -> Single<'static, Vec<SimpleMessage>> {
+    Single {
+        request: Some(Box::new(move |c: &mut Connection, now| {
+            if c.in_batch() {
+                return Err(Error::misuse(
+                    "a simple-protocol query cannot join a pipeline or atomic batch",
+                ));
+            }
+            c.submit(Request::simple(&sql), now)
+        })),
+        ticket: None,
+        convert: |r| match r {
+            Response::Simple(m) => Ok(m),
+            _ => Err(Error::protocol("internal: simple query gave another response")),
+        },
+    }
+}
+
 /// [`prepare`] of a statement text the operation owns.
 pub(crate) fn prepare_owned(sql: String) -> Single<'static, Statement> {
     Single {

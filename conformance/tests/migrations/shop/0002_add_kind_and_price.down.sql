@@ -1,0 +1,3 @@
+ALTER TABLE items DROP COLUMN price;
+ALTER TABLE items DROP COLUMN kind;
+DROP TYPE item_kind;
