@@ -240,11 +240,7 @@ impl Migrations {
 
     /// The steps `plan` takes from `applied`, each with the version it
     /// applies or reverts.
-    fn steps(
-        &self,
-        plan: Plan,
-        applied: &[Recorded],
-    ) -> Result<VecDeque<(i64, BoxOp<'static, ()>)>, Error> {
+    fn steps(&self, plan: Plan, applied: &[Recorded]) -> Result<VecDeque<(i64, BoxOp<'static, ()>)>, Error> {
         for (version, state) in self.states(applied).into_iter().map(|(v, _, s)| (v, s)) {
             match state {
                 State::Changed => {
