@@ -240,6 +240,16 @@ struct WeirdChild {
     note: String,
 }
 
+/// A model that references itself: a tree of managers.
+#[derive(Model, Debug, Clone, PartialEq)]
+struct Employee {
+    #[duet(primary_key, auto)]
+    id: i32,
+    name: String,
+    #[duet(references = Employee, on_delete = "cascade")]
+    manager_id: Option<i32>,
+}
+
 // ---- harness ----
 
 fn server() -> &'static TestServer {
@@ -392,6 +402,7 @@ const WILD: &str = "1000 xrealx";
 
 conformance_tests!(
     save_inserts_then_updates,
+    a_model_that_references_itself,
     save_without_row_into_save_and_delete,
     hooks_bump_validate_and_audit,
     bulk_insert_runs_hooks_per_model,
@@ -2796,6 +2807,55 @@ fn derive_attributes_generated_skip_insert_sql_type_set_null<D: Driver>() {
 }
 
 // ---- 21. row locks ----
+
+fn a_model_that_references_itself<D: Driver>() {
+    let mut c: D = setup("self_ref");
+    run(&mut c, Employee::create_table());
+    let fk = Employee::META.columns.iter().find(|c| c.name == "manager_id").unwrap();
+    assert_eq!(fk.references, Some(("employees", "id")));
+    let boss = run(
+        &mut c,
+        Employee {
+            id: 0,
+            name: "boss".into(),
+            manager_id: None,
+        }
+        .into_save(),
+    );
+    for name in ["ann", "bob"] {
+        run(
+            &mut c,
+            Employee {
+                id: 0,
+                name: name.into(),
+                manager_id: Some(boss.id),
+            }
+            .into_save(),
+        );
+    }
+    let reports = run(
+        &mut c,
+        Employee::objects()
+            .filter(Employee::MANAGER_ID.eq(Some(boss.id)))
+            .count(),
+    );
+    assert_eq!(reports, 2);
+    // The key is the database's: no manager 9999.
+    let err = c
+        .run(
+            Employee {
+                id: 0,
+                name: "ghost".into(),
+                manager_id: Some(9_999),
+            }
+            .into_save(),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some("23503"), "{err}");
+    // on_delete cascade down the tree.
+    run(&mut c, boss.delete());
+    assert_eq!(run(&mut c, Employee::objects().count()), 0);
+}
 
 fn for_update_locks_the_rows<D: Driver>() {
     let mut a: D = setup("for_update");

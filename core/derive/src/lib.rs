@@ -319,6 +319,19 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     let mut lent = Vec::new();
     let mut consts = Vec::new();
     let mut pk: Option<(usize, &Ident, &Type, bool)> = None;
+    // The key's column, for a field that references this very model (a
+    // tree, a manager): its META cannot read itself while being built.
+    let mut pk_column = None;
+    for f in fields.iter() {
+        let a = parse_field_attrs(&f.attrs)?;
+        if a.primary_key {
+            let field_name = f.ident.as_ref().expect("named field").to_string();
+            pk_column = Some(
+                a.column
+                    .unwrap_or_else(|| field_name.trim_start_matches("r#").to_string()),
+            );
+        }
+    }
     for (i, f) in fields.iter().enumerate() {
         let ident = f.ident.as_ref().expect("named field");
         let ty = &f.ty;
@@ -359,7 +372,15 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
         let on_delete = opt_str(&a.on_delete);
         let skip_insert = a.skip_insert || a.default.is_some();
         let (primary_key, auto, unique) = (a.primary_key, a.auto, a.unique);
+        let self_reference = a
+            .references
+            .as_ref()
+            .is_some_and(|p| p.is_ident("Self") || p.is_ident(name));
         let references = match &a.references {
+            Some(_) if self_reference => {
+                let pk_column = pk_column.clone().unwrap_or_default();
+                quote!(::core::option::Option::Some((#table, #pk_column)))
+            }
             Some(p) => quote!(::core::option::Option::Some((
                 <#p as #core::orm::Model>::META.table,
                 <#p as #core::orm::Model>::META.columns[<#p as #core::orm::Model>::META.pk].name,
