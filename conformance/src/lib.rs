@@ -84,6 +84,18 @@ pub trait Driver: Sized {
     fn copy_out_to(&mut self, sql: &str) -> Result<(Vec<u8>, u64), Error>;
     /// The rows of a binary `COPY … TO STDOUT`.
     fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error>;
+    /// `copy_in(sql).timeout(limit)`: writes `first`, waits `pause` (a slow
+    /// producer), writes `rest`, finishes.
+    fn copy_in_timed(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+        first: &[u8],
+        pause: Duration,
+        rest: &[u8],
+    ) -> Result<u64, Error>;
+    /// `copy_out(sql).timeout(limit)`, read to the end; the bytes read.
+    fn copy_out_timed(&mut self, sql: &str, limit: Duration) -> Result<usize, Error>;
 }
 
 /// A driver's `Listener`, driven blocking.
@@ -372,6 +384,28 @@ impl Driver for Sync {
     fn copy_out_rows(&mut self, sql: &str, types: &[Type]) -> Result<Vec<Row>, Error> {
         self.0.copy_out_binary(sql, types)?.collect()
     }
+    fn copy_in_timed(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+        first: &[u8],
+        pause: Duration,
+        rest: &[u8],
+    ) -> Result<u64, Error> {
+        let mut copy = self.0.copy_in(sql)?.timeout(limit);
+        copy.write(first)?;
+        std::thread::sleep(pause);
+        copy.write(rest)?;
+        copy.finish()
+    }
+    fn copy_out_timed(&mut self, sql: &str, limit: Duration) -> Result<usize, Error> {
+        let mut copy = self.0.copy_out(sql)?.timeout(limit);
+        let mut n = 0;
+        while let Some(c) = copy.chunk()? {
+            n += c.len();
+        }
+        Ok(n)
+    }
     fn atomic_abandoned(&mut self, sql: &str) {
         let client = &mut self.0;
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -542,6 +576,32 @@ impl Driver for Tokio {
                 rows.push(r);
             }
             Ok(rows)
+        })
+    }
+    fn copy_in_timed(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+        first: &[u8],
+        pause: Duration,
+        rest: &[u8],
+    ) -> Result<u64, Error> {
+        self.rt.block_on(async {
+            let mut copy = self.client.copy_in(sql).await?.timeout(limit);
+            copy.write(first).await?;
+            tokio::time::sleep(pause).await;
+            copy.write(rest).await?;
+            copy.finish().await
+        })
+    }
+    fn copy_out_timed(&mut self, sql: &str, limit: Duration) -> Result<usize, Error> {
+        self.rt.block_on(async {
+            let mut copy = self.client.copy_out(sql).await?.timeout(limit);
+            let mut n = 0;
+            while let Some(c) = copy.chunk().await? {
+                n += c.len();
+            }
+            Ok(n)
         })
     }
     fn atomic_abandoned(&mut self, sql: &str) {

@@ -253,6 +253,47 @@ fn copies_in_the_wrong_direction_or_through_query_are_refused<D: Driver>() {
     assert_usable(&mut c);
 }
 
+fn a_copy_past_its_time_limit_fails_and_keeps_nothing<D: Driver>() {
+    let mut c: D = connect();
+    let t = table(&mut c, "timed", "id int4");
+    let limit = std::time::Duration::from_millis(300);
+    // A producer slower than the limit: the copy is ended by CopyFail.
+    let started = std::time::Instant::now();
+    let err = c
+        .copy_in_timed(
+            &format!("COPY {t} FROM STDIN"),
+            limit,
+            b"1\n",
+            std::time::Duration::from_millis(600),
+            b"2\n",
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert_eq!(count(&mut c, &t), 0);
+    assert_usable(&mut c);
+    // Fast enough: the same limit does not get in the way.
+    let n = c
+        .copy_in_timed(
+            &format!("COPY {t} FROM STDIN"),
+            limit,
+            b"1\n",
+            std::time::Duration::ZERO,
+            b"2\n",
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    // A server slower than the limit: cancelled.
+    let err = c
+        .copy_out_timed("COPY (SELECT pg_sleep(30)) TO STDOUT", limit)
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the sleep was cancelled"
+    );
+    assert_usable(&mut c);
+}
+
 conformance_tests!(
     text_and_csv_go_in_any_split_and_come_back_out,
     binary_rows_go_in_and_come_back_typed,
@@ -261,4 +302,5 @@ conformance_tests!(
     a_copy_dropped_half_way_keeps_nothing,
     a_reader_dropped_half_way_stops_the_server,
     copies_in_the_wrong_direction_or_through_query_are_refused,
+    a_copy_past_its_time_limit_fails_and_keeps_nothing,
 );

@@ -69,6 +69,14 @@ impl CopyIn {
         })
     }
 
+    /// A time limit for the whole copy: when it passes the server is sent
+    /// CopyFail, nothing is kept, and the copy fails with
+    /// [`Error::Timeout`] (seen at the next wait for the socket or at
+    /// [`CopyIn::finish`]).
+    pub fn deadline(&mut self, conn: &mut Connection, at: Option<Instant>) {
+        conn.set_deadline(self.ticket, at);
+    }
+
     /// Rows are to be written with [`CopyIn::write_row`] in the binary
     /// format (the statement must say `FORMAT binary`), one value per
     /// type, in the statement's column order.
@@ -233,8 +241,9 @@ pub struct Flush<'a> {
 impl Operation for Flush<'_> {
     type Output = ();
 
-    fn poll(&mut self, conn: &mut Connection, _now: Instant) -> Step<()> {
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<()> {
         let copy = &mut *self.copy;
+        conn.handle_timeout(now);
         if copy.over {
             return Step::Ready(Err(copy
                 .failed
@@ -270,10 +279,13 @@ pub struct Finish<'a> {
 impl Operation for Finish<'_> {
     type Output = u64;
 
-    fn poll(&mut self, conn: &mut Connection, _now: Instant) -> Step<u64> {
+    fn poll(&mut self, conn: &mut Connection, now: Instant) -> Step<u64> {
         let copy = &mut *self.copy;
         if !copy.done_sent {
             copy.done_sent = true;
+            // A time limit that passed while the caller produced data ends
+            // the copy now (CopyFail), before CopyDone could make it count.
+            conn.handle_timeout(now);
             if copy.binary.is_some() && conn.copy_in_open(copy.ticket) {
                 if !copy.header_written {
                     copy.write(conn, BINARY_HEADER);
@@ -318,6 +330,12 @@ impl CopyOut {
             ended: false,
             binary: None,
         })
+    }
+
+    /// A time limit for the whole copy: when it passes the server is asked
+    /// to cancel and the copy fails with [`Error::Timeout`].
+    pub fn deadline(&mut self, conn: &mut Connection, at: Option<Instant>) {
+        conn.set_deadline(self.ticket, at);
     }
 
     /// The data are in the binary format (the statement must say `FORMAT

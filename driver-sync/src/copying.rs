@@ -118,6 +118,15 @@ impl Client {
 }
 
 impl CopyIn<'_> {
+    /// A time limit for the whole copy, from now: when it passes the server
+    /// is sent CopyFail, nothing is kept, and the next write or the finish
+    /// fails with [`Error::Timeout`].
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        let at = duet_core::deadline_after(Instant::now(), limit);
+        self.copy.deadline(&mut self.client.conn, at);
+        self
+    }
+
     /// Queues data (any split; rows may straddle calls), waiting for the
     /// socket when much is queued. Fails with the server's error if the
     /// copy failed already.
@@ -165,6 +174,14 @@ impl Drop for CopyIn<'_> {
 }
 
 impl CopyOut<'_> {
+    /// A time limit for the whole copy, from now: when it passes the server
+    /// is asked to cancel and the next read fails with [`Error::Timeout`].
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        let at = duet_core::deadline_after(Instant::now(), limit);
+        self.copy.deadline(&mut self.client.conn, at);
+        self
+    }
+
     /// The next chunk of data as the server sent it (`None` at the end).
     pub fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
         if !self.current.is_empty() {

@@ -201,6 +201,17 @@ impl Connection {
         }
     }
 
+    /// Gives the request `t` a time limit (or none): when it passes, a COPY
+    /// FROM STDIN is ended by CopyFail, anything else cancelled, and the
+    /// request fails with [`Error::Timeout`].
+    pub fn set_deadline(&mut self, t: Ticket, at: Option<std::time::Instant>) {
+        self.deadlines.retain(|(d, _)| *d != t);
+        let pending = self.queue.iter().any(|e| super::entry_ticket(e) == Some(t));
+        if let (Some(at), true) = (at, pending) {
+            self.deadlines.push((t, at));
+        }
+    }
+
     /// Bytes queued and not yet handed to the socket: a writer waits for
     /// the socket when they pile up.
     pub fn unsent(&self) -> usize {
