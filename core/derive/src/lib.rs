@@ -160,6 +160,7 @@ struct FieldAttrs {
     skip_insert: bool,
     generated: Option<String>,
     unique: bool,
+    index: bool,
     sql_type: Option<String>,
     references: Option<Path>,
     on_delete: Option<String>,
@@ -183,6 +184,8 @@ fn parse_field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
                 a.auto = true;
             } else if p.is_ident("unique") {
                 a.unique = true;
+            } else if p.is_ident("index") {
+                a.index = true;
             } else if p.is_ident("skip_insert") {
                 a.skip_insert = true;
             } else if p.is_ident("column") {
@@ -213,7 +216,7 @@ fn parse_field_attrs(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
             } else {
                 return Err(meta.error(
                     "unknown duet field attribute; expected primary_key, auto, column, default, skip_insert, \
-                     generated, unique, sql_type, references or on_delete",
+                     generated, unique, index, sql_type, references or on_delete",
                 ));
             }
             Ok(())
@@ -371,7 +374,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
         let generated = opt_str(&a.generated);
         let on_delete = opt_str(&a.on_delete);
         let skip_insert = a.skip_insert || a.default.is_some();
-        let (primary_key, auto, unique) = (a.primary_key, a.auto, a.unique);
+        let (primary_key, auto, unique, index) = (a.primary_key, a.auto, a.unique, a.index);
         let self_reference = a
             .references
             .as_ref()
@@ -399,6 +402,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 generated: #generated,
                 default: #default,
                 unique: #unique,
+                index: #index,
                 references: #references,
                 on_delete: #on_delete,
                 create_type: #create_type,

@@ -34,6 +34,8 @@ pub struct ColumnDef {
     /// SQL of the column's default, for `create_table`.
     pub default: Option<&'static str>,
     pub unique: bool,
+    /// An index of its own (`#[duet(index)]`).
+    pub index: bool,
     /// `REFERENCES table (column)` and its `ON DELETE` action.
     pub references: Option<(&'static str, &'static str)>,
     pub on_delete: Option<&'static str>,
@@ -75,10 +77,10 @@ impl ModelMeta {
         s.list(self.columns, |s, c| s.column(self.table, c.name));
     }
 
-    /// `CREATE TABLE IF NOT EXISTS` from the declarations.
     /// [`create_table_sql`](Self::create_table_sql), preceded by the types
-    /// the columns need (`CREATE TYPE`, skipped when the type exists) in one
-    /// statement (a `DO` block).
+    /// the columns need (`CREATE TYPE`, skipped when the type exists) and
+    /// followed by their indexes (`#[duet(index)]`), in one statement (a
+    /// `DO` block) when there are any.
     pub fn create_types_and_table_sql(&self) -> String {
         let mut types: Vec<&str> = Vec::new();
         for c in self.columns {
@@ -88,7 +90,8 @@ impl ModelMeta {
                 }
             }
         }
-        if types.is_empty() {
+        let indexed: Vec<&ColumnDef> = self.columns.iter().filter(|c| c.index).collect();
+        if types.is_empty() && indexed.is_empty() {
             return self.create_table_sql();
         }
         let mut s = String::from("DO $duet$ BEGIN ");
@@ -98,7 +101,19 @@ impl ModelMeta {
             s.push_str("; EXCEPTION WHEN duplicate_object THEN NULL; END; ");
         }
         s.push_str(&self.create_table_sql());
-        s.push_str("; END $duet$");
+        s.push_str("; ");
+        for c in indexed {
+            let mut i = Sql::new();
+            i.push("CREATE INDEX IF NOT EXISTS ");
+            i.ident(&format!("{}_{}_idx", self.table, c.name));
+            i.push(" ON ");
+            i.ident(self.table);
+            i.push(" (");
+            i.ident(c.name);
+            i.push("); ");
+            s.push_str(&i.text);
+        }
+        s.push_str("END $duet$");
         s
     }
 

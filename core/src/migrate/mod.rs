@@ -12,6 +12,9 @@
 //! folder in the binary at compile time; [`Migrations::from_dir`] reads one
 //! at run time (the `duet` command line).
 
+mod diff;
+pub mod schema;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
@@ -19,6 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::ops::{simple_query_owned, BoxOp, Operation, Query, Step};
 use crate::{Connection, Error};
+pub use diff::{changes, draft, render, Change, Draft, Rename};
+use schema::literal;
+pub use schema::{inspect, live_and_models, of_models, Schema};
 
 /// The first line that makes a migration run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- duet:no-transaction";
@@ -297,11 +303,6 @@ impl Migrations {
 enum Plan {
     Run,
     Revert(usize),
-}
-
-/// A SQL string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn bytea(b: &[u8]) -> String {
