@@ -245,7 +245,7 @@ given_keys!(String, uuid::Uuid);
 /// `primary_key`, `auto` (the database assigns it; integer keys only),
 /// `column = "name"`,
 /// `default = "SQL"` (left out of inserts, declared in `create_table`),
-/// `skip_insert`, `generated = "SQL"` (never written), `unique`,
+/// `skip_insert`, `generated = "SQL"` (never written), `unique`, `index`,
 /// `sql_type = "varchar(40)"`, `references = OtherModel` with
 /// `on_delete = "cascade"`.
 ///
