@@ -402,6 +402,7 @@ const WILD: &str = "1000 xrealx";
 
 conformance_tests!(
     save_inserts_then_updates,
+    only_loads_the_key_and_the_named_columns,
     a_model_that_references_itself,
     save_without_row_into_save_and_delete,
     hooks_bump_validate_and_audit,
@@ -1050,6 +1051,55 @@ fn get_get_opt_first<D: Driver>() {
     let e = fails(&mut c, User::objects().filter(User::NAME.eq("many")).get());
     assert!(matches!(e, Error::MultipleFound(_, n) if n > 20), "{e:?}");
     assert!(e.to_string().contains("more than 20"), "{e}");
+}
+
+fn only_loads_the_key_and_the_named_columns<D: Driver>() {
+    let mut c: D = setup("only");
+    let users = seed(&mut c);
+    let light = User::objects()
+        .filter(User::LOGINS.ge(2))
+        .order_by(User::ID)
+        .only((User::NAME, User::LOGINS));
+    let sql = light.to_sql().text;
+    assert!(
+        sql.starts_with(r#"SELECT "users"."id", "users"."name", "users"."logins" FROM"#),
+        "{sql}"
+    );
+    let mut partial = run(&mut c, light.all());
+    assert_eq!(partial.len(), 4);
+    let names: Vec<String> = partial.iter().map(|p| p.get(User::NAME).unwrap()).collect();
+    assert_eq!(names, [BOB, CY, PCT, WILD]);
+    assert_eq!(partial[0].key().unwrap(), users[1].id);
+    // A column not loaded is an error naming it, never a made-up value.
+    assert!(!partial[0].is_loaded(User::EMAIL));
+    let e = partial[0].get(User::EMAIL).unwrap_err();
+    assert!(e.to_string().contains("users.email was not loaded"), "{e}");
+
+    // Save writes only what was set, by key; the rest of the row is untouched
+    // (and no hook runs: `version` stays).
+    let bob = &mut partial[0];
+    let logins = bob.get(User::LOGINS).unwrap();
+    bob.set(User::LOGINS, logins + 10);
+    bob.set(User::HAIR_COLOR, Some("grey".to_string()));
+    assert_eq!(bob.get(User::LOGINS).unwrap(), 12);
+    assert_eq!(run(&mut c, bob.save()), 1);
+    let stored = run(&mut c, User::objects().filter(User::ID.eq(users[1].id)).get());
+    assert_eq!((stored.logins, stored.hair_color.as_deref()), (12, Some("grey")));
+    assert_eq!(
+        (stored.email.as_str(), stored.version),
+        (users[1].email.as_str(), users[1].version)
+    );
+    assert_eq!(run(&mut c, partial[1].save()), 0, "nothing set, nothing written");
+
+    let one = run(
+        &mut c,
+        User::objects().filter(User::NAME.eq(ADA)).only(User::EMAIL).get(),
+    );
+    assert_eq!(one.get(User::EMAIL).unwrap(), "ada@x");
+    let e = fails(&mut c, User::objects().only(User::EMAIL).get());
+    assert!(matches!(e, Error::MultipleFound(_, 5)), "{e:?}");
+    let e = fails(&mut c, User::objects().filter(User::ID.lt(0)).only(User::EMAIL).get());
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
 }
 
 // ---- 8. query-set update and delete ----

@@ -33,6 +33,7 @@
 mod bulk_copy;
 pub mod expr;
 pub mod model;
+pub mod partial;
 pub mod queryset;
 pub mod raw;
 pub mod relation;
@@ -44,6 +45,7 @@ pub use expr::{
     SqlType, Typed, Value,
 };
 pub use model::{ColumnDef, HookCtx, Hooks, Key, KeyField, Model, ModelMeta, Positions};
+pub use partial::{Only, Partial};
 pub use queryset::{value, FetchOp, QuerySet, Update};
 pub use raw::Raw;
 pub use relation::{Fetch, FkField, ForeignKey, Joined, Prefetch, PrefetchMode};

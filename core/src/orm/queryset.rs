@@ -253,6 +253,13 @@ impl<M: Model> QuerySet<M> {
         Query::values(sql.text, sql.params).collect(|row| M::from_row(row, Positions::From(0)))
     }
 
+    /// Loads the key and these columns only (one column or a tuple): the
+    /// rows come as [`Partial`](super::partial::Partial) models, read and
+    /// changed through the model's column handles.
+    pub fn only(self, columns: impl super::write::Columns<M>) -> super::partial::Only<M> {
+        super::partial::Only::new(self, columns)
+    }
+
     /// Every matching row as a `T` made by column name from the model's
     /// columns (a `#[derive(FromRow)]` struct naming some of them: a
     /// partial view of the model).
@@ -283,20 +290,25 @@ impl<M: Model> QuerySet<M> {
         Query::values(sql.text, sql.params).for_each(move |row| f(M::from_row(&row, Positions::From(0))?))
     }
 
+    /// At most enough rows to tell one from several (and say how many, up
+    /// to 20), within the query set's own limit.
+    pub(crate) fn limited_for_get(mut self) -> Self {
+        self.limit = Some(self.limit.map_or(GET_LIMIT, |l| l.min(GET_LIMIT)));
+        self
+    }
+
     /// Exactly one row: [`Error::NotFound`] if none matches,
     /// [`Error::MultipleFound`] if several do.
-    pub fn get(mut self) -> FetchOp<M> {
-        self.limit = Some(self.limit.map_or(GET_LIMIT, |l| l.min(GET_LIMIT)));
-        Self::run(self.select(Self::model_columns()), |r| {
+    pub fn get(self) -> FetchOp<M> {
+        Self::run(self.limited_for_get().select(Self::model_columns()), |r| {
             exactly_one(decode_models::<M>(r)?)
         })
     }
 
     /// At most one row: `None` if none matches, [`Error::MultipleFound`] if
     /// several do.
-    pub fn get_opt(mut self) -> FetchOp<Option<M>> {
-        self.limit = Some(self.limit.map_or(GET_LIMIT, |l| l.min(GET_LIMIT)));
-        Self::run(self.select(Self::model_columns()), |r| {
+    pub fn get_opt(self) -> FetchOp<Option<M>> {
+        Self::run(self.limited_for_get().select(Self::model_columns()), |r| {
             at_most_one(decode_models::<M>(r)?)
         })
     }

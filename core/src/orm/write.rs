@@ -277,8 +277,8 @@ impl Conflict {
     }
 }
 
-/// Columns of model `M`, for `on_conflict` and `do_update`: one column or a
-/// tuple of up to four.
+/// Columns of model `M`, for `on_conflict`, `do_update` and `only`: one
+/// column or a tuple of up to eight.
 pub trait Columns<M> {
     fn names(&self) -> Vec<&'static str>;
 }
@@ -304,6 +304,10 @@ column_tuples!(A 0);
 column_tuples!(A 0, B 1);
 column_tuples!(A 0, B 1, C 2);
 column_tuples!(A 0, B 1, C 2, D 3);
+column_tuples!(A 0, B 1, C 2, D 3, E 4);
+column_tuples!(A 0, B 1, C 2, D 3, E 4, F 5);
+column_tuples!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+column_tuples!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 
 /// Inserts many models with as few statements as the protocol's
 /// 65,535-parameter limit allows, all sent in one round trip. The output is
