@@ -119,8 +119,18 @@ macro_rules! second_models {
                 pub stars: i16,
             }
 
+            /// A composite key, one of its columns also a foreign key.
+            #[derive(Model, Debug, Clone)]
+            #[duet(table = "shelf_places")]
+            pub struct ShelfPlace {
+                #[duet(primary_key, references = Book, on_delete = "cascade")]
+                pub book_id: i64,
+                #[duet(primary_key)]
+                pub position: i16,
+            }
+
             pub fn models() -> Vec<&'static ModelMeta> {
-                vec![Author::META, Book::META, Review::META]
+                vec![Author::META, Book::META, Review::META, ShelfPlace::META]
             }
         }
     };
@@ -254,6 +264,12 @@ fn written_from_models_applied_read_back_and_reverted<D: Driver>() {
         format!("SELECT indexname::text FROM pg_indexes WHERE schemaname = '{schema}' AND tablename = 'reviews'");
     let indexes: Vec<String> = c.query(&index, &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert!(indexes.contains(&"reviews_book_id_idx".to_string()), "{indexes:?}");
+    let key = "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'shelf_places_pkey' \
+               AND connamespace = current_schema()::regnamespace";
+    assert_eq!(
+        value(&mut c, key).as_deref(),
+        Some("PRIMARY KEY (book_id, \"position\")")
+    );
     // The data came along: the renamed column keeps its values, the
     // retyped one converted, the new one took its default.
     let row = c

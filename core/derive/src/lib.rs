@@ -321,13 +321,17 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     let mut values = Vec::new();
     let mut lent = Vec::new();
     let mut consts = Vec::new();
-    let mut pk: Option<(usize, &Ident, &Type, bool)> = None;
+    // Every key field, in the struct's order: one, or several for a
+    // composite key.
+    let mut pk: Vec<(usize, &Ident, &Type, bool)> = Vec::new();
     // The key's column, for a field that references this very model (a
     // tree, a manager): its META cannot read itself while being built.
     let mut pk_column = None;
+    let mut key_fields = 0;
     for f in fields.iter() {
         let a = parse_field_attrs(&f.attrs)?;
         if a.primary_key {
+            key_fields += 1;
             let field_name = f.ident.as_ref().expect("named field").to_string();
             pk_column = Some(
                 a.column
@@ -342,10 +346,10 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
         let field_name = ident.to_string().trim_start_matches("r#").to_string();
         let column = a.column.clone().unwrap_or_else(|| field_name.clone());
         if a.primary_key {
-            if pk.is_some() {
+            if a.auto && key_fields > 1 {
                 return Err(syn::Error::new_spanned(
                     ident,
-                    "a model has one primary_key (composite keys are not supported)",
+                    "auto applies to a one-column key: the columns of a composite key are given by the application",
                 ));
             }
             if a.auto && !is_integer_key(ty) {
@@ -354,7 +358,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                     "auto (a database-assigned identity) needs an integer key: i16, i32, i64 or an Option of one",
                 ));
             }
-            pk = Some((i, ident, ty, a.auto));
+            pk.push((i, ident, ty, a.auto));
         } else if a.auto {
             return Err(syn::Error::new_spanned(ident, "auto applies to the primary_key only"));
         }
@@ -379,6 +383,12 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             .references
             .as_ref()
             .is_some_and(|p| p.is_ident("Self") || p.is_ident(name));
+        if self_reference && key_fields > 1 {
+            return Err(syn::Error::new_spanned(
+                ident,
+                "references needs a one-column key, and this model's key is composite",
+            ));
+        }
         let references = match &a.references {
             Some(_) if self_reference => {
                 let pk_column = pk_column.clone().unwrap_or_default();
@@ -386,7 +396,13 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             }
             Some(p) => quote!(::core::option::Option::Some((
                 <#p as #core::orm::Model>::META.table,
-                <#p as #core::orm::Model>::META.columns[<#p as #core::orm::Model>::META.pk].name,
+                {
+                    ::core::assert!(
+                        <#p as #core::orm::Model>::META.key.len() == 1,
+                        "references needs a model with a one-column key: the referenced model's key is composite"
+                    );
+                    <#p as #core::orm::Model>::META.columns[<#p as #core::orm::Model>::META.pk].name
+                },
             ))),
             None => quote!(::core::option::Option::None),
         };
@@ -419,25 +435,45 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             pub const #const_name: #core::orm::Col<#name, #ty> = #core::orm::Col::new(#table, #column, #i);
         });
         if let Some(parent) = &a.references {
-            let rel = match field_name.strip_suffix("_id") {
-                Some(base) if !base.is_empty() => base.to_uppercase(),
-                _ => format!("{}_REL", field_name.to_uppercase()),
+            let (rel, alias) = match field_name.strip_suffix("_id") {
+                Some(base) if !base.is_empty() => (base.to_uppercase(), base.to_string()),
+                _ => (format!("{}_REL", field_name.to_uppercase()), field_name.clone()),
             };
             let rel = format_ident!("{}", rel);
             let doc = format!("The foreign key `{column}` to [`{}`].", quote!(#parent));
             consts.push(quote! {
                 #[doc = #doc]
-                pub const #rel: #core::orm::ForeignKey<#name, #parent> = #core::orm::ForeignKey::new(#column, |m: &#name| {
+                pub const #rel: #core::orm::ForeignKey<#name, #parent> = #core::orm::ForeignKey::new(#column, #alias, |m: &#name| {
                     <#ty as #core::orm::FkField<<#parent as #core::orm::Model>::Key>>::fk(&m.#ident)
                 });
             });
         }
     }
-    let Some((pk_index, pk_ident, pk_ty, pk_auto)) = pk else {
+    if pk.is_empty() {
         return Err(syn::Error::new_spanned(
             name,
-            "a model needs one field marked #[duet(primary_key)]",
+            "a model needs a field marked #[duet(primary_key)] (several for a composite key)",
         ));
+    }
+    let pk_index = pk[0].0;
+    let key_indexes: Vec<usize> = pk.iter().map(|k| k.0).collect();
+    let (key_type, key_body) = if pk.len() == 1 {
+        let (_, ident, ty, auto) = pk[0];
+        (
+            quote!(<#ty as #core::orm::KeyField>::Key),
+            quote!(#core::orm::KeyField::key(&self.#ident, #auto)),
+        )
+    } else {
+        let types = pk
+            .iter()
+            .map(|(_, _, ty, _)| quote!(<#ty as #core::orm::KeyField>::Key));
+        let parts = pk
+            .iter()
+            .map(|(_, ident, _, _)| quote!(#core::orm::KeyField::key(&self.#ident, false)?));
+        (
+            quote!((#(#types,)*)),
+            quote!(::core::option::Option::Some((#(#parts,)*))),
+        )
     };
     let n = fields.len();
     let name_str = name.to_string();
@@ -450,7 +486,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
     };
     Ok(quote! {
         impl #core::orm::Model for #name {
-            type Key = <#pk_ty as #core::orm::KeyField>::Key;
+            type Key = #key_type;
 
             const HAS_HOOKS: bool = #has_hooks;
 
@@ -459,6 +495,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
                 name: #name_str,
                 columns: &[#(#defs),*],
                 pk: #pk_index,
+                key: &[#(#key_indexes),*],
             };
 
             fn from_row(row: &#core::Row, at: #core::orm::Positions<'_>) -> ::core::result::Result<Self, #core::Error> {
@@ -486,7 +523,7 @@ fn expand(input: DeriveInput) -> syn::Result<Tokens> {
             }
 
             fn key(&self) -> ::core::option::Option<Self::Key> {
-                #core::orm::KeyField::key(&self.#pk_ident, #pk_auto)
+                #key_body
             }
         }
 

@@ -62,6 +62,8 @@ pub enum Expr {
     },
     /// `*`, inside `COUNT(*)`.
     Star,
+    /// `(a, b)`: a composite key's columns, compared as one.
+    Row(Vec<Expr>),
 }
 
 /// The operators the builder can emit; never text from a caller.

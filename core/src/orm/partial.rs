@@ -11,7 +11,7 @@ use std::sync::Arc;
 use postgres_types::{FromSql, ToSql};
 
 use super::expr::{BinOp, Col, Expr, Value};
-use super::model::Model;
+use super::model::{Key, Model};
 use super::queryset::{cond, CollectOp, QuerySet};
 use super::render::Sql;
 use super::write::Columns;
@@ -63,11 +63,14 @@ impl<M: Model> Partial<M> {
             .iter()
             .map(|c| row.columns().iter().position(|rc| rc.name == c.name))
             .collect();
-        if at[M::META.pk].is_none() {
+        if let Some(missing) = M::META
+            .key_columns()
+            .find(|c| !row.columns().iter().any(|rc| rc.name == c.name))
+        {
             return Err(Error::invalid(format!(
                 "a partial {} needs its key column {}",
                 M::META.name,
-                M::META.pk_column().name
+                missing.name
             )));
         }
         Ok(Partial {
@@ -104,8 +107,11 @@ impl<M: Model> Partial<M> {
         }
     }
 
-    /// The primary key.
-    pub fn key(&self) -> Result<M::Key, Error> {
+    /// The primary key (a one-column key).
+    pub fn key(&self) -> Result<M::Key, Error>
+    where
+        M::Key: Key,
+    {
         self.row.try_get(self.at[M::META.pk].expect("checked when read"))
     }
 
@@ -121,8 +127,12 @@ impl<M: Model> Partial<M> {
 
     /// `UPDATE … SET` the columns set since loading `WHERE` key: the
     /// output is the number of rows updated (0 when the row is gone, or
-    /// nothing was set). Hooks do not run: they need the whole model.
-    pub fn save(&self) -> BoxOp<'static, u64> {
+    /// nothing was set). Hooks do not run: they need the whole model. For
+    /// models with a one-column key.
+    pub fn save(&self) -> BoxOp<'static, u64>
+    where
+        M::Key: Key,
+    {
         if self.changed.is_empty() {
             return Box::new(crate::ops::ready(Ok(0)));
         }
@@ -159,7 +169,7 @@ impl<M: Model> Only<M> {
         let mut columns = Vec::new();
         // The key always, then the named columns in the model's order.
         for (i, c) in meta.columns.iter().enumerate() {
-            if i == meta.pk || names.contains(&c.name) {
+            if meta.key.contains(&i) || names.contains(&c.name) {
                 columns.push(Expr::Column {
                     table: meta.table,
                     name: c.name,

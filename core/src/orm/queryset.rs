@@ -214,12 +214,33 @@ impl<M: Model> QuerySet<M> {
         }
     }
 
+    /// Each primary key column.
+    fn key_exprs() -> Vec<Expr> {
+        M::META
+            .key_columns()
+            .map(|c| Expr::Column {
+                table: M::META.table,
+                name: c.name,
+            })
+            .collect()
+    }
+
+    /// The key as one value: its column, or `(a, b)` for a composite key.
+    fn key_expr() -> Expr {
+        let mut cols = Self::key_exprs();
+        if cols.len() == 1 {
+            cols.pop().expect("one column")
+        } else {
+            Expr::Row(cols)
+        }
+    }
+
     /// `SELECT pk FROM … WHERE …`: the keys of the same rows, for a
     /// subquery, with the order and limit that choose them. DISTINCT is
     /// dropped: rows that include the primary key are distinct already, and
     /// under DISTINCT an ORDER BY on anything but the key is refused (42P10).
     pub(crate) fn pk_select(&self) -> Select {
-        let mut sel = self.select(vec![Self::pk_expr()]);
+        let mut sel = self.select(Self::key_exprs());
         sel.distinct = false;
         sel
     }
@@ -236,8 +257,13 @@ impl<M: Model> QuerySet<M> {
         if self.limit.is_none() && self.offset.is_none() {
             return true;
         }
-        let pk = M::META.pk_column().name;
-        matches!(self.order.last(), Some(o) if matches!(o.expr, Expr::Column { table, name } if table == M::META.table && name == pk))
+        // The order ends in the key's columns, in the key's order.
+        let key = M::META.key;
+        self.order.len() >= key.len()
+            && self.order[self.order.len() - key.len()..]
+                .iter()
+                .zip(key)
+                .all(|(o, &i)| matches!(o.expr, Expr::Column { table, name } if table == M::META.table && name == M::META.columns[i].name))
     }
 
     fn run<T: Send + 'static>(select: Select, decode: fn(QueryResult) -> Result<T, Error>) -> FetchOp<T> {
@@ -317,11 +343,11 @@ impl<M: Model> QuerySet<M> {
     /// none), or `None`.
     pub fn first(mut self) -> FetchOp<Option<M>> {
         if self.order.is_empty() {
-            self.order.push(Order {
-                expr: Self::pk_expr(),
+            self.order.extend(Self::key_exprs().into_iter().map(|expr| Order {
+                expr,
                 desc: false,
                 nulls_first: None,
-            });
+            }));
         }
         self.limit = Some(1);
         Self::run(self.select(Self::model_columns()), |r| Ok(decode_models::<M>(r)?.pop()))
@@ -457,7 +483,7 @@ impl<M: Model> QuerySet<M> {
         } else {
             s.push(" WHERE ");
             s.expr(&Expr::InSelect {
-                expr: Box::new(Self::pk_expr()),
+                expr: Box::new(Self::key_expr()),
                 select: Box::new(self.pk_select()),
             });
         }

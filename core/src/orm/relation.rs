@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use postgres_types::ToSql;
 
-use super::expr::{BinOp, Cond, Expr, Order};
+use super::expr::{BinOp, Col, Cond, Expr, Order};
 use super::model::{Key, Model, Positions};
 use super::queryset::{cond, decode_models, QuerySet};
 use super::render::{Join, Select, Sql};
@@ -21,6 +21,9 @@ use crate::{Error, Row};
 pub struct ForeignKey<C, P: Model> {
     /// The column in the child's table.
     pub column: &'static str,
+    /// The name the joined side goes by when a join meets its own table
+    /// (a model that references itself): the field's name without `_id`.
+    pub alias: &'static str,
     get: fn(&C) -> Option<P::Key>,
 }
 
@@ -33,8 +36,20 @@ impl<C, P: Model> Copy for ForeignKey<C, P> {}
 
 impl<C: Model, P: Model> ForeignKey<C, P> {
     #[doc(hidden)]
-    pub const fn new(column: &'static str, get: fn(&C) -> Option<P::Key>) -> Self {
-        ForeignKey { column, get }
+    pub const fn new(column: &'static str, alias: &'static str, get: fn(&C) -> Option<P::Key>) -> Self {
+        ForeignKey { column, alias, get }
+    }
+
+    /// A column of the side of a self-join that goes by the foreign key's
+    /// name: `Employee::MANAGER.aliased(Employee::NAME)` is the manager's
+    /// name in `Employee::objects().select_related(Employee::MANAGER)`.
+    pub const fn aliased<X, T>(&self, col: Col<X, T>) -> Col<X, T> {
+        Col::new(self.alias, col.name, col.index)
+    }
+
+    /// True when child and parent are one table: a join must alias one side.
+    fn is_self(&self) -> bool {
+        C::META.table == P::META.table
     }
 
     /// The parent's key this child points at (`None` for a NULL key).
@@ -49,9 +64,17 @@ impl<C: Model, P: Model> ForeignKey<C, P> {
         }
     }
 
-    /// `child.fk = parent.pk`.
-    fn on(&self) -> Expr {
-        cond(BinOp::Eq, self.child_col(), QuerySet::<P>::pk_expr()).0
+    /// `child.fk = parent.pk`, each side under the name given.
+    fn on_as(&self, child: &'static str, parent: &'static str) -> Expr {
+        let fk = Expr::Column {
+            table: child,
+            name: self.column,
+        };
+        let pk = Expr::Column {
+            table: parent,
+            name: P::META.pk_column().name,
+        };
+        cond(BinOp::Eq, fk, pk).0
     }
 
     /// The child rows of one parent: `Post::USER.of(&user)` filters posts by
@@ -94,6 +117,8 @@ fn model_at<M: Model>(row: &Row, offset: usize) -> Result<Option<M>, Error> {
 /// A query set joined to another model: rows of `(M, Option<O>)`.
 pub struct Joined<M, O> {
     qs: QuerySet<M>,
+    /// The name `O`'s table goes by: its own, or an alias in a self-join.
+    other: &'static str,
     _other: PhantomData<fn() -> O>,
 }
 
@@ -101,6 +126,7 @@ impl<M, O> Clone for Joined<M, O> {
     fn clone(&self) -> Self {
         Joined {
             qs: self.qs.clone(),
+            other: self.other,
             _other: PhantomData,
         }
     }
@@ -129,14 +155,17 @@ impl<M: Model, O: Model> Joined<M, O> {
         self
     }
 
-    fn columns() -> Vec<Expr> {
+    fn columns(&self) -> Vec<Expr> {
         let mut cols = QuerySet::<M>::model_columns();
-        cols.extend(QuerySet::<O>::model_columns());
+        cols.extend(O::META.columns.iter().map(|c| Expr::Column {
+            table: self.other,
+            name: c.name,
+        }));
         cols
     }
 
     pub fn to_sql(&self) -> Sql {
-        self.qs.select(Self::columns()).to_sql()
+        self.qs.select(self.columns()).to_sql()
     }
 
     /// Every row: both models decoded from one result, by position.
@@ -157,12 +186,17 @@ impl<M: Model> QuerySet<M> {
     /// `LEFT JOIN`): `Post::objects().select_related(Post::USER)` gives
     /// `(Post, Option<User>)` rows.
     pub fn select_related<P: Model>(self, fk: ForeignKey<M, P>) -> Joined<M, P> {
+        // Joined to itself, the parent goes by the key's name (`manager`).
+        let alias = fk.is_self().then_some(fk.alias);
+        let parent = alias.unwrap_or(P::META.table);
         Joined {
             qs: self.join(Join {
                 left: true,
                 table: P::META.table,
-                on: fk.on(),
+                alias,
+                on: fk.on_as(M::META.table, parent),
             }),
+            other: parent,
             _other: PhantomData,
         }
     }
@@ -170,13 +204,21 @@ impl<M: Model> QuerySet<M> {
     /// Joins the children that point at `M` (a `LEFT JOIN`, one row per
     /// child, parents without children once with `None`):
     /// `User::objects().left_join(Post::USER)` gives `(User, Option<Post>)`.
+    /// Joined to itself, the children go by the key's name:
+    /// `Employee::objects().left_join(Employee::MANAGER)` gives each
+    /// employee with each of their reports, and
+    /// `Employee::MANAGER.aliased(Employee::NAME)` is a report's name.
     pub fn left_join<C: Model>(self, fk: ForeignKey<C, M>) -> Joined<M, C> {
+        let alias = fk.is_self().then_some(fk.alias);
+        let child = alias.unwrap_or(C::META.table);
         Joined {
             qs: self.join(Join {
                 left: true,
                 table: C::META.table,
-                on: fk.on(),
+                alias,
+                on: fk.on_as(child, M::META.table),
             }),
+            other: child,
             _other: PhantomData,
         }
     }

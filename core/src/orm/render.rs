@@ -146,6 +146,11 @@ impl Sql {
                 }
             }
             Expr::Star => self.push("*"),
+            Expr::Row(items) => {
+                self.push("(");
+                self.list(items, |s, e| s.expr(e));
+                self.push(")");
+            }
         }
     }
 
@@ -167,6 +172,9 @@ impl Sql {
 pub struct Join {
     pub left: bool,
     pub table: &'static str,
+    /// `AS alias`: the table is in the query already (a model joined to
+    /// itself), so this side goes by another name.
+    pub alias: Option<&'static str>,
     pub on: Expr,
 }
 
@@ -205,6 +213,10 @@ impl Select {
         for j in &self.joins {
             s.push(if j.left { " LEFT JOIN " } else { " JOIN " });
             s.ident(j.table);
+            if let Some(alias) = j.alias {
+                s.push(" AS ");
+                s.ident(alias);
+            }
             s.push(" ON ");
             s.expr(&j.on);
         }

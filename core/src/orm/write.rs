@@ -7,7 +7,7 @@
 use std::borrow::{Borrow, BorrowMut};
 
 use super::bulk_copy;
-use super::expr::{Col, Value};
+use super::expr::Col;
 use super::model::{HookCtx, Model};
 use super::queryset::{decode_models, QuerySet};
 use super::render::Sql;
@@ -84,7 +84,7 @@ impl<M: Model> ParamSource for InsertedModels<M> {
 }
 
 /// `UPDATE t SET … WHERE pk = $n RETURNING *`.
-fn update_sql<M: Model>(m: &M, key: Value) -> Sql {
+fn update_sql<M: Model>(m: &M) -> Sql {
     let meta = M::META;
     let mut s = Sql::new();
     s.push("UPDATE ");
@@ -103,9 +103,7 @@ fn update_sql<M: Model>(m: &M, key: Value) -> Sql {
         s.param(m.value(i));
     });
     s.push(" WHERE ");
-    s.ident(meta.pk_column().name);
-    s.push(" = ");
-    s.param(key);
+    meta.render_key_match(&mut s, |i| m.value(i));
     returning_all::<M>(&mut s);
     s
 }
@@ -148,7 +146,7 @@ where
         let m: &M = model.borrow();
         let updating = auto && key.is_some();
         let sql = match (&key, updating) {
-            (Some(k), true) => update_sql(m, std::sync::Arc::new(k.clone())),
+            (Some(_), true) => update_sql(m),
             _ => {
                 let conflict = (!auto).then(|| Conflict::on_pk::<M>());
                 let cols = inserted_columns::<M>(key.is_some());
@@ -203,21 +201,19 @@ where
 {
     Box::new(lazy(move || {
         let m: &M = model.borrow();
-        let key = m.key().ok_or_else(|| {
-            Error::invalid(format!(
+        if m.key().is_none() {
+            return Err(Error::invalid(format!(
                 "cannot delete a {} that was never saved (it has no key)",
                 M::META.name
-            ))
-        })?;
+            )));
+        }
         let mut ctx = HookCtx::default();
         m.before_delete(&mut ctx)?;
         let mut s = Sql::new();
         s.push("DELETE FROM ");
         s.ident(M::META.table);
         s.push(" WHERE ");
-        s.ident(M::META.pk_column().name);
-        s.push(" = ");
-        s.param(std::sync::Arc::new(key));
+        M::META.render_key_match(&mut s, |i| m.value(i));
         let write = Query::values(s.text, s.params);
         if !M::HAS_HOOKS {
             let op: BoxOp<'m, u64> = Box::new(write.map(|r| Ok(r.rows_affected())).infallible());
@@ -254,7 +250,7 @@ impl Conflict {
             .map(|c| c.name)
             .collect();
         Conflict {
-            target: vec![meta.pk_column().name],
+            target: meta.key_columns().map(|c| c.name).collect(),
             update: Some(update),
         }
     }
