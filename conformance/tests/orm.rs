@@ -250,6 +250,33 @@ struct Employee {
     manager_id: Option<i32>,
 }
 
+/// Two keys to one table: joining both needs an alias.
+#[derive(Model, Debug, Clone, PartialEq)]
+struct Message {
+    #[duet(primary_key, auto)]
+    id: i32,
+    #[duet(references = User, on_delete = "cascade")]
+    sender_id: i32,
+    #[duet(references = User, on_delete = "cascade")]
+    recipient_id: Option<i32>,
+    body: String,
+}
+
+/// A joined row as a struct of its models.
+#[derive(FromJoined, Debug)]
+struct Envelope {
+    message: Message,
+    sender: Option<User>,
+    recipient: Option<User>,
+}
+
+#[derive(FromJoined, Debug)]
+struct Thread {
+    comment: Comment,
+    post: Option<Post>,
+    author: Option<User>,
+}
+
 /// A composite primary key: one row per (group, user).
 #[derive(Model, Debug, Clone, PartialEq)]
 struct Membership {
@@ -422,6 +449,7 @@ const WILD: &str = "1000 xrealx";
 
 conformance_tests!(
     save_inserts_then_updates,
+    joins_of_one_table_twice_and_through_a_joined_model,
     composite_primary_keys,
     only_loads_the_key_and_the_named_columns,
     a_model_that_references_itself,
@@ -2984,6 +3012,101 @@ fn a_model_that_references_itself<D: Driver>() {
     // on_delete cascade down the tree.
     run(&mut c, boss.delete());
     assert_eq!(run(&mut c, Employee::objects().count()), 0);
+}
+
+fn joins_of_one_table_twice_and_through_a_joined_model<D: Driver>() {
+    let mut c: D = setup("joins_twice");
+    run(&mut c, Message::create_table());
+    let users = seed(&mut c);
+    let (ada, bob, cy) = (&users[0], &users[1], &users[2]);
+    let note = |from: &User, to: Option<&User>, body: &str| Message {
+        id: 0,
+        sender_id: from.id,
+        recipient_id: to.map(|u| u.id),
+        body: body.into(),
+    };
+    run(
+        &mut c,
+        Message::bulk_insert([
+            note(ada, Some(bob), "hi bob"),
+            note(bob, Some(ada), "hi ada"),
+            note(cy, None, "to all"),
+            note(ada, Some(cy), "hi cy"),
+        ]),
+    );
+    // users joined twice: as themselves (the sender), as "recipient".
+    let both = Message::objects()
+        .select_related(Message::SENDER)
+        .select_related(Message::RECIPIENT)
+        .order_by(Message::ID);
+    let sql = both.to_sql().text;
+    assert!(
+        sql.contains(r#"LEFT JOIN "users" ON ("messages"."sender_id" = "users"."id") LEFT JOIN "users" AS "recipient" ON ("messages"."recipient_id" = "recipient"."id")"#),
+        "{sql}"
+    );
+    let rows = run(&mut c, both.clone().all());
+    let names: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|(m, s, r)| {
+            (
+                m.body.as_str(),
+                s.as_ref().unwrap().name.as_str(),
+                r.as_ref().map(|r| r.name.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("hi bob", ADA, Some(BOB)),
+            ("hi ada", BOB, Some(ADA)),
+            ("to all", CY, None),
+            ("hi cy", ADA, Some(CY)),
+        ]
+    );
+    // Each side filtered by its own name; the rows as structs.
+    let envelopes: Vec<Envelope> = run(
+        &mut c,
+        both.filter(User::NAME.eq(ADA))
+            .filter(Message::RECIPIENT.aliased(User::NAME).eq(CY))
+            .all_into(),
+    );
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].message.body, "hi cy");
+    assert_eq!(envelopes[0].sender.as_ref(), Some(ada));
+    assert_eq!(envelopes[0].recipient.as_ref(), Some(cy));
+
+    // Through a joined model: comment → its post → the post's author.
+    let post = run(&mut c, Post::new(bob, "bob's post", 3).into_save());
+    run(
+        &mut c,
+        Comment {
+            id: 0,
+            post_id: post.id,
+            text: "nice".into(),
+        }
+        .into_save(),
+    );
+    let threads: Vec<Thread> = run(
+        &mut c,
+        Comment::objects()
+            .select_related(Comment::POST)
+            .select_related(Post::USER)
+            .all_into(),
+    );
+    assert_eq!(threads.len(), 1);
+    assert_eq!(threads[0].comment.text, "nice");
+    assert_eq!(threads[0].post.as_ref(), Some(&post));
+    assert_eq!(threads[0].author.as_ref().map(|u| u.name.as_str()), Some(BOB));
+    // A key from a model the query does not have is refused by name.
+    let e = fails(
+        &mut c,
+        Message::objects()
+            .select_related(Message::SENDER)
+            .select_related(Comment::POST)
+            .all(),
+    );
+    assert!(e.to_string().contains("no Comment in the query"), "{e}");
 }
 
 fn composite_primary_keys<D: Driver>() {

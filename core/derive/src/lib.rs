@@ -28,6 +28,54 @@ pub fn derive_from_row(input: TokenStream) -> TokenStream {
     }
 }
 
+/// `#[derive(FromJoined)]`: a struct made from a joined row's models, field
+/// by field in order (`From<(Message, Option<User>, Option<User>)>`), for
+/// `Joined::all_into`.
+#[proc_macro_derive(FromJoined)]
+pub fn derive_from_joined(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand_from_joined(input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_from_joined(input: DeriveInput) -> syn::Result<Tokens> {
+    let ident = &input.ident;
+    let fields = match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(f) => &f.named,
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    ident,
+                    "FromJoined needs a struct with named fields",
+                ))
+            }
+        },
+        _ => {
+            return Err(syn::Error::new_spanned(
+                ident,
+                "FromJoined can only be derived for a struct",
+            ))
+        }
+    };
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "FromJoined cannot be derived for a generic struct",
+        ));
+    }
+    let names: Vec<&Ident> = fields.iter().map(|f| f.ident.as_ref().expect("named field")).collect();
+    let types: Vec<&Type> = fields.iter().map(|f| &f.ty).collect();
+    Ok(quote! {
+        impl ::core::convert::From<(#(#types,)*)> for #ident {
+            fn from((#(#names,)*): (#(#types,)*)) -> Self {
+                #ident { #(#names),* }
+            }
+        }
+    })
+}
+
 fn expand_from_row(input: DeriveInput) -> syn::Result<Tokens> {
     let core = core_path();
     let ident = &input.ident;

@@ -48,7 +48,7 @@ pub use model::{ColumnDef, HookCtx, Hooks, Key, KeyField, Model, ModelMeta, Posi
 pub use partial::{Only, Partial};
 pub use queryset::{value, FetchOp, QuerySet, Update};
 pub use raw::Raw;
-pub use relation::{Fetch, FkField, ForeignKey, Joined, Prefetch, PrefetchMode};
+pub use relation::{Fetch, FkField, ForeignKey, Grow, Joined, Prefetch, PrefetchMode, Shape};
 pub use render::{Select, Sql};
 pub use write::{BulkInsert, Columns, OnConflict};
 
@@ -61,5 +61,5 @@ pub mod prelude {
     pub use crate::ops::{atomic, pipeline};
     pub use crate::Error;
     pub use crate::FromRow;
-    pub use duet_derive::{Model, PgEnum};
+    pub use duet_derive::{FromJoined, Model, PgEnum};
 }

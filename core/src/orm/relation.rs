@@ -2,7 +2,6 @@
 //! `prefetch` (one more query per level, or all levels in one round trip).
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use postgres_types::ToSql;
@@ -114,26 +113,123 @@ fn model_at<M: Model>(row: &Row, offset: usize) -> Result<Option<M>, Error> {
     M::from_row(row, Positions::From(offset)).map(Some)
 }
 
-/// A query set joined to another model: rows of `(M, Option<O>)`.
-pub struct Joined<M, O> {
-    qs: QuerySet<M>,
-    /// The name `O`'s table goes by: its own, or an alias in a self-join.
-    other: &'static str,
-    _other: PhantomData<fn() -> O>,
+/// The models of a joined query set: the base model first, then each
+/// joined one (`(Post, User)`, `(Message, User, User)`); implemented for
+/// two to four models. A row is `(Post, Option<User>)`: a joined model is
+/// `None` where the `LEFT JOIN` found no row.
+pub trait Shape: 'static {
+    type Base: Model;
+    /// One decoded row.
+    type Item: Send + 'static;
+    /// The tables of the joined models, in order.
+    fn tables() -> Vec<&'static str>;
+    /// The columns of the joined models, each under the name its table
+    /// goes by in the query.
+    fn joined_columns(names: &[&'static str], out: &mut Vec<Expr>);
+    /// A row, every model read by position.
+    fn decode(row: &Row) -> Result<Self::Item, Error>;
 }
 
-impl<M, O> Clone for Joined<M, O> {
+/// A shape with one more joined model.
+pub trait Grow<P: Model>: Shape {
+    type With: Shape<Base = Self::Base>;
+}
+
+fn columns_of<O: Model>(name: &'static str, out: &mut Vec<Expr>) {
+    out.extend(O::META.columns.iter().map(|c| Expr::Column {
+        table: name,
+        name: c.name,
+    }));
+}
+
+macro_rules! shape {
+    ($($o:ident),+) => {
+        impl<M: Model, $($o: Model),+> Shape for (M, $($o),+) {
+            type Base = M;
+            type Item = (M, $(Option<$o>),+);
+            fn tables() -> Vec<&'static str> {
+                vec![$($o::META.table),+]
+            }
+            fn joined_columns(names: &[&'static str], out: &mut Vec<Expr>) {
+                let mut names = names.iter();
+                $(columns_of::<$o>(names.next().copied().unwrap_or($o::META.table), out);)+
+            }
+            #[allow(unused_assignments)] // the offset after the last model
+            fn decode(row: &Row) -> Result<Self::Item, Error> {
+                let mut at = M::META.columns.len();
+                let base = M::from_row(row, Positions::From(0))?;
+                Ok((base, $({
+                    let m = model_at::<$o>(row, at)?;
+                    at += $o::META.columns.len();
+                    m
+                }),+))
+            }
+        }
+    };
+}
+shape!(A);
+shape!(A, B);
+shape!(A, B, C);
+
+macro_rules! grow {
+    ($($o:ident),+ => $next:ident) => {
+        impl<M: Model, $($o: Model,)+ $next: Model> Grow<$next> for (M, $($o),+) {
+            type With = (M, $($o,)+ $next);
+        }
+    };
+}
+grow!(A => B);
+grow!(A, B => C);
+
+/// A query set joined to other models (`select_related`, `left_join`):
+/// rows of the base model with each joined one, `(Post, Option<User>)`.
+///
+/// A table the query already has goes by another name: the foreign key's
+/// (`manager` for `manager_id`), and `fk.aliased(col)` names its columns in
+/// filters and orders.
+///
+/// ```
+/// use duet_core::orm::prelude::*;
+/// # #[derive(Model)] struct User { #[duet(primary_key, auto)] id: i32, name: String }
+/// #[derive(Model)]
+/// struct Message {
+///     #[duet(primary_key, auto)]
+///     id: i64,
+///     #[duet(references = User)]
+///     sender_id: i32,
+///     #[duet(references = User)]
+///     recipient_id: i32,
+///     body: String,
+/// }
+///
+/// // users twice: as themselves for the sender, as "recipient" for the other.
+/// let to_ann = Message::objects()
+///     .select_related(Message::SENDER)
+///     .select_related(Message::RECIPIENT)
+///     .filter(Message::RECIPIENT.aliased(User::NAME).eq("ann"));
+/// assert!(to_ann.to_sql().text.contains(r#"LEFT JOIN "users" AS "recipient""#));
+/// // In a driver: client.run(to_ann.all())? : Vec<(Message, Option<User>, Option<User>)>
+/// ```
+pub struct Joined<S: Shape> {
+    qs: QuerySet<S::Base>,
+    /// The name each joined model's table goes by: its own, or an alias.
+    names: Vec<&'static str>,
+    /// A join that could not be named (two aliases alike), said when run.
+    refused: Option<String>,
+}
+
+impl<S: Shape> Clone for Joined<S> {
     fn clone(&self) -> Self {
         Joined {
             qs: self.qs.clone(),
-            other: self.other,
-            _other: PhantomData,
+            names: self.names.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
 
-impl<M: Model, O: Model> Joined<M, O> {
-    /// Filters on either model's columns.
+impl<S: Shape> Joined<S> {
+    /// Filters on any joined model's columns.
     pub fn filter(mut self, c: Cond) -> Self {
         self.qs = self.qs.filter(c);
         self
@@ -156,11 +252,8 @@ impl<M: Model, O: Model> Joined<M, O> {
     }
 
     fn columns(&self) -> Vec<Expr> {
-        let mut cols = QuerySet::<M>::model_columns();
-        cols.extend(O::META.columns.iter().map(|c| Expr::Column {
-            table: self.other,
-            name: c.name,
-        }));
+        let mut cols = QuerySet::<S::Base>::model_columns();
+        S::joined_columns(&self.names, &mut cols);
         cols
     }
 
@@ -168,24 +261,74 @@ impl<M: Model, O: Model> Joined<M, O> {
         self.qs.select(self.columns()).to_sql()
     }
 
-    /// Every row: both models decoded from one result, by position.
-    pub fn all(self) -> impl Operation<Output = Vec<(M, Option<O>)>> + Send {
+    /// Every row, each model decoded by position as rows arrive.
+    pub fn all(self) -> BoxOp<'static, Vec<S::Item>> {
+        if let Some(why) = self.refused {
+            return Box::new(ready(Err(Error::invalid(why))));
+        }
         let sql = self.to_sql();
-        Query::values(sql.text, sql.params).map(|r| {
-            let width = M::META.columns.len();
-            r.rows
-                .iter()
-                .map(|row| Ok((M::from_row(row, Positions::From(0))?, model_at::<O>(row, width)?)))
-                .collect()
-        })
+        Box::new(Query::values(sql.text, sql.params).collect(S::decode))
+    }
+
+    /// Every row made into `T` (a struct of the joined models, say: see
+    /// `#[derive(FromJoined)]`).
+    pub fn all_into<T: From<S::Item> + Send + 'static>(self) -> impl Operation<Output = Vec<T>> + Send {
+        self.all().map(|items| Ok(items.into_iter().map(T::from).collect()))
+    }
+
+    /// Joins one more parent: a foreign key of the base model or of a
+    /// model joined already (the last one of that table).
+    pub fn select_related<C: Model, P: Model>(mut self, fk: ForeignKey<C, P>) -> Joined<S::With>
+    where
+        S: Grow<P>,
+    {
+        let mut tables = vec![S::Base::META.table];
+        tables.extend(S::tables());
+        let mut names = vec![S::Base::META.table];
+        names.extend(self.names.iter().copied());
+        let child = match tables.iter().rposition(|t| *t == C::META.table) {
+            Some(i) => names[i],
+            None => {
+                self.refused.get_or_insert(format!(
+                    "select_related({}.{}): no {} in the query to join from",
+                    C::META.table,
+                    fk.column,
+                    C::META.name
+                ));
+                C::META.table
+            }
+        };
+        let alias = names.contains(&P::META.table).then_some(fk.alias);
+        let parent = alias.unwrap_or(P::META.table);
+        if alias.is_some() && names.contains(&fk.alias) {
+            self.refused.get_or_insert(format!(
+                "select_related({}.{}): the name {:?} is taken in this query",
+                C::META.table,
+                fk.column,
+                fk.alias
+            ));
+        }
+        let mut joined_names = self.names;
+        joined_names.push(parent);
+        Joined {
+            qs: self.qs.join(Join {
+                left: true,
+                table: P::META.table,
+                alias,
+                on: fk.on_as(child, parent),
+            }),
+            names: joined_names,
+            refused: self.refused,
+        }
     }
 }
 
 impl<M: Model> QuerySet<M> {
     /// Follows a foreign key of `M` to its parent in the same query (a
     /// `LEFT JOIN`): `Post::objects().select_related(Post::USER)` gives
-    /// `(Post, Option<User>)` rows.
-    pub fn select_related<P: Model>(self, fk: ForeignKey<M, P>) -> Joined<M, P> {
+    /// `(Post, Option<User>)` rows; more `select_related` calls join more
+    /// parents (see [`Joined`]).
+    pub fn select_related<P: Model>(self, fk: ForeignKey<M, P>) -> Joined<(M, P)> {
         // Joined to itself, the parent goes by the key's name (`manager`).
         let alias = fk.is_self().then_some(fk.alias);
         let parent = alias.unwrap_or(P::META.table);
@@ -196,8 +339,8 @@ impl<M: Model> QuerySet<M> {
                 alias,
                 on: fk.on_as(M::META.table, parent),
             }),
-            other: parent,
-            _other: PhantomData,
+            names: vec![parent],
+            refused: None,
         }
     }
 
@@ -208,7 +351,7 @@ impl<M: Model> QuerySet<M> {
     /// `Employee::objects().left_join(Employee::MANAGER)` gives each
     /// employee with each of their reports, and
     /// `Employee::MANAGER.aliased(Employee::NAME)` is a report's name.
-    pub fn left_join<C: Model>(self, fk: ForeignKey<C, M>) -> Joined<M, C> {
+    pub fn left_join<C: Model>(self, fk: ForeignKey<C, M>) -> Joined<(M, C)> {
         let alias = fk.is_self().then_some(fk.alias);
         let child = alias.unwrap_or(C::META.table);
         Joined {
@@ -218,8 +361,8 @@ impl<M: Model> QuerySet<M> {
                 alias,
                 on: fk.on_as(child, M::META.table),
             }),
-            other: child,
-            _other: PhantomData,
+            names: vec![child],
+            refused: None,
         }
     }
 
