@@ -628,6 +628,18 @@ pub fn connect<D: Driver>() -> D {
     D::connect(&server::TestServer::shared().url()).unwrap_or_else(|e| panic!("{}: connect: {e}", D::NAME))
 }
 
+/// A connection to the shared test server whose `search_path` is `schema`,
+/// dropped and created afresh: a test's own tables, apart from every
+/// other test's.
+pub fn connect_in_fresh_schema<D: Driver>(schema: &str) -> D {
+    let mut c = connect::<D>();
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
+    ))
+    .unwrap_or_else(|e| panic!("{}: schema {schema}: {e}", D::NAME));
+    c
+}
+
 /// The connection answers a query and holds no transaction open.
 pub fn assert_usable<D: Driver>(c: &mut D) {
     let row = c.query_one("SELECT 1 + $1", &[&1i32]).expect("connection usable");

@@ -6,8 +6,7 @@
 //! draft is empty), the data must survive the rename and the type change,
 //! and reverting must bring back the schema before it.
 
-use duet_conformance::server::TestServer;
-use duet_conformance::{conformance_tests, Driver};
+use duet_conformance::{conformance_tests, connect_in_fresh_schema, Driver};
 use duet_core::migrate::{draft, live_and_models, Draft, Migrations, Rename, VERSION_TABLE};
 use duet_core::orm::prelude::*;
 use duet_core::orm::ModelMeta;
@@ -140,12 +139,7 @@ second_models!(v3, GenreWithoutPoetry);
 
 fn fresh<D: Driver>(test: &str) -> (D, String) {
     let schema = format!("mm_{test}_{}", D::NAME);
-    let mut c = D::connect(&TestServer::shared().url()).unwrap();
-    c.batch_execute(&format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
-    ))
-    .unwrap();
-    (c, schema)
+    (connect_in_fresh_schema(&schema), schema)
 }
 
 fn make<D: Driver>(c: &mut D, models: &[&'static ModelMeta], answers: &[(Rename, bool)]) -> Result<Draft, Vec<Rename>> {

@@ -4,18 +4,13 @@
 //! leaving no half-applied migration (or saying so when it cannot).
 
 use duet_conformance::server::TestServer;
-use duet_conformance::{conformance_tests, Driver};
+use duet_conformance::{conformance_tests, connect_in_fresh_schema, Driver};
 use duet_core::migrate::{Migrations, State};
 
 /// A connection whose `search_path` is a fresh schema of its own.
 fn fresh<D: Driver>(test: &str) -> (D, String) {
     let schema = format!("mig_{test}_{}", D::NAME);
-    let mut c = D::connect(&TestServer::shared().url()).unwrap();
-    c.batch_execute(&format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
-    ))
-    .unwrap();
-    (c, schema)
+    (connect_in_fresh_schema(&schema), schema)
 }
 
 fn join<D: Driver>(schema: &str) -> D {
