@@ -70,7 +70,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         name: String,
         /// A rename, answered ahead: `OLD=NEW` for a table,
-        /// `TABLE.OLD=NEW` for a column (repeatable).
+        /// `TABLE.OLD=NEW` for a column, TABLE being the table's name in
+        /// the models (repeatable).
         #[arg(long = "rename", value_name = "FROM=TO")]
         renames: Vec<String>,
         /// Answer every rename question no: what is gone is dropped, what
@@ -330,6 +331,15 @@ fn make_migrations(place: &Place, models: &[&'static ModelMeta], mut o: MakeOpti
             }
         }
     };
+    if !draft.unmatched.is_empty() {
+        let list: Vec<String> = draft.unmatched.iter().map(|r| format!("  {r}")).collect();
+        return Err(Error::invalid(format!(
+            "these renames match nothing the models changed (a column's TABLE is the table's new name; a \
+             column whose type changes too is not a rename: rename it in one migration, change it in the \
+             next):\n{}",
+            list.join("\n")
+        )));
+    }
     if draft.empty {
         println!("no changes: the database matches the models");
         return Ok(());

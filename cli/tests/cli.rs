@@ -206,6 +206,16 @@ fn makemigrations_from_models_then_migrate_run() {
     );
     let bad = app(&dir, &url, &v2, &["makemigrations", "--rename", "body"]).unwrap_err();
     assert!(bad.to_string().contains("OLD=NEW"), "{bad}");
+    // A rename that matches nothing is refused, not quietly a drop and an add.
+    let bad = app(
+        &dir,
+        &url,
+        &v2,
+        &["makemigrations", "--no-renames", "--rename", "notes.bodY=text"],
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("match nothing"), "{bad}");
+    assert_eq!(sql_files(&dir).len(), 2, "nothing written");
     app(
         &dir,
         &url,

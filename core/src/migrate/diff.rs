@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use super::schema::{ident, index_name, literal, Column, Schema, Table};
+use super::schema::{duet_name, ident, index_name, literal, pkey_name, Column, Schema, Table};
 
 /// A rename that the schemas allow but do not prove: asked, never guessed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +41,11 @@ pub struct Draft {
     pub destructive: Vec<String>,
     /// Nothing to do: the schemas match.
     pub empty: bool,
+    /// Renames answered yes that matched nothing (a column whose type also
+    /// changed is no rename candidate; a column's table is its new name):
+    /// the draft made no use of them, so what they name is dropped and
+    /// created instead. Callers should refuse such a draft.
+    pub unmatched: Vec<Rename>,
 }
 
 /// One statement of a migration, with why it is dangerous, if it is.
@@ -75,12 +80,17 @@ impl Change {
 /// for each rename question, whether it is one; the questions still
 /// unanswered are the error (ask them, then call again with the answers).
 pub fn draft(live: &Schema, models: &Schema, answers: &[(Rename, bool)]) -> Result<Draft, Vec<Rename>> {
-    let up = changes(live, models, answers)?;
+    let (up, used) = plan(live, models, answers)?;
     let reversed: Vec<(Rename, bool)> = answers.iter().map(|(r, yes)| (reverse(r, answers), *yes)).collect();
     let down = changes(models, live, &reversed)?;
     Ok(Draft {
         empty: up.is_empty(),
         destructive: up.iter().filter_map(|c| c.destructive.clone()).collect(),
+        unmatched: answers
+            .iter()
+            .filter(|(r, yes)| *yes && !used.contains(r))
+            .map(|(r, _)| r.clone())
+            .collect(),
         up: render(&up),
         down: render(&down),
     })
@@ -140,6 +150,12 @@ fn shape(t: &Table) -> Vec<&str> {
 /// columns added, changed and dropped; tables dropped; keys and indexes
 /// that come; foreign keys that come; enums no longer used.
 pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result<Vec<Change>, Vec<Rename>> {
+    plan(from, to, answers).map(|(changes, _)| changes)
+}
+
+/// [`changes`], and the renames it carried out.
+fn plan(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result<(Vec<Change>, Vec<Rename>), Vec<Rename>> {
+    let mut used: Vec<Rename> = Vec::new();
     let mut questions = Vec::new();
     let mut out = Vec::new();
     let mut from = from.clone();
@@ -173,14 +189,10 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
     };
     let candidates = pairs(&gone, &come, &from);
     let renamed = confirmed(&candidates, answers);
+    used.extend(renamed.iter().cloned());
     for r in &renamed {
         if let Rename::Table { from: old, to: new } = r {
-            rename_table(&mut from, old, new);
-            out.push(Change::new(format!(
-                "ALTER TABLE {} RENAME TO {}",
-                ident(old),
-                ident(new)
-            )));
+            out.extend(rename_table(&mut from, old, new));
         }
     }
     questions.extend(unanswered(&candidates, &renamed, answers));
@@ -208,15 +220,10 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
             }
         }
         let renamed = confirmed(&candidates, answers);
+        used.extend(renamed.iter().cloned());
         for r in &renamed {
             if let Rename::Column { from: old, to: new, .. } = r {
-                rename_column(&mut from, table, old, new);
-                out.push(Change::new(format!(
-                    "ALTER TABLE {} RENAME COLUMN {} TO {}",
-                    ident(table),
-                    ident(old),
-                    ident(new)
-                )));
+                out.extend(rename_column(&mut from, table, old, new));
             }
         }
         questions.extend(unanswered(&candidates, &renamed, answers));
@@ -227,12 +234,49 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
 
     let empty = Table::default();
     let kept = |name: &str| to.tables.contains_key(name);
+    let enum_names: Vec<String> = from.enums.keys().chain(to.enums.keys()).cloned().collect();
+    let is_enum = move |t: &str| enum_names.iter().any(|e| e == t.trim_matches('"'));
+
+    // Columns made again (a generated expression changed): their keys and
+    // indexes go with them and are made again with the rest.
+    for (name, f) in from.tables.iter_mut() {
+        let Some(t) = to.tables.get(name) else { continue };
+        let remade: Vec<String> = f
+            .columns
+            .iter()
+            .filter(|c| {
+                t.column(&c.name)
+                    .is_some_and(|n| n.generated.is_some() && n.generated != c.generated)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        let touches = |cols: &[String]| cols.iter().any(|c| remade.contains(c));
+        f.uniques.retain(|u| !touches(&u.columns));
+        f.indexes.retain(|i| !touches(&i.columns));
+        f.foreign_keys.retain(|k| !touches(&k.columns));
+    }
+    // Columns whose type changes: a foreign key from or to one is dropped
+    // first and made again last (both ends must have one type throughout).
+    let mut retyped: Vec<(String, String)> = Vec::new();
+    for (name, f) in &from.tables {
+        for c in &f.columns {
+            if let Some(n) = to.tables.get(name).and_then(|t| t.column(&c.name)) {
+                if n.sql_type != c.sql_type {
+                    retyped.push((name.clone(), c.name.clone()));
+                }
+            }
+        }
+    }
+    let untouched = |table: &str, fk: &super::schema::ForeignKey| {
+        let is = |t: &str, c: &String| retyped.iter().any(|(rt, rc)| rt == t && rc == c);
+        !fk.columns.iter().any(|c| is(table, c)) && !fk.references.iter().any(|c| is(&fk.table, c))
+    };
 
     // Foreign keys that go (all of a dropped table's, so tables drop in any order).
     for (name, f) in &from.tables {
         let t = to.tables.get(name).unwrap_or(&empty);
         for fk in &f.foreign_keys {
-            if !t.foreign_keys.iter().any(|k| same_fk(k, fk)) {
+            if !(untouched(name, fk) && t.foreign_keys.iter().any(|k| same_fk(k, fk))) {
                 out.push(drop_constraint(name, &fk.name));
             }
         }
@@ -299,9 +343,15 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
                         if base != name && base != ident(name) {
                             continue;
                         }
-                        let target = to.tables.get(table).and_then(|t| t.column(&c.name));
+                        // Only columns that stay of this type: the others are
+                        // converted (or dropped) later, from the old copy.
+                        let target = to
+                            .tables
+                            .get(table)
+                            .and_then(|t| t.column(&c.name))
+                            .filter(|t| t.sql_type == c.sql_type);
                         if target.is_none() {
-                            continue; // dropped later; the old type goes after it
+                            continue;
                         }
                         if c.default.is_some() {
                             out.push(alter_column(table, &c.name, "DROP DEFAULT"));
@@ -328,12 +378,9 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
                 for (table, f) in from.tables.iter_mut() {
                     for c in f.columns.iter_mut() {
                         let base = c.sql_type.trim_end_matches("[]");
-                        if base == name || base == ident(name) {
-                            c.default = to
-                                .tables
-                                .get(table)
-                                .and_then(|t| t.column(&c.name))
-                                .and_then(|t| t.default.clone());
+                        let target = to.tables.get(table).and_then(|t| t.column(&c.name));
+                        if (base == name || base == ident(name)) && target.is_some_and(|t| t.sql_type == c.sql_type) {
+                            c.default = target.and_then(|t| t.default.clone());
                         }
                     }
                 }
@@ -362,7 +409,7 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
                     }
                     out.push(change);
                 }
-                Some(old) => out.extend(alter(name, old, c)),
+                Some(old) => out.extend(alter(name, old, c, &is_enum)),
             }
         }
         for c in &f.columns {
@@ -429,7 +476,7 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
     for (name, t) in &to.tables {
         let f = from.tables.get(name).unwrap_or(&empty);
         for fk in &t.foreign_keys {
-            if !f.foreign_keys.iter().any(|k| same_fk(k, fk)) {
+            if !f.foreign_keys.iter().any(|k| same_fk(k, fk) && untouched(name, k)) {
                 out.push(Change::new(format!(
                     "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}",
                     ident(name),
@@ -452,7 +499,7 @@ pub fn changes(from: &Schema, to: &Schema, answers: &[(Rename, bool)]) -> Result
     for name in retired {
         out.push(Change::new(format!("DROP TYPE {}", ident(&name))));
     }
-    Ok(out)
+    Ok((out, used))
 }
 
 fn ends(r: &Rename) -> (&str, &str) {
@@ -569,12 +616,31 @@ fn create_table(name: &str, t: &Table) -> String {
     format!("CREATE TABLE {} (\n    {}\n)", ident(name), parts.join(",\n    "))
 }
 
-/// A column on both sides, changed.
-fn alter(table: &str, old: &Column, new: &Column) -> Vec<Change> {
+/// The sequence a `nextval('seq'::regclass)` default draws from, as SQL.
+fn sequence_of(default: Option<&String>) -> Option<String> {
+    let inner = default?.strip_prefix("nextval('")?.strip_suffix("'::regclass)")?;
+    Some(inner.replace("''", "'"))
+}
+
+/// A column on both sides, changed. `is_enum` tells the types that need a
+/// cast through text (PostgreSQL casts no enum to another type directly).
+fn alter(table: &str, old: &Column, new: &Column, is_enum: &dyn Fn(&str) -> bool) -> Vec<Change> {
     let mut out = Vec::new();
     if old.generated != new.generated {
+        if old.generated.is_some() && new.generated.is_none() {
+            // Generated → stored: the values stay (PostgreSQL 13+).
+            out.push(alter_column(table, &old.name, "DROP EXPRESSION"));
+            let plain = Column {
+                generated: None,
+                default: None,
+                ..old.clone()
+            };
+            out.extend(alter(table, &plain, new, is_enum));
+            return out;
+        }
         // A generated column is made again (PostgreSQL before 17 cannot
         // change its expression); a stored value becoming generated is lost.
+        // Its keys and indexes went with it and are made again later.
         let mut drop = Change::new(format!("ALTER TABLE {} DROP COLUMN {}", ident(table), ident(&old.name)));
         if old.generated.is_none() {
             drop = drop.destructive(format!(
@@ -599,12 +665,21 @@ fn alter(table: &str, old: &Column, new: &Column) -> Vec<Change> {
     if old.default.is_some() && (retyped || (redefault && new.default.is_none())) {
         out.push(alter_column(table, &old.name, "DROP DEFAULT"));
     }
+    // A serial column's own sequence goes when it becomes an identity
+    // (which has one of its own): two would leave the identity's behind.
+    if let Some(seq) = sequence_of(old.default.as_ref()).filter(|_| new.identity && !old.identity) {
+        out.push(Change::new(format!("DROP SEQUENCE {seq}")));
+    }
     if retyped {
-        let change = alter_column(
-            table,
-            &old.name,
-            &format!("TYPE {} USING {}::{}", new.sql_type, ident(&old.name), new.sql_type),
-        );
+        let base = |t: &str| t.trim_end_matches("[]").to_string();
+        let through_text = is_enum(&base(&old.sql_type)) || is_enum(&base(&new.sql_type));
+        let via = if new.sql_type.ends_with("[]") { "text[]" } else { "text" };
+        let using = if through_text && new.sql_type != via {
+            format!("{}::{via}::{}", ident(&old.name), new.sql_type)
+        } else {
+            format!("{}::{}", ident(&old.name), new.sql_type)
+        };
+        let change = alter_column(table, &old.name, &format!("TYPE {} USING {using}", new.sql_type));
         out.push(if widens(&old.sql_type, &new.sql_type) {
             change
         } else {
@@ -614,8 +689,25 @@ fn alter(table: &str, old: &Column, new: &Column) -> Vec<Change> {
             ))
         });
     }
+    // Back from an identity to a serial default: its sequence is made again.
+    let new_sequence = sequence_of(new.default.as_ref()).filter(|_| old.identity && redefault);
+    if let Some(seq) = &new_sequence {
+        out.push(Change::new(format!(
+            "CREATE SEQUENCE IF NOT EXISTS {seq} OWNED BY {}.{}",
+            ident(table),
+            ident(&old.name)
+        )));
+    }
     if let Some(d) = new.default.as_ref().filter(|_| retyped || redefault) {
         out.push(alter_column(table, &old.name, &format!("SET DEFAULT {d}")));
+    }
+    if let Some(seq) = &new_sequence {
+        out.push(Change::new(format!(
+            "SELECT setval({}, coalesce(max({}), 0) + 1, false) FROM {}",
+            literal(seq),
+            ident(&old.name),
+            ident(table)
+        )));
     }
     if !old.not_null && new.not_null {
         out.push(alter_column(table, &old.name, "SET NOT NULL").note("fails while the column holds NULLs"));
@@ -665,8 +757,63 @@ fn widens(old: &str, new: &str) -> bool {
     }
 }
 
-fn rename_table(s: &mut Schema, old: &str, new: &str) {
-    if let Some(t) = s.tables.remove(old) {
+/// The names duet gave a table's keys and indexes, renamed with what they
+/// are named after (so a later table of the old name can use them): each
+/// `(old name, new name)` changed in `t`, and the statements.
+fn rename_named(table: &str, t: &mut Table, rename: &dyn Fn(&str, &str) -> Option<String>) -> Vec<Change> {
+    let mut out = Vec::new();
+    let constraint = |out: &mut Vec<Change>, name: &mut String, new: String| {
+        out.push(Change::new(format!(
+            "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+            ident(table),
+            ident(name),
+            ident(&new)
+        )));
+        *name = new;
+    };
+    if let Some(pk) = &mut t.primary_key {
+        if let Some(n) = rename(&pk.name, "pkey") {
+            constraint(&mut out, &mut pk.name, n);
+        }
+    }
+    for u in &mut t.uniques {
+        if let Some(n) = rename(&u.name, "key") {
+            constraint(&mut out, &mut u.name, n);
+        }
+    }
+    for fk in &mut t.foreign_keys {
+        if let Some(n) = rename(&fk.name, "fkey") {
+            constraint(&mut out, &mut fk.name, n);
+        }
+    }
+    for i in &mut t.indexes {
+        if let Some(n) = rename(&i.name, "idx") {
+            out.push(Change::new(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                ident(&i.name),
+                ident(&n)
+            )));
+            i.name = n;
+        }
+    }
+    out
+}
+
+fn rename_table(s: &mut Schema, old: &str, new: &str) -> Vec<Change> {
+    let mut out = vec![Change::new(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        ident(old),
+        ident(new)
+    ))];
+    if let Some(mut t) = s.tables.remove(old) {
+        let cols: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+        out.extend(rename_named(new, &mut t, &|name, suffix| {
+            if name == pkey_name(old) && suffix == "pkey" {
+                return Some(pkey_name(new));
+            }
+            cols.iter()
+                .find_map(|c| (name == duet_name(old, c, suffix)).then(|| duet_name(new, c, suffix)))
+        }));
         s.tables.insert(new.to_string(), t);
     }
     for t in s.tables.values_mut() {
@@ -676,9 +823,21 @@ fn rename_table(s: &mut Schema, old: &str, new: &str) {
             }
         }
     }
+    out
 }
 
-fn rename_column(s: &mut Schema, table: &str, old: &str, new: &str) {
+fn rename_column(s: &mut Schema, table: &str, old: &str, new: &str) -> Vec<Change> {
+    let mut out = vec![Change::new(format!(
+        "ALTER TABLE {} RENAME COLUMN {} TO {}",
+        ident(table),
+        ident(old),
+        ident(new)
+    ))];
+    if let Some(t) = s.tables.get_mut(table) {
+        out.extend(rename_named(table, t, &|name, suffix| {
+            (suffix != "pkey" && name == duet_name(table, old, suffix)).then(|| duet_name(table, new, suffix))
+        }));
+    }
     let swap = |cols: &mut Vec<String>| {
         for c in cols.iter_mut() {
             if c == old {
@@ -712,4 +871,5 @@ fn rename_column(s: &mut Schema, table: &str, old: &str, new: &str) {
             }
         }
     }
+    out
 }

@@ -118,7 +118,7 @@ fn columns_sql(ns: &str) -> String {
          FROM pg_class c \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
          LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
-         WHERE c.relnamespace = {ns} AND c.relkind IN ('r', 'p') \
+         WHERE c.relnamespace = {ns} AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
          ORDER BY c.relname, a.attnum"
     )
 }
@@ -227,18 +227,35 @@ pub fn inspect(ignore: Vec<String>) -> BoxOp<'static, Schema> {
     Box::new(read)
 }
 
-/// The names duet gives the constraints and indexes it declares.
+/// PostgreSQL keeps the first 63 bytes of a longer name (on a character
+/// boundary): duet's names are cut the same way, so they match the live ones.
+fn cut(mut name: String) -> String {
+    if name.len() > 63 {
+        let mut end = 63;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
+/// The names duet gives the constraints and indexes it declares:
+/// `<table>_pkey`, `<table>_<column>_key` (unique), `_fkey`, `_idx`.
 pub(crate) fn pkey_name(table: &str) -> String {
-    format!("{table}_pkey")
+    cut(format!("{table}_pkey"))
+}
+pub(crate) fn duet_name(table: &str, column: &str, suffix: &str) -> String {
+    cut(format!("{table}_{column}_{suffix}"))
 }
 pub(crate) fn unique_name(table: &str, column: &str) -> String {
-    format!("{table}_{column}_key")
+    duet_name(table, column, "key")
 }
 pub(crate) fn fkey_name(table: &str, column: &str) -> String {
-    format!("{table}_{column}_fkey")
+    duet_name(table, column, "fkey")
 }
 pub(crate) fn index_name(table: &str, column: &str) -> String {
-    format!("{table}_{column}_idx")
+    duet_name(table, column, "idx")
 }
 
 /// The schema the models declare, in the server's spelling (see the
@@ -257,13 +274,29 @@ pub fn of_models(models: &[&'static ModelMeta]) -> BoxOp<'static, Schema> {
             }
         }
     }
+    let mut type_names = Vec::new();
     for t in &types {
-        let Some(rest) = t.strip_prefix("CREATE TYPE ") else {
+        match enum_type(t) {
+            Ok((name, rest)) => {
+                create.push(format!("CREATE TYPE pg_temp.{name} {rest}"));
+                type_names.push(name);
+            }
+            Err(e) => return Box::new(crate::ops::ready(Err(e))),
+        }
+    }
+    for m in &models {
+        if let Some(c) = m.columns.iter().find(|c| {
+            matches!(
+                c.sql_type.to_ascii_lowercase().as_str(),
+                "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8"
+            )
+        }) {
             return Box::new(crate::ops::ready(Err(Error::invalid(format!(
-                "makemigrations reads a type's creating statement that starts with CREATE TYPE, not {t:?}"
+                "model {}: column {} is declared {}; makemigrations compares identity columns: use \
+                 #[duet(primary_key, auto)] on an integer field instead",
+                m.name, c.name, c.sql_type
             )))));
-        };
-        create.push(format!("CREATE TYPE pg_temp.{rest}"));
+        }
     }
     let mut drop = Vec::new();
     for (i, m) in models.iter().enumerate() {
@@ -297,8 +330,7 @@ pub fn of_models(models: &[&'static ModelMeta]) -> BoxOp<'static, Schema> {
     if !drop.is_empty() {
         cleanup.push(format!("DROP TABLE {}", drop.join(", ")));
     }
-    for t in &types {
-        let name = t["CREATE TYPE ".len()..].split(" AS").next().unwrap_or_default().trim();
+    for name in &type_names {
         cleanup.push(format!("DROP TYPE pg_temp.{name}"));
     }
     // One statement at a time (the extended protocol, as a transaction's
@@ -319,6 +351,48 @@ pub fn of_models(models: &[&'static ModelMeta]) -> BoxOp<'static, Schema> {
         }))
     });
     Box::new(atomic(read))
+}
+
+/// The name (as SQL) and the rest of `CREATE TYPE name AS ENUM (…)`: the
+/// only types makemigrations creates and compares.
+fn enum_type(statement: &str) -> Result<(String, String), Error> {
+    let refuse = || {
+        Error::invalid(format!(
+            "makemigrations manages enum types (CREATE TYPE name AS ENUM (…), unqualified), not {statement:?}: \
+             create other types in a migration of your own"
+        ))
+    };
+    let head = "CREATE TYPE ";
+    if !statement
+        .get(..head.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(head))
+    {
+        return Err(refuse());
+    }
+    let rest = statement[head.len()..].trim_start();
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        // "name", a doubled quote inside
+        let mut i = 0;
+        let b = quoted.as_bytes();
+        loop {
+            match b.get(i) {
+                None => return Err(refuse()),
+                Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+                Some(b'"') => break i + 2,
+                _ => i += 1,
+            }
+        }
+    } else {
+        rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(rest.len())
+    };
+    let (name, after) = rest.split_at(end);
+    let after = after.trim_start();
+    let is_enum = after.get(..7).is_some_and(|a| a.eq_ignore_ascii_case("AS ENUM"));
+    if name.is_empty() || !is_enum {
+        return Err(refuse());
+    }
+    Ok((name.to_string(), after.to_string()))
 }
 
 fn model_schema(
@@ -381,18 +455,57 @@ fn model_schema(
 }
 
 /// The live schema and the models' schema, side by side: what
-/// [`draft`](super::draft) compares. Enums the models use but do not
-/// declare (made by a hand-written migration) are taken as they are live.
+/// [`draft`](super::draft) compares. The tables named in `ignore` are left
+/// out, and enums kept as they are live when the models use them without
+/// declaring them (made by a hand-written migration) or an ignored table
+/// uses them.
 pub fn live_and_models(models: &[&'static ModelMeta], ignore: Vec<String>) -> BoxOp<'static, (Schema, Schema)> {
     let models = of_models(models);
-    Box::new(then(inspect(ignore), move |live| {
+    Box::new(then(inspect(Vec::new()), move |mut live| {
+        let mut ignored = Schema::default();
+        for name in &ignore {
+            if let Some(t) = live.tables.remove(name) {
+                ignored.tables.insert(name.clone(), t);
+            }
+        }
         Ok(then(models, move |mut target| {
             for (name, labels) in &live.enums {
-                if !target.enums.contains_key(name) && target.uses_type(name) {
+                let used = target.uses_type(name) || ignored.uses_type(name);
+                if !target.enums.contains_key(name) && used {
                     target.enums.insert(name.clone(), labels.clone());
                 }
             }
             Ok(crate::ops::ready(Ok((live, target))))
         }))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_past_63_bytes_are_cut_as_postgresql_cuts_them() {
+        assert_eq!(pkey_name(&"t".repeat(70)), "t".repeat(63));
+        // Not inside a character: "é" is two bytes.
+        let name = format!("{}é_x", "t".repeat(62));
+        assert_eq!(duet_name(&name, "c", "key"), "t".repeat(62));
+    }
+
+    #[test]
+    fn only_unqualified_enum_types_are_created_by_the_probe() {
+        let (name, rest) = enum_type(r#"CREATE TYPE "odd "" name" AS ENUM ('a')"#).unwrap();
+        assert_eq!((name.as_str(), rest.as_str()), (r#""odd "" name""#, "AS ENUM ('a')"));
+        let (name, _) = enum_type("create type mood\n  as enum ('x')").unwrap();
+        assert_eq!(name, "mood");
+        for refused in [
+            "CREATE TYPE public.mood AS ENUM ('a')",
+            "CREATE TYPE pair AS (a int, b int)",
+            "CREATE DOMAIN d AS int",
+            r#"CREATE TYPE "open AS ENUM ('a')"#,
+        ] {
+            let e = enum_type(refused).unwrap_err();
+            assert!(e.to_string().contains("manages enum types"), "{refused}: {e}");
+        }
+    }
 }

@@ -186,7 +186,9 @@ grow!(A, B => C);
 ///
 /// A table the query already has goes by another name: the foreign key's
 /// (`manager` for `manager_id`), and `fk.aliased(col)` names its columns in
-/// filters and orders.
+/// filters and orders. So the order of the calls decides: the first join
+/// of a table goes by the table's name (plain `User::NAME` filters reach
+/// it), later ones by their key's.
 ///
 /// ```
 /// use duet_core::orm::prelude::*;
@@ -277,7 +279,7 @@ impl<S: Shape> Joined<S> {
     }
 
     /// Joins one more parent: a foreign key of the base model or of a
-    /// model joined already (the last one of that table).
+    /// model joined already (the first one of that table).
     pub fn select_related<C: Model, P: Model>(mut self, fk: ForeignKey<C, P>) -> Joined<S::With>
     where
         S: Grow<P>,
@@ -286,7 +288,8 @@ impl<S: Shape> Joined<S> {
         tables.extend(S::tables());
         let mut names = vec![S::Base::META.table];
         names.extend(self.names.iter().copied());
-        let child = match tables.iter().rposition(|t| *t == C::META.table) {
+        // The base model, or else the first joined model of that table.
+        let child = match tables.iter().position(|t| *t == C::META.table) {
             Some(i) => names[i],
             None => {
                 self.refused.get_or_insert(format!(
