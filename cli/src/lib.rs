@@ -175,14 +175,38 @@ where
         Migrate::New { name, no_down } => new_migration(&dir, &name, !no_down),
         Migrate::Run => {
             let (migrations, mut client) = open()?;
-            let applied = client.run(migrations.run())?;
-            report(&migrations, &applied, "applied", "nothing to apply");
+            // One at a time, each reported as it ends (a long one shows where
+            // the run stands); each run takes the lock afresh.
+            let mut any = false;
+            loop {
+                let started = std::time::Instant::now();
+                let applied = client.run(migrations.run_next(1))?;
+                if applied.is_empty() {
+                    break;
+                }
+                any = true;
+                report(&migrations, &applied, "applied", started);
+            }
+            if !any {
+                println!("nothing to apply");
+            }
             Ok(())
         }
         Migrate::Revert { steps } => {
             let (migrations, mut client) = open()?;
-            let reverted = client.run(migrations.revert(steps))?;
-            report(&migrations, &reverted, "reverted", "nothing to revert");
+            let mut any = false;
+            for _ in 0..steps {
+                let started = std::time::Instant::now();
+                let reverted = client.run(migrations.revert(1))?;
+                if reverted.is_empty() {
+                    break;
+                }
+                any = true;
+                report(&migrations, &reverted, "reverted", started);
+            }
+            if !any {
+                println!("nothing to revert");
+            }
             Ok(())
         }
         Migrate::Status => {
@@ -195,17 +219,14 @@ where
     }
 }
 
-fn report(migrations: &Migrations, versions: &[i64], done: &str, nothing: &str) {
-    if versions.is_empty() {
-        println!("{nothing}");
-    }
+fn report(migrations: &Migrations, versions: &[i64], done: &str, started: std::time::Instant) {
     for v in versions {
         let name = migrations
             .list()
             .iter()
             .find(|m| m.version == *v)
             .map_or("", |m| m.name.as_str());
-        println!("{done} {v} {name}");
+        println!("{done} {v} {name} ({:.2} s)", started.elapsed().as_secs_f64());
     }
 }
 

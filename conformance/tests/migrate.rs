@@ -31,8 +31,11 @@ fn migrations_apply_in_order_once_and_revert<D: Driver>() {
     let status = c.run(shop.status()).unwrap();
     assert!(status.iter().all(|(_, _, s)| *s == State::Pending), "{status:?}");
 
-    assert_eq!(c.run(shop.run()).unwrap(), [1, 2, 3]);
+    // One at a time (how the command line reports progress), then the rest.
+    assert_eq!(c.run(shop.run_next(1)).unwrap(), [1]);
+    assert_eq!(c.run(shop.run()).unwrap(), [2, 3]);
     assert_eq!(c.run(shop.run()).unwrap(), Vec::<i64>::new(), "nothing applied twice");
+    assert_eq!(c.run(shop.run_next(1)).unwrap(), Vec::<i64>::new());
     let status = c.run(shop.status()).unwrap();
     assert_eq!(
         status,

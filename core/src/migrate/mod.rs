@@ -164,7 +164,13 @@ impl Migrations {
     /// applied. Refuses to start when an applied migration's file changed,
     /// is missing, or failed part way.
     pub fn run(&self) -> BoxOp<'static, Vec<i64>> {
-        self.locked(Plan::Run)
+        self.locked(Plan::Run(usize::MAX))
+    }
+
+    /// Applies the next `n` pending migrations (for a caller that reports
+    /// progress between them); outputs the versions applied.
+    pub fn run_next(&self, n: usize) -> BoxOp<'static, Vec<i64>> {
+        self.locked(Plan::Run(n))
     }
 
     /// Reverts the last `steps` applied migrations with their down files,
@@ -255,7 +261,7 @@ impl Migrations {
                          restore the file (write a new migration for the new change)"
                     )))
                 }
-                State::Missing if matches!(plan, Plan::Run) => {
+                State::Missing if matches!(plan, Plan::Run(_)) => {
                     return Err(Error::invalid(format!(
                         "migration {version} is applied but has no file here: is this the right folder?"
                     )))
@@ -273,11 +279,13 @@ impl Migrations {
         let table = self.quoted_table();
         let mut out = VecDeque::new();
         match plan {
-            Plan::Run => {
-                for m in &self.list {
-                    if !applied.iter().any(|(v, _, _)| *v == m.version) {
-                        out.push_back((m.version, apply(m, &table)));
-                    }
+            Plan::Run(n) => {
+                let pending = self
+                    .list
+                    .iter()
+                    .filter(|m| !applied.iter().any(|(v, _, _)| *v == m.version));
+                for m in pending.take(n) {
+                    out.push_back((m.version, apply(m, &table)));
                 }
             }
             Plan::Revert(n) => {
@@ -301,7 +309,7 @@ impl Migrations {
 
 #[derive(Clone, Copy)]
 enum Plan {
-    Run,
+    Run(usize),
     Revert(usize),
 }
 
