@@ -99,6 +99,14 @@ fn recording() -> &'static Recording {
 /// Feeds `stream` to a fresh connection running the scenario, in chunks of
 /// the given sizes (cycled; 0 is an empty read), and collects the results.
 fn feed(stream: &[u8], sizes: &[usize]) -> (Vec<Outcome>, Vec<Event>) {
+    feed_as(stream, sizes, false)
+}
+
+/// [`feed`], the chunks handed over as a driver does (`handle_input`), or
+/// written straight into the connection's own buffer (`input_buffer` then
+/// `handle_read_in_place`; a 0 there would be the end of the stream, so it
+/// is skipped).
+fn feed_as(stream: &[u8], sizes: &[usize], in_place: bool) -> (Vec<Outcome>, Vec<Event>) {
     let now = Instant::now();
     let mut conn = Connection::new(&config(), now);
     let tickets = submit_scenario(&mut conn, now);
@@ -110,8 +118,17 @@ fn feed(stream: &[u8], sizes: &[usize]) -> (Vec<Outcome>, Vec<Event>) {
     let mut sizes = sizes.iter().cycle();
     while !rest.is_empty() {
         let n = (*sizes.next().unwrap()).min(rest.len());
-        conn.handle_input(&rest[..n], now)
-            .expect("the recorded stream is valid");
+        if in_place {
+            if n > 0 {
+                conn.input_buffer(n)
+                    .expect("a plaintext session reads in place")
+                    .extend_from_slice(&rest[..n]);
+                conn.handle_read_in_place(n, now).expect("the recorded stream is valid");
+            }
+        } else {
+            conn.handle_input(&rest[..n], now)
+                .expect("the recorded stream is valid");
+        }
         rest = &rest[n..];
         // Sent bytes and events are drained as a driver would.
         drain(&mut conn);
@@ -171,6 +188,14 @@ proptest! {
     fn any_split_gives_the_same_results_and_events(sizes in prop::collection::vec(0usize..48, 1..64)) {
         let r = recording();
         let (outcomes, events) = feed(&r.stream, &sizes);
+        prop_assert_eq!(&outcomes, &r.outcomes);
+        prop_assert_eq!(&events, &r.events);
+    }
+
+    #[test]
+    fn any_split_read_in_place_gives_the_same_results(sizes in prop::collection::vec(0usize..48, 1..64)) {
+        let r = recording();
+        let (outcomes, events) = feed_as(&r.stream, &sizes, true);
         prop_assert_eq!(&outcomes, &r.outcomes);
         prop_assert_eq!(&events, &r.events);
     }

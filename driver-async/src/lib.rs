@@ -175,6 +175,29 @@ impl Socket {
             r => r,
         }
     }
+
+    /// [`read_draining`](Self::read_draining) into the spare capacity of the
+    /// connection's own input buffer (one copy fewer).
+    fn read_draining_into(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        let len = buf.capacity() - buf.len();
+        let mut got = 0;
+        let read = |r: io::Result<usize>, got: &mut usize| -> io::Result<usize> {
+            let n = r?;
+            *got = n;
+            if n > 0 && n < len {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        };
+        let r = match self {
+            Socket::Tcp(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read_buf(buf), &mut got)),
+            Socket::Unix(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read_buf(buf), &mut got)),
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            r => r,
+        }
+    }
 }
 
 /// `f` within `limit` (no limit: as long as it takes).
@@ -186,6 +209,9 @@ async fn limit<T>(limit: Option<Duration>, f: impl Future<Output = io::Result<T>
         None => f.await,
     }
 }
+
+/// How much a read may bring at once.
+const READ_ROOM: usize = 64 * 1024;
 
 /// An asynchronous connection to PostgreSQL.
 pub struct Client {
@@ -297,7 +323,7 @@ impl Client {
             let mut client = Client {
                 conn: plan.start(&attempt, Instant::now()),
                 sock,
-                buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+                buf: vec![0u8; READ_ROOM].into_boxed_slice(),
             };
             match client.run(ops::startup()).await {
                 Ok(()) => return Ok(client),
@@ -429,6 +455,14 @@ impl Client {
     }
 
     fn read_once(&mut self) -> Result<(), Error> {
+        // In plaintext, straight into the connection's buffer.
+        if let Some(input) = self.conn.input_buffer(READ_ROOM) {
+            return match self.sock.read_draining_into(input) {
+                Ok(n) => self.conn.handle_read_in_place(n, Instant::now()),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
+                Err(e) => Err(self.fatal(e)),
+            };
+        }
         match self.sock.read_draining(&mut self.buf) {
             Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),

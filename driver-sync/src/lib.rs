@@ -124,6 +124,15 @@ impl Socket {
         }
     }
 
+    /// Reads into memory not yet initialised (the connection's own input
+    /// buffer): `recv(2)` writes the bytes it returns and reads none.
+    fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => socket2::SockRef::from(s).recv(buf),
+            Socket::Unix(s) => socket2::SockRef::from(s).recv(buf),
+        }
+    }
+
     /// A blocking write (a cancel connection's; sessions never block).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
@@ -200,6 +209,9 @@ fn tcp_options(s: &TcpStream, config: &Config) -> io::Result<()> {
     sock.set_tcp_user_timeout(config.tcp_user_timeout)?;
     Ok(())
 }
+
+/// How much a read may bring at once.
+const READ_ROOM: usize = 64 * 1024;
 
 /// A blocking connection to PostgreSQL.
 pub struct Client {
@@ -305,7 +317,7 @@ impl Client {
             let mut client = Client {
                 conn: plan.start(&attempt, Instant::now()),
                 sock,
-                buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+                buf: vec![0u8; READ_ROOM].into_boxed_slice(),
             };
             match client.run(ops::startup()) {
                 Ok(()) => return Ok(client),
@@ -437,6 +449,19 @@ impl Client {
     }
 
     fn read_once(&mut self) -> Result<(), Error> {
+        // In plaintext, straight into the connection's buffer (one copy fewer).
+        if let Some(input) = self.conn.input_buffer(READ_ROOM) {
+            match self.sock.read_uninit(input.spare_capacity_mut()) {
+                Ok(n) => {
+                    // SAFETY: recv initialised the first `n` bytes of the spare
+                    // capacity, which `input_buffer` reserved.
+                    unsafe { input.set_len(input.len() + n) };
+                    return self.conn.handle_read_in_place(n, Instant::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
         match self.sock.read(&mut self.buf) {
             Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),

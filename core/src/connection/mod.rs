@@ -879,6 +879,45 @@ impl Connection {
         if let Err(e) = self.take_in(bytes) {
             return Err(self.fail(e));
         }
+        self.process_input(now)
+    }
+
+    /// Where a driver may read the server's next bytes itself, with room
+    /// for at least `room` more, saving the copy [`handle_read`]
+    /// (Self::handle_read) makes: the connection's own input buffer, while
+    /// the session is in plaintext (`None` under TLS or while it is being
+    /// negotiated; read into a buffer of the driver's then). After reading
+    /// `n` bytes into its spare capacity and advancing it, call
+    /// [`handle_read_in_place(n)`](Self::handle_read_in_place).
+    pub fn input_buffer(&mut self, room: usize) -> Option<&mut BytesMut> {
+        if !self.reads_in_place() {
+            return None;
+        }
+        self.input.reserve(room);
+        Some(&mut self.input)
+    }
+
+    fn reads_in_place(&self) -> bool {
+        matches!(self.wire, wire::Wire::Plain) && !matches!(self.phase, Phase::Closed(_))
+    }
+
+    /// `n` bytes were read into [`input_buffer`](Self::input_buffer) (0:
+    /// the server closed the socket): handled as [`handle_read`]
+    /// (Self::handle_read) handles bytes.
+    pub fn handle_read_in_place(&mut self, n: usize, now: Instant) -> Result<(), Error> {
+        self.now = now;
+        if n == 0 {
+            self.handle_eof(now);
+            return Ok(());
+        }
+        if let Phase::Closed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        self.process_input(now)
+    }
+
+    /// Handles what the input buffer holds.
+    fn process_input(&mut self, now: Instant) -> Result<(), Error> {
         if self.cancel_only {
             // The server answers a cancel with nothing but closing.
             self.input.clear();
