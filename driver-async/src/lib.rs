@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant};
@@ -147,44 +148,23 @@ impl Socket {
         }
     }
 
-    /// Reads what the socket has. A read that does not fill `buf` drained
-    /// the socket, so its readiness is cleared too: the next wait goes
+    /// Reads what the socket has into the spare capacity of `buf` (the
+    /// connection's own input buffer, or the driver's under TLS). A read
+    /// that does not fill that room drained the socket, so its readiness
+    /// is cleared too: the next wait goes
     /// straight to epoll instead of first trying a read that can only fail
     /// with `WouldBlock` (tokio's own `poll_read` does the same). The clear
     /// is made by the `try_io` that did the read, with the readiness it saw
     /// before reading: readiness raised by data arriving after the read is
     /// newer, and tokio keeps it.
-    fn read_draining(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len();
-        let mut got = 0;
-        let read = |r: io::Result<usize>, got: &mut usize| -> io::Result<usize> {
-            let n = r?;
-            *got = n;
-            if n > 0 && n < len {
-                // Not an error: tells try_io to clear the readiness it saw.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        };
-        let r = match self {
-            Socket::Tcp(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read(buf), &mut got)),
-            Socket::Unix(s) => s.try_io(TokioInterest::READABLE, || read(s.try_read(buf), &mut got)),
-        };
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-            r => r,
-        }
-    }
-
-    /// [`read_draining`](Self::read_draining) into the spare capacity of the
-    /// connection's own input buffer (one copy fewer).
-    fn read_draining_into(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    fn read_draining(&self, buf: &mut BytesMut) -> io::Result<usize> {
         let len = buf.capacity() - buf.len();
         let mut got = 0;
         let read = |r: io::Result<usize>, got: &mut usize| -> io::Result<usize> {
             let n = r?;
             *got = n;
             if n > 0 && n < len {
+                // Not an error: tells try_io to clear the readiness it saw.
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(n)
@@ -217,7 +197,8 @@ const READ_ROOM: usize = 64 * 1024;
 pub struct Client {
     conn: Connection,
     sock: Socket,
-    buf: Box<[u8]>,
+    /// Where encrypted bytes are read (plaintext goes straight to the connection).
+    buf: BytesMut,
 }
 
 /// Cancels whatever the client's connection is running, from anywhere.
@@ -323,7 +304,7 @@ impl Client {
             let mut client = Client {
                 conn: plan.start(&attempt, Instant::now()),
                 sock,
-                buf: vec![0u8; READ_ROOM].into_boxed_slice(),
+                buf: BytesMut::new(),
             };
             match client.run(ops::startup()).await {
                 Ok(()) => return Ok(client),
@@ -457,12 +438,14 @@ impl Client {
     fn read_once(&mut self) -> Result<(), Error> {
         // In plaintext, straight into the connection's buffer.
         if let Some(input) = self.conn.input_buffer(READ_ROOM) {
-            return match self.sock.read_draining_into(input) {
+            return match self.sock.read_draining(input) {
                 Ok(n) => self.conn.handle_read_in_place(n, Instant::now()),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
                 Err(e) => Err(self.fatal(e)),
             };
         }
+        self.buf.clear();
+        self.buf.reserve(READ_ROOM);
         match self.sock.read_draining(&mut self.buf) {
             Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(()),
