@@ -305,7 +305,7 @@ impl Row {
 
     /// Value `value` of column `i` as a `T`, with the checks `try_get`
     /// promises.
-    #[inline]
+    #[inline(always)]
     fn decode<'a, T: FromSql<'a>>(&'a self, i: usize, value: Option<&'a [u8]>) -> Result<T, Error> {
         let col = &self.columns()[i];
         if !T::accepts(&col.type_) {
