@@ -175,39 +175,25 @@ where
         Migrate::New { name, no_down } => new_migration(&dir, &name, !no_down),
         Migrate::Run => {
             let (migrations, mut client) = open()?;
-            // One at a time, each reported as it ends (a long one shows where
-            // the run stands); each run takes the lock afresh.
-            let mut any = false;
-            loop {
-                let started = std::time::Instant::now();
-                let applied = client.run(migrations.run_next(1))?;
-                if applied.is_empty() {
-                    break;
-                }
-                any = true;
-                report(&migrations, &applied, "applied", started);
-            }
-            if !any {
-                println!("nothing to apply");
-            }
-            Ok(())
+            one_at_a_time(
+                &mut client,
+                &migrations,
+                usize::MAX,
+                |m| m.run_next(1),
+                "applied",
+                "nothing to apply",
+            )
         }
         Migrate::Revert { steps } => {
             let (migrations, mut client) = open()?;
-            let mut any = false;
-            for _ in 0..steps {
-                let started = std::time::Instant::now();
-                let reverted = client.run(migrations.revert(1))?;
-                if reverted.is_empty() {
-                    break;
-                }
-                any = true;
-                report(&migrations, &reverted, "reverted", started);
-            }
-            if !any {
-                println!("nothing to revert");
-            }
-            Ok(())
+            one_at_a_time(
+                &mut client,
+                &migrations,
+                steps,
+                |m| m.revert(1),
+                "reverted",
+                "nothing to revert",
+            )
         }
         Migrate::Status => {
             let (migrations, mut client) = open()?;
@@ -219,15 +205,37 @@ where
     }
 }
 
-fn report(migrations: &Migrations, versions: &[i64], done: &str, started: std::time::Instant) {
-    for v in versions {
-        let name = migrations
-            .list()
-            .iter()
-            .find(|m| m.version == *v)
-            .map_or("", |m| m.name.as_str());
-        println!("{done} {v} {name} ({:.2} s)", started.elapsed().as_secs_f64());
+/// Runs `step` (one migration, under the lock) up to `limit` times, saying
+/// each as it ends with its time, so a long run shows where it stands.
+fn one_at_a_time(
+    client: &mut Client,
+    migrations: &Migrations,
+    limit: usize,
+    step: impl Fn(&Migrations) -> duet_sync::ops::BoxOp<'static, Vec<i64>>,
+    done: &str,
+    nothing: &str,
+) -> Result<(), Error> {
+    let mut any = false;
+    for _ in 0..limit {
+        let started = std::time::Instant::now();
+        let versions = client.run(step(migrations))?;
+        if versions.is_empty() {
+            break;
+        }
+        any = true;
+        for v in versions {
+            let name = migrations
+                .list()
+                .iter()
+                .find(|m| m.version == v)
+                .map_or("", |m| m.name.as_str());
+            println!("{done} {v} {name} ({:.2} s)", started.elapsed().as_secs_f64());
+        }
     }
+    if !any {
+        println!("{nothing}");
+    }
+    Ok(())
 }
 
 fn new_migration(dir: &Path, name: &str, down: bool) -> Result<(), Error> {

@@ -13,6 +13,7 @@
 //! # Ok::<(), duet_sync::Error>(())
 //! ```
 
+use bytes::BytesMut;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -124,13 +125,17 @@ impl Socket {
         }
     }
 
-    /// Reads into memory not yet initialised (the connection's own input
-    /// buffer): `recv(2)` writes the bytes it returns and reads none.
-    fn read_uninit(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<usize> {
-        match self {
-            Socket::Tcp(s) => socket2::SockRef::from(s).recv(buf),
-            Socket::Unix(s) => socket2::SockRef::from(s).recv(buf),
-        }
+    /// Appends what the socket has to `buf`, in its spare capacity (the
+    /// connection's own input buffer, or the driver's under TLS).
+    fn recv_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let n = match self {
+            Socket::Tcp(s) => socket2::SockRef::from(s).recv(buf.spare_capacity_mut()),
+            Socket::Unix(s) => socket2::SockRef::from(s).recv(buf.spare_capacity_mut()),
+        }?;
+        // SAFETY: recv(2) initialised the first `n` bytes of the spare
+        // capacity (and read none of it).
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
     }
 
     /// A blocking write (a cancel connection's; sessions never block).
@@ -217,7 +222,8 @@ const READ_ROOM: usize = 64 * 1024;
 pub struct Client {
     conn: Connection,
     sock: Socket,
-    buf: Box<[u8]>,
+    /// Where encrypted bytes are read (plaintext goes straight to the connection).
+    buf: BytesMut,
 }
 
 /// Cancels whatever the client's connection is running, from anywhere.
@@ -317,7 +323,7 @@ impl Client {
             let mut client = Client {
                 conn: plan.start(&attempt, Instant::now()),
                 sock,
-                buf: vec![0u8; READ_ROOM].into_boxed_slice(),
+                buf: BytesMut::new(),
             };
             match client.run(ops::startup()) {
                 Ok(()) => return Ok(client),
@@ -449,20 +455,18 @@ impl Client {
     }
 
     fn read_once(&mut self) -> Result<(), Error> {
-        // In plaintext, straight into the connection's buffer (one copy fewer).
-        if let Some(input) = self.conn.input_buffer(READ_ROOM) {
-            match self.sock.read_uninit(input.spare_capacity_mut()) {
-                Ok(n) => {
-                    // SAFETY: recv initialised the first `n` bytes of the spare
-                    // capacity, which `input_buffer` reserved.
-                    unsafe { input.set_len(input.len() + n) };
-                    return self.conn.handle_read_in_place(n, Instant::now());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-                Err(e) => return Err(self.fatal(e)),
+        // In plaintext, straight into the connection's buffer (one copy
+        // fewer); under TLS into the driver's, for the connection to decrypt.
+        let (buf, in_place) = match self.conn.input_buffer(READ_ROOM) {
+            Some(input) => (input, true),
+            None => {
+                self.buf.clear();
+                self.buf.reserve(READ_ROOM);
+                (&mut self.buf, false)
             }
-        }
-        match self.sock.read(&mut self.buf) {
+        };
+        match self.sock.recv_into(buf) {
+            Ok(n) if in_place => self.conn.handle_read_in_place(n, Instant::now()),
             Ok(n) => self.conn.handle_read(&self.buf[..n], Instant::now()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(self.fatal(e)),

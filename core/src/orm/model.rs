@@ -127,7 +127,7 @@ impl ModelMeta {
         for c in indexed {
             let mut i = Sql::new();
             i.push("CREATE INDEX IF NOT EXISTS ");
-            i.ident(&format!("{}_{}_idx", self.table, c.name));
+            i.ident(&crate::migrate::schema::index_name(self.table, c.name));
             i.push(" ON ");
             i.ident(self.table);
             i.push(" (");
